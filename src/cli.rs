@@ -1,0 +1,54 @@
+//! The command line: argument structs (no IO here) and one module per subcommand.
+
+pub mod build_slot;
+pub mod demo;
+pub mod pull;
+pub mod push;
+pub mod sample;
+
+use std::io::IsTerminal;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "bootyard", version, about = "Conformance and simulation harness, with a reference node agent, for container-native immutable Linux")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a sample OS image, serve it from a local registry, pull, unpack and slot it
+    Demo(demo::DemoArgs),
+    /// Work with OS images: pull, push, build slot images
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image and unpack it into a root filesystem directory
+    Pull(pull::PullArgs),
+    /// Push an image from an OCI layout to a registry
+    Push(push::PushArgs),
+    /// Build an ext4 slot image from a root filesystem directory
+    BuildSlot(build_slot::BuildSlotArgs),
+    /// Write a deterministic sample image (Debian-like tree) into an OCI layout
+    Sample(sample::SampleArgs),
+}
+
+/// Progress bars only for a person watching: a terminal, not CI, not machine output.
+pub fn show_progress(json: bool) -> bool {
+    !json && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Image(ImageCommand::Pull(a)) => pull::run(a),
+        Command::Image(ImageCommand::Push(a)) => push::run(a),
+        Command::Image(ImageCommand::BuildSlot(a)) => build_slot::run(a),
+        Command::Image(ImageCommand::Sample(a)) => sample::run(a),
+    }
+}

@@ -1,0 +1,10 @@
+//! bootyard: a conformance and simulation harness, with a reference node agent, for
+//! container-native immutable Linux.
+//!
+//! This library is the agent (image pipeline so far) plus the glue between the agent and
+//! the harness crates (`bootyard-sim`, `bootyard-scenarios`, `bootyard-conformance`), which
+//! never depend on it. The `bootyard` binary is a thin CLI over this library.
+
+pub mod image;
+pub mod localreg;
+pub mod cli;

@@ -1,0 +1,52 @@
+use std::process::ExitCode;
+
+use bootyard::cli::{self, Cli};
+use bootyard::image::apply::ApplyError;
+use bootyard::image::pull::PullError;
+use bootyard::image::registry::RegistryError;
+use bootyard::image::unpack::UnpackError;
+use clap::Parser;
+
+/// Exit codes, stable for scripts and CI gates.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    // 2 is clap's usage error.
+    /// The image is invalid, corrupt or hostile (digest mismatch, unsafe path, bomb).
+    pub const BAD_IMAGE: u8 = 3;
+    /// The registry or source could not be reached, refused access, or lacks the image.
+    pub const UNAVAILABLE: u8 = 4;
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<RegistryError>() {
+            return match e {
+                RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } | RegistryError::TooLarge { .. } | RegistryError::Spec(_) => exit::BAD_IMAGE,
+                RegistryError::Unauthorized { .. } | RegistryError::NotFound { .. } | RegistryError::Exhausted { .. } | RegistryError::Failed { .. } => exit::UNAVAILABLE,
+                _ => exit::FAILURE,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<UnpackError>() {
+            return match e {
+                UnpackError::DestinationNotEmpty(_) | UnpackError::DestinationNotDir(_) | UnpackError::Io { .. } => exit::FAILURE,
+                UnpackError::Apply { source: ApplyError::Io { .. }, .. } => exit::FAILURE,
+                _ => exit::BAD_IMAGE,
+            };
+        }
+        if let Some(PullError::Archive(_) | PullError::Spec(_)) = cause.downcast_ref::<PullError>() {
+            return exit::BAD_IMAGE;
+        }
+    }
+    exit::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
