@@ -5,6 +5,7 @@ pub mod apply;
 pub mod auth;
 pub mod digest;
 pub mod dirstream;
+pub mod fingerprint;
 pub mod layout;
 pub mod pull;
 pub mod registry;

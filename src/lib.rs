@@ -8,3 +8,4 @@
 pub mod image;
 pub mod localreg;
 pub mod cli;
+pub mod testkit;

@@ -129,7 +129,7 @@ fn probe(addr: SocketAddr) -> bool {
     }
     let mut buf = [0u8; 12];
     // 200 (open) and 401 (auth configured) both mean the registry is serving.
-    s.read_exact(&mut buf).is_ok() && (buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.1 401") || buf.starts_with(b"HTTP/1.0 200"))
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") && (buf[9..12] == *b"200" || buf[9..12] == *b"401")
 }
 
 impl Drop for LocalRegistry {

@@ -383,8 +383,9 @@ impl Applier {
             // Other `.wh..wh.` names are aufs bookkeeping, not part of the image.
             return Ok(());
         }
-        if hidden.is_empty() {
-            return Err(ApplyError::UnsafePath { path: show(entry_path), reason: "whiteout names nothing" });
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            // `.wh..` and `.wh...` would hide the directory itself or its parent.
+            return Err(ApplyError::UnsafePath { path: show(entry_path), reason: "whiteout names no single entry" });
         }
         let target = join(parent, hidden);
         // Whiteouts only hide lower layers; an entry of this same layer stays.

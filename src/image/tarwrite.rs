@@ -124,7 +124,7 @@ impl<W: Write> TarWriter<W> {
         }
         if !pax.is_empty() {
             let mut ph = [0u8; BLOCK];
-            ph[..13].copy_from_slice(b"././@PaxHeader");
+            ph[..14].copy_from_slice(b"././@PaxHeader");
             octal(&mut ph[100..108], 0o644);
             octal(&mut ph[108..116], 0);
             octal(&mut ph[116..124], 0);

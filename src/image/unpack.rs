@@ -167,31 +167,22 @@ fn produce_layer(
         }
     }
     let mut diff = Hasher::new();
-    {
-        let mut decoder: Box<dyn Read + '_> = match compression {
-            Compression::None => Box::new(&mut tee),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut tee)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(&mut tee).map_err(read_err)?),
-        };
-        loop {
-            let mut buf = pool.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES));
-            buf.resize(CHUNK_BYTES, 0);
-            let n = read_full(&mut decoder, &mut buf).map_err(read_err)?;
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            *total += n as u64;
-            if *total > unpacked_bytes_max {
-                return Err(UnpackError::TooLarge { layer: i, max: unpacked_bytes_max });
-            }
-            diff.update(&buf);
-            if tx.send(Msg::Chunk(buf)).is_err() {
-                // The consumer failed and reports its own error.
-                return Err(UnpackError::Read { layer: i, compression, source: io::Error::other("consumer stopped") });
+    let decoded = decode_into(i, compression, &mut tee, &mut diff, tx, pool, total, unpacked_bytes_max);
+    if let Err(e @ UnpackError::Read { .. }) = decoded {
+        // A decoder error on a blob that also fails its digest is corruption, and saying so
+        // beats "bad gzip checksum". Read the rest (bounded by the blob size) to find out.
+        if let (Some(expected), Some(size)) = (layer.digest, layer.size) {
+            let mut rest = (&mut tee).take(size.saturating_add(1));
+            if io::copy(&mut rest, &mut io::sink()).is_ok() {
+                let actual = std::mem::take(&mut tee.get_mut().hasher).finish();
+                if actual != expected {
+                    return Err(UnpackError::DigestMismatch { layer: i, expected, actual });
+                }
             }
         }
+        return Err(e);
     }
+    decoded?;
     // Trailing bytes after the compressed stream (or the tar) are part of the blob digest.
     io::copy(&mut tee, &mut io::sink()).map_err(read_err)?;
     let compressed = tee.into_inner().hasher;
@@ -215,6 +206,43 @@ fn produce_layer(
         }
     }
     Ok(LayerReport { digest: Some(digest), diff_id, compression, compressed_bytes, uncompressed_bytes })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_into(
+    i: usize,
+    compression: Compression,
+    tee: &mut io::BufReader<Tee<Box<dyn Read + Send>>>,
+    diff: &mut Hasher,
+    tx: &SyncSender<Msg>,
+    pool: &Receiver<Vec<u8>>,
+    total: &mut u64,
+    unpacked_bytes_max: u64,
+) -> Result<(), UnpackError> {
+    let read_err = |source| UnpackError::Read { layer: i, compression, source };
+    let mut decoder: Box<dyn Read + '_> = match compression {
+        Compression::None => Box::new(tee),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(tee)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(tee).map_err(read_err)?),
+    };
+    loop {
+        let mut buf = pool.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES));
+        buf.resize(CHUNK_BYTES, 0);
+        let n = read_full(&mut decoder, &mut buf).map_err(read_err)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.truncate(n);
+        *total += n as u64;
+        if *total > unpacked_bytes_max {
+            return Err(UnpackError::TooLarge { layer: i, max: unpacked_bytes_max });
+        }
+        diff.update(&buf);
+        if tx.send(Msg::Chunk(buf)).is_err() {
+            // The consumer failed and reports its own error.
+            return Err(UnpackError::Read { layer: i, compression, source: io::Error::other("consumer stopped") });
+        }
+    }
 }
 
 /// Consumer side: a `BufRead` over the chunks of one layer; EOF at the layer's end.

@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests and benches: locating external tools, and the
+//! rule that a missing tool skips a test on a developer machine but fails it in CI.
+
+use std::path::PathBuf;
+
+/// Finds `tool` on PATH.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+/// Whether a test needing `tool` can run. In CI (`CI` set) a missing tool is a failure,
+/// because CI installs everything; elsewhere the test is skipped with the reason printed.
+pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
+    if which(tool).is_some() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {tool} is missing in CI (Debian package {package}); .ci/run must install it");
+    }
+    eprintln!("SKIPPED {test}: {tool} not installed (apt-get install {package})");
+    false
+}
+
+/// Whether a test that needs root can run, with the same CI rule.
+pub fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs root, and CI runs as root");
+    }
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
