@@ -11,7 +11,11 @@ use std::io::IsTerminal;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "bootyard", version, about = "Conformance and simulation harness, with a reference node agent, for container-native immutable Linux")]
+#[command(
+    name = "bootyard",
+    version,
+    about = "Conformance and simulation harness, with a reference node agent, for container-native immutable Linux"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -21,19 +21,31 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
             return match e {
-                RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } | RegistryError::TooLarge { .. } | RegistryError::Spec(_) => exit::BAD_IMAGE,
-                RegistryError::Unauthorized { .. } | RegistryError::NotFound { .. } | RegistryError::Exhausted { .. } | RegistryError::Failed { .. } => exit::UNAVAILABLE,
+                RegistryError::DigestMismatch { .. }
+                | RegistryError::SizeMismatch { .. }
+                | RegistryError::TooLarge { .. }
+                | RegistryError::Spec(_) => exit::BAD_IMAGE,
+                RegistryError::Unauthorized { .. }
+                | RegistryError::NotFound { .. }
+                | RegistryError::Exhausted { .. }
+                | RegistryError::Failed { .. } => exit::UNAVAILABLE,
                 _ => exit::FAILURE,
             };
         }
         if let Some(e) = cause.downcast_ref::<UnpackError>() {
             return match e {
-                UnpackError::DestinationNotEmpty(_) | UnpackError::DestinationNotDir(_) | UnpackError::Io { .. } => exit::FAILURE,
-                UnpackError::Apply { source: ApplyError::Io { .. }, .. } => exit::FAILURE,
+                UnpackError::DestinationNotEmpty(_)
+                | UnpackError::DestinationNotDir(_)
+                | UnpackError::Io { .. } => exit::FAILURE,
+                UnpackError::Apply {
+                    source: ApplyError::Io { .. },
+                    ..
+                } => exit::FAILURE,
                 _ => exit::BAD_IMAGE,
             };
         }
-        if let Some(PullError::Archive(_) | PullError::Spec(_)) = cause.downcast_ref::<PullError>() {
+        if let Some(PullError::Archive(_) | PullError::Spec(_)) = cause.downcast_ref::<PullError>()
+        {
             return exit::BAD_IMAGE;
         }
     }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 /// Finds `tool` on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// Whether a test needing `tool` can run. In CI (`CI` set) a missing tool is a failure,
@@ -16,7 +18,9 @@ pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
         return true;
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{test}: {tool} is missing in CI (Debian package {package}); .ci/run must install it");
+        panic!(
+            "{test}: {tool} is missing in CI (Debian package {package}); .ci/run must install it"
+        );
     }
     eprintln!("SKIPPED {test}: {tool} not installed (apt-get install {package})");
     false

@@ -26,11 +26,23 @@ fn registry_available(test: &str) -> bool {
 
 fn arch_image(layout: &Layout, arch: &str, c: Compression) -> Descriptor {
     let mut base = LayerTar::new();
-    base.dir("etc", 0o755).file("etc/arch", 0o644, arch.as_bytes()).file("big", 0o644, &vec![b'z'; 300_000]);
+    base.dir("etc", 0o755)
+        .file("etc/arch", 0o644, arch.as_bytes())
+        .file("big", 0o644, &vec![b'z'; 300_000]);
     let mut top = LayerTar::new();
     top.file("etc/version", 0o644, b"v1");
-    let platform = Platform { os: "linux".into(), architecture: arch.into(), variant: None };
-    write_image(layout, &[(base.finish(), c), (top.finish(), c)], &platform, BTreeMap::new()).unwrap()
+    let platform = Platform {
+        os: "linux".into(),
+        architecture: arch.into(),
+        variant: None,
+    };
+    write_image(
+        layout,
+        &[(base.finish(), c), (top.finish(), c)],
+        &platform,
+        BTreeMap::new(),
+    )
+    .unwrap()
 }
 
 fn opts(tmp: &Path, reg: &str) -> PullOptions {
@@ -46,14 +58,26 @@ fn registry_ref(s: &str) -> Source {
 }
 
 fn push_layout(layout: &Layout, desc: &Descriptor, reference: &str, docker_config: Option<&Path>) {
-    let Source::Registry(r) = registry_ref(reference) else { panic!() };
-    let ropts = RegistryOptions { insecure: vec![r.registry().to_string()], docker_config: docker_config.map(Path::to_path_buf), ..Default::default() };
+    let Source::Registry(r) = registry_ref(reference) else {
+        panic!()
+    };
+    let ropts = RegistryOptions {
+        insecure: vec![r.registry().to_string()],
+        docker_config: docker_config.map(Path::to_path_buf),
+        ..Default::default()
+    };
     push(layout, desc, &r, &ropts).unwrap();
 }
 
 #[test]
 fn index_with_two_platforms_pushed_by_skopeo() {
-    if !registry_available("index_with_two_platforms_pushed_by_skopeo") || !require_tool("index_with_two_platforms_pushed_by_skopeo", "skopeo", "skopeo") {
+    if !registry_available("index_with_two_platforms_pushed_by_skopeo")
+        || !require_tool(
+            "index_with_two_platforms_pushed_by_skopeo",
+            "skopeo",
+            "skopeo",
+        )
+    {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -69,35 +93,59 @@ fn index_with_two_platforms_pushed_by_skopeo() {
         .arg(format!("docker://{}/os/multi:v1", reg.host()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let reference = format!("{}/os/multi:v1", reg.host());
     let o = opts(tmp.path(), &reg.host());
     let report = pull(&registry_ref(&reference), &tmp.path().join("amd"), &o).unwrap();
-    assert_eq!(std::fs::read_to_string(tmp.path().join("amd/etc/arch")).unwrap(), "amd64");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("amd/etc/arch")).unwrap(),
+        "amd64"
+    );
     assert_eq!(report.image.unwrap().platform, "linux/amd64");
 
     let mut o_arm = opts(tmp.path(), &reg.host());
     o_arm.registry.platform = "linux/arm64".parse().unwrap();
     pull(&registry_ref(&reference), &tmp.path().join("arm"), &o_arm).unwrap();
-    assert_eq!(std::fs::read_to_string(tmp.path().join("arm/etc/arch")).unwrap(), "arm64");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("arm/etc/arch")).unwrap(),
+        "arm64"
+    );
 
     let mut o_s390 = opts(tmp.path(), &reg.host());
     o_s390.registry.platform = "linux/s390x".parse().unwrap();
     let err = pull(&registry_ref(&reference), &tmp.path().join("s390"), &o_s390).unwrap_err();
     let msg = format!("{:#}", anyhow::Error::from(err));
-    assert!(msg.contains("no manifest for platform linux/s390x") && msg.contains("linux/arm64"), "{msg}");
+    assert!(
+        msg.contains("no manifest for platform linux/s390x") && msg.contains("linux/arm64"),
+        "{msg}"
+    );
     assert!(!tmp.path().join("s390").exists());
 
     // By digest, too: the index digest the cache recorded pins the same image.
-    let pinned = format!("{}/os/multi@{}", reg.host(), report_manifest(&tmp.path().join("cache"), &reference));
+    let pinned = format!(
+        "{}/os/multi@{}",
+        reg.host(),
+        report_manifest(&tmp.path().join("cache"), &reference)
+    );
     pull(&registry_ref(&pinned), &tmp.path().join("pinned"), &o).unwrap();
-    assert_eq!(std::fs::read_to_string(tmp.path().join("pinned/etc/arch")).unwrap(), "amd64");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("pinned/etc/arch")).unwrap(),
+        "amd64"
+    );
 }
 
 /// The digest of the top-level object the cache recorded for `reference`.
 fn report_manifest(cache: &Path, reference: &str) -> Digest {
-    Layout::open(cache).unwrap().find(Some(reference)).unwrap().digest
+    Layout::open(cache)
+        .unwrap()
+        .find(Some(reference))
+        .unwrap()
+        .digest
 }
 
 #[test]
@@ -111,9 +159,21 @@ fn zstd_layers_pull_and_verify() {
     let desc = arch_image(&layout, "amd64", Compression::Zstd);
     let reference = format!("{}/os/zstd:v1", reg.host());
     push_layout(&layout, &desc, &reference, None);
-    let report = pull(&registry_ref(&reference), &tmp.path().join("root"), &opts(tmp.path(), &reg.host())).unwrap();
-    assert!(report.unpack.layers.iter().all(|l| l.compression == Compression::Zstd));
-    assert_eq!(std::fs::read(tmp.path().join("root/big")).unwrap().len(), 300_000);
+    let report = pull(
+        &registry_ref(&reference),
+        &tmp.path().join("root"),
+        &opts(tmp.path(), &reg.host()),
+    )
+    .unwrap();
+    assert!(report
+        .unpack
+        .layers
+        .iter()
+        .all(|l| l.compression == Compression::Zstd));
+    assert_eq!(
+        std::fs::read(tmp.path().join("root/big")).unwrap().len(),
+        300_000
+    );
 }
 
 #[test]
@@ -128,7 +188,8 @@ fn corrupted_blob_is_refused_and_destination_kept() {
     let reference = format!("{}/os/corrupt:v1", reg.host());
     push_layout(&layout, &desc, &reference, None);
 
-    let manifest: bootyard::image::spec::Manifest = serde_json::from_slice(&layout.read_json_blob(&desc).unwrap()).unwrap();
+    let manifest: bootyard::image::spec::Manifest =
+        serde_json::from_slice(&layout.read_json_blob(&desc).unwrap()).unwrap();
     let victim = manifest.layers[0].digest;
     let data = reg.blob_data_path(&victim);
     let mut bytes = std::fs::read(&data).unwrap();
@@ -139,11 +200,27 @@ fn corrupted_blob_is_refused_and_destination_kept() {
     let dest = tmp.path().join("root");
     std::fs::create_dir(&dest).unwrap();
     std::fs::write(dest.join("good"), b"keep me").unwrap();
-    let err = pull(&registry_ref(&reference), &dest, &opts(tmp.path(), &reg.host())).unwrap_err();
-    assert!(matches!(err, PullError::Registry(RegistryError::DigestMismatch { .. })), "{err:?}");
+    let err = pull(
+        &registry_ref(&reference),
+        &dest,
+        &opts(tmp.path(), &reg.host()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Registry(RegistryError::DigestMismatch { .. })
+        ),
+        "{err:?}"
+    );
     assert_eq!(std::fs::read(dest.join("good")).unwrap(), b"keep me");
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1);
-    assert!(!Layout::open(&tmp.path().join("cache")).unwrap().has_blob(&victim), "a corrupt blob must not enter the cache");
+    assert!(
+        !Layout::open(&tmp.path().join("cache"))
+            .unwrap()
+            .has_blob(&victim),
+        "a corrupt blob must not enter the cache"
+    );
 }
 
 #[test]
@@ -153,10 +230,18 @@ fn unauthorized_without_credentials_ok_with_docker_config() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let hash = bcrypt::hash("s3cret", 4).unwrap();
-    let reg = LocalRegistry::start(Some(&Htpasswd { user: "maint".into(), bcrypt_hash: hash })).unwrap();
+    let reg = LocalRegistry::start(Some(&Htpasswd {
+        user: "maint".into(),
+        bcrypt_hash: hash,
+    }))
+    .unwrap();
     let config = tmp.path().join("docker-config.json");
     let auth = base64_encode(b"maint:s3cret");
-    std::fs::write(&config, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host())).unwrap();
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
 
     let layout = Layout::create(&tmp.path().join("layout")).unwrap();
     let desc = arch_image(&layout, "amd64", Compression::Gzip);
@@ -166,12 +251,18 @@ fn unauthorized_without_credentials_ok_with_docker_config() {
     let mut o = opts(tmp.path(), &reg.host());
     o.registry.docker_config = Some(tmp.path().join("no-such-config.json"));
     let err = pull(&registry_ref(&reference), &tmp.path().join("denied"), &o).unwrap_err();
-    assert!(matches!(err, PullError::Registry(RegistryError::Unauthorized { .. })), "{err:?}");
+    assert!(
+        matches!(err, PullError::Registry(RegistryError::Unauthorized { .. })),
+        "{err:?}"
+    );
     assert!(!tmp.path().join("denied").exists());
 
     o.registry.docker_config = Some(config);
     pull(&registry_ref(&reference), &tmp.path().join("allowed"), &o).unwrap();
-    assert_eq!(std::fs::read_to_string(tmp.path().join("allowed/etc/version")).unwrap(), "v1");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("allowed/etc/version")).unwrap(),
+        "v1"
+    );
 }
 
 fn base64_encode(b: &[u8]) -> String {
@@ -186,14 +277,30 @@ fn unknown_tag_and_unreachable_registry() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let reg = LocalRegistry::start(None).unwrap();
-    let err = pull(&registry_ref(&format!("{}/os/none:v9", reg.host())), &tmp.path().join("a"), &opts(tmp.path(), &reg.host())).unwrap_err();
-    assert!(matches!(err, PullError::Registry(RegistryError::NotFound { .. })), "{err:?}");
+    let err = pull(
+        &registry_ref(&format!("{}/os/none:v9", reg.host())),
+        &tmp.path().join("a"),
+        &opts(tmp.path(), &reg.host()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, PullError::Registry(RegistryError::NotFound { .. })),
+        "{err:?}"
+    );
 
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let host = closed.to_string();
     let mut o = opts(tmp.path(), &host);
     o.registry.attempts_max = 3;
-    let err = pull(&registry_ref(&format!("{host}/os/x:v1")), &tmp.path().join("b"), &o).unwrap_err();
+    let err = pull(
+        &registry_ref(&format!("{host}/os/x:v1")),
+        &tmp.path().join("b"),
+        &o,
+    )
+    .unwrap_err();
     let msg = format!("{:#}", anyhow::Error::from(err));
     assert!(msg.contains("failed after 3 attempts"), "{msg}");
 }
@@ -216,15 +323,26 @@ impl DroppingProxy {
                 let Ok(client) = client else { return };
                 let done = done.clone();
                 let needle = format!("/blobs/{digest}");
-                std::thread::spawn(move || relay(client, upstream, &needle, drops, cut_after, &done));
+                std::thread::spawn(move || {
+                    relay(client, upstream, &needle, drops, cut_after, &done)
+                });
             }
         });
         Self { addr, drops_done }
     }
 }
 
-fn relay(mut client: TcpStream, upstream: std::net::SocketAddr, needle: &str, drops: u32, cut_after: usize, done: &AtomicU32) {
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+fn relay(
+    mut client: TcpStream,
+    upstream: std::net::SocketAddr,
+    needle: &str,
+    drops: u32,
+    cut_after: usize,
+    done: &AtomicU32,
+) {
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -236,7 +354,12 @@ fn relay(mut client: TcpStream, upstream: std::net::SocketAddr, needle: &str, dr
     }
     let text = String::from_utf8_lossy(&head).to_string();
     let is_target = text.starts_with("GET ") && text.lines().next().unwrap_or("").contains(needle);
-    let rewritten: String = text.lines().filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()).map(|l| format!("{l}\r\n")).collect::<String>() + "Connection: close\r\n\r\n";
+    let rewritten: String = text
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        + "Connection: close\r\n\r\n";
     let mut up = TcpStream::connect(upstream).unwrap();
     up.write_all(rewritten.as_bytes()).unwrap();
     let cut = is_target && done.fetch_add(1, Ordering::SeqCst) < drops;
@@ -250,7 +373,11 @@ fn relay(mut client: TcpStream, upstream: std::net::SocketAddr, needle: &str, dr
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let n = if cut { n.min(cut_after.saturating_sub(sent)) } else { n };
+        let n = if cut {
+            n.min(cut_after.saturating_sub(sent))
+        } else {
+            n
+        };
         if client.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -275,15 +402,27 @@ fn connection_dropped_mid_blob_is_retried_then_reported() {
     let mut rng = bootyard::image::sample::Rng::new(42);
     let noise: Vec<u8> = (0..2_000_000u32).map(|_| rng.next_u64() as u8).collect();
     base.file("noise", 0o644, &noise);
-    let desc = write_image(&layout, &[(base.finish(), Compression::Gzip)], &Platform::linux_amd64(), BTreeMap::new()).unwrap();
+    let desc = write_image(
+        &layout,
+        &[(base.finish(), Compression::Gzip)],
+        &Platform::linux_amd64(),
+        BTreeMap::new(),
+    )
+    .unwrap();
     push_layout(&layout, &desc, &format!("{}/os/flaky:v1", reg.host()), None);
-    let manifest: bootyard::image::spec::Manifest = serde_json::from_slice(&layout.read_json_blob(&desc).unwrap()).unwrap();
+    let manifest: bootyard::image::spec::Manifest =
+        serde_json::from_slice(&layout.read_json_blob(&desc).unwrap()).unwrap();
     let blob = manifest.layers[0].digest;
 
     // Two drops, five attempts: the pull recovers.
     let proxy = DroppingProxy::start(reg.addr(), blob, 2, 100_000);
     let host = proxy.addr.to_string();
-    let report = pull(&registry_ref(&format!("{host}/os/flaky:v1")), &tmp.path().join("ok"), &opts(tmp.path(), &host)).unwrap();
+    let report = pull(
+        &registry_ref(&format!("{host}/os/flaky:v1")),
+        &tmp.path().join("ok"),
+        &opts(tmp.path(), &host),
+    )
+    .unwrap();
     assert_eq!(proxy.drops_done.load(Ordering::SeqCst), 2);
     assert_eq!(std::fs::read(tmp.path().join("ok/noise")).unwrap(), noise);
     assert_eq!(report.unpack.layers[0].digest, Some(blob));
@@ -294,10 +433,20 @@ fn connection_dropped_mid_blob_is_retried_then_reported() {
     let host = proxy.addr.to_string();
     let mut o = opts(tmp2.path(), &host);
     o.registry.attempts_max = 4;
-    let err = pull(&registry_ref(&format!("{host}/os/flaky:v1")), &tmp2.path().join("never"), &o).unwrap_err();
+    let err = pull(
+        &registry_ref(&format!("{host}/os/flaky:v1")),
+        &tmp2.path().join("never"),
+        &o,
+    )
+    .unwrap_err();
     let msg = format!("{:#}", anyhow::Error::from(err));
-    assert!(msg.contains(&format!("blob {blob}")) && msg.contains("failed after 4 attempts"), "{msg}");
+    assert!(
+        msg.contains(&format!("blob {blob}")) && msg.contains("failed after 4 attempts"),
+        "{msg}"
+    );
     assert_eq!(proxy.drops_done.load(Ordering::SeqCst), 4);
     assert!(!tmp2.path().join("never").exists());
-    assert!(!Layout::open(&tmp2.path().join("cache")).unwrap().has_blob(&blob));
+    assert!(!Layout::open(&tmp2.path().join("cache"))
+        .unwrap()
+        .has_blob(&blob));
 }

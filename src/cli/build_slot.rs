@@ -24,12 +24,24 @@ pub struct BuildSlotArgs {
 }
 
 pub fn run(a: BuildSlotArgs) -> anyhow::Result<()> {
-    let opts = SlotOptions { label: a.label, size_bytes: a.size, ..Default::default() };
-    let r = build_slot(&a.rootfs, &a.out, &opts).with_context(|| format!("failed to build slot image {}", a.out.display()))?;
+    let opts = SlotOptions {
+        label: a.label,
+        size_bytes: a.size,
+        ..Default::default()
+    };
+    let r = build_slot(&a.rootfs, &a.out, &opts)
+        .with_context(|| format!("failed to build slot image {}", a.out.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("built {} ({} bytes, label {}, {} inodes, {} bytes of content)", r.image.display(), r.size_bytes, r.label, r.inodes, r.content_bytes);
+        println!(
+            "built {} ({} bytes, label {}, {} inodes, {} bytes of content)",
+            r.image.display(),
+            r.size_bytes,
+            r.label,
+            r.inodes,
+            r.content_bytes
+        );
     }
     Ok(())
 }

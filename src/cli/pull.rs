@@ -36,6 +36,10 @@ pub struct PullArgs {
     /// Most tar entries accepted across all layers
     #[arg(long, default_value_t = Limits::default().entries_max)]
     pub max_entries: u64,
+    /// Also recompute each layer blob's digest while unpacking (diff_ids are always verified;
+    /// registry downloads always verify blob digests)
+    #[arg(long)]
+    pub verify_blobs: bool,
     /// Print a JSON report on stdout instead of a summary
     #[arg(long)]
     pub json: bool,
@@ -48,10 +52,12 @@ pub fn run(a: PullArgs) -> anyhow::Result<()> {
     opts.registry.insecure = a.insecure_registry.clone();
     opts.registry.docker_config = a.docker_config.clone();
     opts.force = a.force;
+    opts.verify_blobs = a.verify_blobs;
     opts.limits.unpacked_bytes_max = a.max_unpacked_bytes;
     opts.limits.entries_max = a.max_entries;
     opts.progress = super::show_progress(a.json);
-    let report = pull(&source, &a.out, &opts).with_context(|| format!("failed to pull {source}"))?;
+    let report =
+        pull(&source, &a.out, &opts).with_context(|| format!("failed to pull {source}"))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -69,15 +75,34 @@ pub fn print_summary(r: &PullReport) {
     }
     for (i, l) in r.unpack.layers.iter().enumerate() {
         let d = l.digest.map(|d| d.short()).unwrap_or_else(|| "-".into());
-        println!("  layer {i}   {d}  {:?}  {} -> {} bytes, diff_id verified", l.compression, l.compressed_bytes, l.uncompressed_bytes);
+        let checks = if l.blob_digest_verified {
+            "blob digest and diff_id verified"
+        } else {
+            "diff_id verified"
+        };
+        println!(
+            "  layer {i}   {d}  {:?}  {} -> {} bytes, {checks}",
+            l.compression, l.compressed_bytes, l.uncompressed_bytes
+        );
     }
     println!(
         "  {} entries: {} files ({} bytes), {} dirs, {} symlinks, {} hardlinks, {} special, {} whiteouts ({} opaque)",
         s.entries, s.files, s.file_bytes, s.dirs, s.symlinks, s.hardlinks, s.special_files, s.whiteouts, s.opaque_dirs
     );
-    let mb = r.unpack.layers.iter().map(|l| l.uncompressed_bytes).sum::<u64>() as f64 / 1e6;
+    let mb = r
+        .unpack
+        .layers
+        .iter()
+        .map(|l| l.uncompressed_bytes)
+        .sum::<u64>() as f64
+        / 1e6;
     let secs = r.unpack.elapsed_ms.max(1) as f64 / 1e3;
-    println!("  fetched in {} ms, unpacked in {} ms ({:.0} MB/s)", r.fetch_ms, r.unpack.elapsed_ms, mb / secs);
+    println!(
+        "  fetched in {} ms, unpacked in {} ms ({:.0} MB/s)",
+        r.fetch_ms,
+        r.unpack.elapsed_ms,
+        mb / secs
+    );
     for w in &r.unpack.warnings {
         println!("  warning: {w}");
     }

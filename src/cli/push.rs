@@ -30,8 +30,13 @@ pub fn run(a: PushArgs) -> anyhow::Result<()> {
     };
     let layout = Layout::open(&dir)?;
     let top = layout.find(tag.as_deref())?;
-    let opts = RegistryOptions { insecure: a.insecure_registry, docker_config: a.docker_config, ..Default::default() };
-    let digest = push(&layout, &top, &reference, &opts).with_context(|| format!("failed to push to {}", reference.whole()))?;
+    let opts = RegistryOptions {
+        insecure: a.insecure_registry,
+        docker_config: a.docker_config,
+        ..Default::default()
+    };
+    let digest = push(&layout, &top, &reference, &opts)
+        .with_context(|| format!("failed to push to {}", reference.whole()))?;
     println!("pushed {} ({digest})", reference.whole());
     Ok(())
 }

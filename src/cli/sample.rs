@@ -48,11 +48,19 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         Compress::Zstd => Compression::Zstd,
         Compress::None => Compression::None,
     };
-    let layout = Layout::create(&a.out).with_context(|| format!("failed to create OCI layout {}", a.out.display()))?;
+    let layout = Layout::create(&a.out)
+        .with_context(|| format!("failed to create OCI layout {}", a.out.display()))?;
     let layers = debian_like(scale, a.seed, c);
     let bytes: usize = layers.iter().map(|(t, _)| t.len()).sum();
     let desc = write_image(&layout, &layers, &Platform::linux_amd64(), BTreeMap::new())?;
     layout.set_tag(desc.clone(), &a.tag)?;
-    println!("wrote oci-layout:{}:{} ({} layers, {} bytes uncompressed, manifest {})", a.out.display(), a.tag, layers.len(), bytes, desc.digest);
+    println!(
+        "wrote oci-layout:{}:{} ({} layers, {} bytes uncompressed, manifest {})",
+        a.out.display(),
+        a.tag,
+        layers.len(),
+        bytes,
+        desc.digest
+    );
     Ok(())
 }

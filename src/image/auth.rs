@@ -59,39 +59,76 @@ pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 fn key_matches(key: &str, registry: &str) -> bool {
-    let k = key.trim_start_matches("https://").trim_start_matches("http://");
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     let k = k.split('/').next().unwrap_or(k);
-    k == registry || (registry == "index.docker.io" && (k == "docker.io" || k == "registry-1.docker.io"))
+    k == registry
+        || (registry == "index.docker.io" && (k == "docker.io" || k == "registry-1.docker.io"))
 }
 
 pub fn lookup(registry: &str, explicit: Option<&Path>) -> Result<Credentials, AuthError> {
-    let anonymous = |why: String| Credentials { auth: RegistryAuth::Anonymous, source: why };
+    let anonymous = |why: String| Credentials {
+        auth: RegistryAuth::Anonymous,
+        source: why,
+    };
     let Some(path) = config_path(explicit) else {
-        return Ok(anonymous("no docker config found; pulling anonymously".into()));
+        return Ok(anonymous(
+            "no docker config found; pulling anonymously".into(),
+        ));
     };
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(anonymous(format!("{} does not exist; pulled anonymously", path.display())));
+            return Ok(anonymous(format!(
+                "{} does not exist; pulled anonymously",
+                path.display()
+            )));
         }
         Err(source) => return Err(AuthError::Io { path, source }),
     };
-    let config: DockerConfig = serde_json::from_slice(&bytes).map_err(|source| AuthError::BadConfig { path: path.clone(), source })?;
-    let Some(entry) = config.auths.iter().find(|(k, _)| key_matches(k, registry)).map(|(_, v)| v) else {
-        return Ok(anonymous(format!("{} has no entry for {registry}; pulled anonymously", path.display())));
+    let config: DockerConfig =
+        serde_json::from_slice(&bytes).map_err(|source| AuthError::BadConfig {
+            path: path.clone(),
+            source,
+        })?;
+    let Some(entry) = config
+        .auths
+        .iter()
+        .find(|(k, _)| key_matches(k, registry))
+        .map(|(_, v)| v)
+    else {
+        return Ok(anonymous(format!(
+            "{} has no entry for {registry}; pulled anonymously",
+            path.display()
+        )));
     };
     let source = format!("credentials for {registry} from {}", path.display());
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-        return Ok(Credentials { auth: RegistryAuth::Basic(u.clone(), p.clone()), source });
+        return Ok(Credentials {
+            auth: RegistryAuth::Basic(u.clone(), p.clone()),
+            source,
+        });
     }
     if let Some(a) = &entry.auth {
-        let bad = || AuthError::BadAuth { path: path.clone(), registry: registry.to_string() };
-        let decoded = base64::engine::general_purpose::STANDARD.decode(a.trim()).map_err(|_| bad())?;
+        let bad = || AuthError::BadAuth {
+            path: path.clone(),
+            registry: registry.to_string(),
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(a.trim())
+            .map_err(|_| bad())?;
         let text = String::from_utf8(decoded).map_err(|_| bad())?;
         let (u, p) = text.split_once(':').ok_or_else(bad)?;
-        return Ok(Credentials { auth: RegistryAuth::Basic(u.to_string(), p.to_string()), source });
+        return Ok(Credentials {
+            auth: RegistryAuth::Basic(u.to_string(), p.to_string()),
+            source,
+        });
     }
-    Ok(anonymous(format!("{} entry for {registry} has no usable credentials", path.display())))
+    Ok(anonymous(format!(
+        "{} entry for {registry} has no usable credentials",
+        path.display()
+    )))
 }
 
 #[cfg(test)]
@@ -104,11 +141,19 @@ mod tests {
         let path = dir.path().join("config.json");
         std::fs::write(&path, r#"{"auths":{"127.0.0.1:5000":{"auth":"dXNlcjpwYXNzOndvcmQ="},"https://other:1/v2/":{"username":"a","password":"b"}}}"#).unwrap();
         match lookup("127.0.0.1:5000", Some(&path)).unwrap().auth {
-            RegistryAuth::Basic(u, p) => assert_eq!((u.as_str(), p.as_str()), ("user", "pass:word")),
+            RegistryAuth::Basic(u, p) => {
+                assert_eq!((u.as_str(), p.as_str()), ("user", "pass:word"))
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(lookup("other:1", Some(&path)).unwrap().auth, RegistryAuth::Basic(..)));
-        assert!(matches!(lookup("elsewhere", Some(&path)).unwrap().auth, RegistryAuth::Anonymous));
+        assert!(matches!(
+            lookup("other:1", Some(&path)).unwrap().auth,
+            RegistryAuth::Basic(..)
+        ));
+        assert!(matches!(
+            lookup("elsewhere", Some(&path)).unwrap().auth,
+            RegistryAuth::Anonymous
+        ));
     }
 
     #[test]
@@ -116,8 +161,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, "{not json").unwrap();
-        assert!(matches!(lookup("x", Some(&path)), Err(AuthError::BadConfig { .. })));
+        assert!(matches!(
+            lookup("x", Some(&path)),
+            Err(AuthError::BadConfig { .. })
+        ));
         std::fs::write(&path, r#"{"auths":{"x":{"auth":"!!!"}}}"#).unwrap();
-        assert!(matches!(lookup("x", Some(&path)), Err(AuthError::BadAuth { .. })));
+        assert!(matches!(
+            lookup("x", Some(&path)),
+            Err(AuthError::BadAuth { .. })
+        ));
     }
 }

@@ -55,12 +55,16 @@ impl FromStr for Digest {
         if alg != "sha256" {
             return Err(DigestError::UnsupportedAlgorithm(alg.to_string()));
         }
-        let valid = enc.len() == 64 && enc.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let valid = enc.len() == 64
+            && enc
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid {
             return Err(DigestError::BadEncoded(s.to_string()));
         }
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(enc, &mut bytes).map_err(|_| DigestError::BadEncoded(s.to_string()))?;
+        hex::decode_to_slice(enc, &mut bytes)
+            .map_err(|_| DigestError::BadEncoded(s.to_string()))?;
         Ok(Self { bytes })
     }
 }
@@ -116,7 +120,9 @@ impl Hasher {
     }
 
     pub fn finish(self) -> Digest {
-        Digest { bytes: self.inner.finalize().into() }
+        Digest {
+            bytes: self.inner.finalize().into(),
+        }
     }
 }
 
@@ -135,11 +141,23 @@ mod tests {
 
     #[test]
     fn rejects_other_algorithms_and_bad_hex() {
-        assert!(matches!("sha512:ab".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm(_))));
-        assert!(matches!("abc".parse::<Digest>(), Err(DigestError::MissingAlgorithm(_))));
+        assert!(matches!(
+            "sha512:ab".parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            "abc".parse::<Digest>(),
+            Err(DigestError::MissingAlgorithm(_))
+        ));
         let upper = format!("sha256:{}", "A".repeat(64));
-        assert!(matches!(upper.parse::<Digest>(), Err(DigestError::BadEncoded(_))));
-        assert!(matches!("sha256:abc".parse::<Digest>(), Err(DigestError::BadEncoded(_))));
+        assert!(matches!(
+            upper.parse::<Digest>(),
+            Err(DigestError::BadEncoded(_))
+        ));
+        assert!(matches!(
+            "sha256:abc".parse::<Digest>(),
+            Err(DigestError::BadEncoded(_))
+        ));
     }
 
     proptest! {

@@ -18,7 +18,9 @@ pub fn write_tree(root: &Path, out: impl Write) -> io::Result<()> {
     // Explicit stack instead of recursion: depth is bounded by memory, not the thread stack.
     let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
     while let Some((dir, rel)) = stack.pop() {
-        let mut names: Vec<_> = fs::read_dir(&dir)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+        let mut names: Vec<_> = fs::read_dir(&dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
         names.sort();
         let mut subdirs = Vec::new();
         for name in names {
@@ -93,7 +95,8 @@ fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let mut value = vec![0u8; 64 << 10];
-        if let Ok(len) = rustix::fs::lgetxattr(path, std::ffi::OsStr::from_bytes(name), &mut value) {
+        if let Ok(len) = rustix::fs::lgetxattr(path, std::ffi::OsStr::from_bytes(name), &mut value)
+        {
             value.truncate(len);
             out.push((name.to_vec(), value));
         }

@@ -45,7 +45,11 @@ pub fn fingerprint(root: &Path) -> std::io::Result<Fingerprint> {
         for e in std::fs::read_dir(&dir)? {
             let e = e?;
             let name = String::from_utf8_lossy(e.file_name().as_bytes()).into_owned();
-            let relp = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let relp = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             let md = e.path().symlink_metadata()?;
             if md.is_dir() {
                 stack.push((e.path(), relp.clone()));
@@ -99,10 +103,18 @@ pub fn fingerprint(root: &Path) -> std::io::Result<Fingerprint> {
         let mut xattrs = BTreeMap::new();
         let mut names = vec![0u8; 4096];
         if let Ok(n) = rustix::fs::llistxattr(&full, &mut names) {
-            for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty() && xattr_wanted(n)) {
+            for name in names[..n]
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty() && xattr_wanted(n))
+            {
                 let mut value = vec![0u8; 64 << 10];
-                if let Ok(len) = rustix::fs::lgetxattr(&full, std::ffi::OsStr::from_bytes(name), &mut value) {
-                    xattrs.insert(String::from_utf8_lossy(name).into_owned(), hex::encode(&value[..len]));
+                if let Ok(len) =
+                    rustix::fs::lgetxattr(&full, std::ffi::OsStr::from_bytes(name), &mut value)
+                {
+                    xattrs.insert(
+                        String::from_utf8_lossy(name).into_owned(),
+                        hex::encode(&value[..len]),
+                    );
                 }
             }
         }
@@ -115,8 +127,15 @@ pub fn fingerprint(root: &Path) -> std::io::Result<Fingerprint> {
                 gid: md.gid(),
                 size: if ft.is_file() { md.len() } else { 0 },
                 content,
-                link: ft.is_symlink().then(|| std::fs::read_link(&full).map(|l| String::from_utf8_lossy(l.as_os_str().as_bytes()).into_owned())).transpose()?,
-                rdev: (ft.is_char_device() || ft.is_block_device()).then(|| (rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))),
+                link: ft
+                    .is_symlink()
+                    .then(|| {
+                        std::fs::read_link(&full)
+                            .map(|l| String::from_utf8_lossy(l.as_os_str().as_bytes()).into_owned())
+                    })
+                    .transpose()?,
+                rdev: (ft.is_char_device() || ft.is_block_device())
+                    .then(|| (rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))),
                 hardlink_of,
                 xattrs,
             },
@@ -131,7 +150,9 @@ pub fn diff(a: &Fingerprint, b: &Fingerprint, max: usize) -> Vec<String> {
     for (p, na) in a {
         match b.get(p) {
             None => out.push(format!("only in first: {p} ({})", na.kind)),
-            Some(nb) if na != nb => out.push(format!("differs: {p}\n    first:  {na:?}\n    second: {nb:?}")),
+            Some(nb) if na != nb => out.push(format!(
+                "differs: {p}\n    first:  {na:?}\n    second: {nb:?}"
+            )),
             _ => {}
         }
     }

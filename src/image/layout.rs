@@ -7,26 +7,46 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::digest::{Digest, Hasher};
-use super::spec::{self, Descriptor, Index, Pointed, SpecError, ANNOTATION_REF_NAME, JSON_BLOB_BYTES_MAX, MEDIA_OCI_INDEX};
+use super::spec::{
+    self, Descriptor, Index, Pointed, SpecError, ANNOTATION_REF_NAME, JSON_BLOB_BYTES_MAX,
+    MEDIA_OCI_INDEX,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     #[error("{0} is not an OCI image layout (no oci-layout file)")]
     NotALayout(PathBuf),
     #[error("OCI layout {dir} has no image tagged {tag:?} (tags: {available})")]
-    NoSuchTag { dir: PathBuf, tag: String, available: String },
+    NoSuchTag {
+        dir: PathBuf,
+        tag: String,
+        available: String,
+    },
     #[error("OCI layout {dir} holds {count} images; name one with :TAG (tags: {available})")]
-    Ambiguous { dir: PathBuf, count: usize, available: String },
+    Ambiguous {
+        dir: PathBuf,
+        count: usize,
+        available: String,
+    },
     #[error("OCI layout {0} holds no images")]
     Empty(PathBuf),
     #[error("blob {digest} is missing from {dir}")]
     MissingBlob { dir: PathBuf, digest: Digest },
     #[error("blob {digest} in {dir} has digest {actual} (corrupt file)")]
-    CorruptBlob { dir: PathBuf, digest: Digest, actual: Digest },
+    CorruptBlob {
+        dir: PathBuf,
+        digest: Digest,
+        actual: Digest,
+    },
     #[error("blob {digest} is {size} bytes, more than the {max} bytes allowed for metadata")]
     BlobTooLarge { digest: Digest, size: u64, max: u64 },
     #[error("blob written has {actual_size} bytes and digest {actual}, expected {expected_size} bytes and {expected}")]
-    WriteMismatch { expected: Digest, expected_size: u64, actual: Digest, actual_size: u64 },
+    WriteMismatch {
+        expected: Digest,
+        expected_size: u64,
+        actual: Digest,
+        actual_size: u64,
+    },
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error("cannot {op} {path}")]
@@ -52,7 +72,9 @@ impl Layout {
         if !dir.join("oci-layout").is_file() {
             return Err(LayoutError::NotALayout(dir.to_path_buf()));
         }
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Opens `dir` as a layout, creating an empty one if there is nothing there yet.
@@ -63,10 +85,20 @@ impl Layout {
             write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
         if !dir.join("index.json").exists() {
-            let index = Index { schema_version: 2, media_type: Some(MEDIA_OCI_INDEX.into()), manifests: vec![], annotations: BTreeMap::new() };
-            write_atomic(&dir.join("index.json"), &serde_json::to_vec_pretty(&index).expect("index serializes"))?;
+            let index = Index {
+                schema_version: 2,
+                media_type: Some(MEDIA_OCI_INDEX.into()),
+                manifests: vec![],
+                annotations: BTreeMap::new(),
+            };
+            write_atomic(
+                &dir.join("index.json"),
+                &serde_json::to_vec_pretty(&index).expect("index serializes"),
+            )?;
         }
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -93,19 +125,35 @@ impl Layout {
     /// The descriptor `tag` names in index.json, or the only one when no tag is given.
     pub fn find(&self, tag: Option<&str>) -> Result<Descriptor, LayoutError> {
         let index = self.index()?;
-        let tags: Vec<&str> = index.manifests.iter().filter_map(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str)).collect();
-        let available = if tags.is_empty() { "none".to_string() } else { tags.join(", ") };
+        let tags: Vec<&str> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str))
+            .collect();
+        let available = if tags.is_empty() {
+            "none".to_string()
+        } else {
+            tags.join(", ")
+        };
         match tag {
             Some(t) => index
                 .manifests
                 .iter()
                 .find(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(t))
                 .cloned()
-                .ok_or(LayoutError::NoSuchTag { dir: self.dir.clone(), tag: t.to_string(), available }),
+                .ok_or(LayoutError::NoSuchTag {
+                    dir: self.dir.clone(),
+                    tag: t.to_string(),
+                    available,
+                }),
             None => match index.manifests.len() {
                 0 => Err(LayoutError::Empty(self.dir.clone())),
                 1 => Ok(index.manifests[0].clone()),
-                n => Err(LayoutError::Ambiguous { dir: self.dir.clone(), count: n, available }),
+                n => Err(LayoutError::Ambiguous {
+                    dir: self.dir.clone(),
+                    count: n,
+                    available,
+                }),
             },
         }
     }
@@ -113,16 +161,27 @@ impl Layout {
     /// Reads a small blob (manifest, index, config) whole, verifying its digest.
     pub fn read_json_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, LayoutError> {
         if desc.size > JSON_BLOB_BYTES_MAX {
-            return Err(LayoutError::BlobTooLarge { digest: desc.digest, size: desc.size, max: JSON_BLOB_BYTES_MAX });
+            return Err(LayoutError::BlobTooLarge {
+                digest: desc.digest,
+                size: desc.size,
+                max: JSON_BLOB_BYTES_MAX,
+            });
         }
         let path = self.blob_path(&desc.digest);
         if !path.exists() {
-            return Err(LayoutError::MissingBlob { dir: self.dir.clone(), digest: desc.digest });
+            return Err(LayoutError::MissingBlob {
+                dir: self.dir.clone(),
+                digest: desc.digest,
+            });
         }
         let bytes = read_bounded(&path, JSON_BLOB_BYTES_MAX)?;
         let actual = Digest::of(&bytes);
         if actual != desc.digest {
-            return Err(LayoutError::CorruptBlob { dir: self.dir.clone(), digest: desc.digest, actual });
+            return Err(LayoutError::CorruptBlob {
+                dir: self.dir.clone(),
+                digest: desc.digest,
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -132,9 +191,16 @@ impl Layout {
         let path = self.blob_path(digest);
         File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
-                LayoutError::MissingBlob { dir: self.dir.clone(), digest: *digest }
+                LayoutError::MissingBlob {
+                    dir: self.dir.clone(),
+                    digest: *digest,
+                }
             } else {
-                LayoutError::Io { op: "open blob", path, source: e }
+                LayoutError::Io {
+                    op: "open blob",
+                    path,
+                    source: e,
+                }
             }
         })
     }
@@ -146,13 +212,28 @@ impl Layout {
         if !path.exists() {
             write_atomic(&path, bytes)?;
         }
-        Ok(Descriptor { media_type: media_type.into(), digest, size: bytes.len() as u64, platform: None, annotations: BTreeMap::new() })
+        Ok(Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size: bytes.len() as u64,
+            platform: None,
+            annotations: BTreeMap::new(),
+        })
     }
 
     /// Streams a blob into the store, verifying digest and size before it becomes visible.
-    pub fn put_blob_verified(&self, expected: &Digest, expected_size: u64, src: &mut dyn Read) -> Result<(), LayoutError> {
+    pub fn put_blob_verified(
+        &self,
+        expected: &Digest,
+        expected_size: u64,
+        src: &mut dyn Read,
+    ) -> Result<(), LayoutError> {
         let dest = self.blob_path(expected);
-        let tmp = self.dir.join("blobs/sha256").join(format!(".tmp-{}-{}", expected.hex(), std::process::id()));
+        let tmp = self.dir.join("blobs/sha256").join(format!(
+            ".tmp-{}-{}",
+            expected.hex(),
+            std::process::id()
+        ));
         let result = (|| {
             let mut f = File::create(&tmp).map_err(io_at("create", &tmp))?;
             let mut hasher = Hasher::new();
@@ -162,7 +243,13 @@ impl Layout {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(LayoutError::Io { op: "read blob for", path: dest.clone(), source: e }),
+                    Err(e) => {
+                        return Err(LayoutError::Io {
+                            op: "read blob for",
+                            path: dest.clone(),
+                            source: e,
+                        })
+                    }
                 };
                 hasher.update(&buf[..n]);
                 if hasher.len() > expected_size {
@@ -173,7 +260,12 @@ impl Layout {
             let actual_size = hasher.len();
             let actual = hasher.finish();
             if actual != *expected || actual_size != expected_size {
-                return Err(LayoutError::WriteMismatch { expected: *expected, expected_size, actual, actual_size });
+                return Err(LayoutError::WriteMismatch {
+                    expected: *expected,
+                    expected_size,
+                    actual,
+                    actual_size,
+                });
             }
             f.sync_all().map_err(io_at("sync", &tmp))?;
             fs::rename(&tmp, &dest).map_err(io_at("rename", &dest))
@@ -188,8 +280,11 @@ impl Layout {
     /// Points `tag` at `desc` in index.json, replacing any earlier image with that tag.
     pub fn set_tag(&self, mut desc: Descriptor, tag: &str) -> Result<(), LayoutError> {
         let mut index = self.index()?;
-        index.manifests.retain(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(tag));
-        desc.annotations.insert(ANNOTATION_REF_NAME.into(), tag.into());
+        index
+            .manifests
+            .retain(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(tag));
+        desc.annotations
+            .insert(ANNOTATION_REF_NAME.into(), tag.into());
         index.manifests.push(desc);
         let bytes = serde_json::to_vec_pretty(&index).expect("index serializes");
         write_atomic(&self.dir.join("index.json"), &bytes)
@@ -199,9 +294,15 @@ impl Layout {
 pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, LayoutError> {
     let f = File::open(path).map_err(io_at("open", path))?;
     let mut bytes = Vec::new();
-    f.take(max + 1).read_to_end(&mut bytes).map_err(io_at("read", path))?;
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_at("read", path))?;
     if bytes.len() as u64 > max {
-        return Err(LayoutError::BlobTooLarge { digest: Digest::of(&bytes), size: bytes.len() as u64, max });
+        return Err(LayoutError::BlobTooLarge {
+            digest: Digest::of(&bytes),
+            size: bytes.len() as u64,
+            max,
+        });
     }
     Ok(bytes)
 }
@@ -209,9 +310,14 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, LayoutError> {
 /// Writes via a temp file and rename, so readers see the old or the new content, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_at("create temp file in", dir))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(io_at("create temp file in", dir))?;
     tmp.write_all(bytes).map_err(io_at("write", path))?;
     tmp.as_file().sync_all().map_err(io_at("sync", path))?;
-    tmp.persist(path).map_err(|e| LayoutError::Io { op: "rename into", path: path.to_path_buf(), source: e.error })?;
+    tmp.persist(path).map_err(|e| LayoutError::Io {
+        op: "rename into",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     Ok(())
 }

@@ -6,13 +6,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::apply::{ApplyError, ApplyOptions, Applier, Limits};
+use super::apply::{Applier, ApplyError, ApplyOptions, Limits};
 use super::digest::Digest;
 use super::layout::{Layout, LayoutError};
 use super::registry::{self, RegistryError, RegistryOptions};
 use super::source::{resolve_in_layout, ResolveError, ResolvedImage, Source};
 use super::spec::{Compression, SpecError};
-use super::unpack::{replace_dir_atomically, unpack_into, LayerInput, UnpackError, UnpackReport};
+use super::unpack::{
+    replace_dir_atomically, unpack_into, BlobCheck, LayerInput, UnpackError, UnpackReport,
+};
 
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -22,12 +24,24 @@ pub struct PullOptions {
     pub apply: ApplyOptions,
     /// Replace a non-empty destination.
     pub force: bool,
+    /// Recompute every layer blob's digest while unpacking from a local layout. Off by
+    /// default: diff_ids authenticate the unpacked content, and registry pulls verify blob
+    /// digests as they download. A failed unpack always checks the blob to say why.
+    pub verify_blobs: bool,
     pub progress: bool,
 }
 
 impl PullOptions {
     pub fn new(cache_dir: PathBuf) -> Self {
-        Self { registry: RegistryOptions::default(), cache_dir, limits: Limits::default(), apply: ApplyOptions::for_current_user(), force: false, progress: false }
+        Self {
+            registry: RegistryOptions::default(),
+            cache_dir,
+            limits: Limits::default(),
+            apply: ApplyOptions::for_current_user(),
+            force: false,
+            verify_blobs: false,
+            progress: false,
+        }
     }
 }
 
@@ -80,21 +94,38 @@ fn bar(enabled: bool, len: u64, msg: &'static str) -> Option<indicatif::Progress
     }
     let pb = indicatif::ProgressBar::new(len);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .expect("template is valid")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .expect("template is valid")
+        .progress_chars("=> "),
     );
     pb.set_message(msg);
     Some(pb)
 }
 
 /// Layer inputs for a resolved image whose blobs are all in `layout`.
-pub fn layer_inputs(layout: &Layout, image: &ResolvedImage) -> Result<Vec<LayerInput>, PullError> {
+pub fn layer_inputs(
+    layout: &Layout,
+    image: &ResolvedImage,
+    verify_blobs: bool,
+) -> Result<Vec<LayerInput>, PullError> {
     let mut inputs = Vec::with_capacity(image.manifest.layers.len());
-    for (desc, diff_id) in image.manifest.layers.iter().zip(&image.config.rootfs.diff_ids) {
+    for (desc, diff_id) in image
+        .manifest
+        .layers
+        .iter()
+        .zip(&image.config.rootfs.diff_ids)
+    {
         let file = layout.open_blob(&desc.digest)?;
+        let second: Box<dyn std::io::Read + Send> = Box::new(layout.open_blob(&desc.digest)?);
         inputs.push(LayerInput {
             reader: Box::new(file),
+            blob_check: if verify_blobs {
+                BlobCheck::Parallel(second)
+            } else {
+                BlobCheck::OnFailure(second)
+            },
             compression: Compression::from_media_type(&desc.media_type)?,
             digest: Some(desc.digest),
             size: Some(desc.size),
@@ -105,11 +136,18 @@ pub fn layer_inputs(layout: &Layout, image: &ResolvedImage) -> Result<Vec<LayerI
 }
 
 /// Unpacks an already-resolved image from `layout` into `dest`.
-pub fn unpack_image(layout: &Layout, image: &ResolvedImage, dest: &Path, opts: &PullOptions) -> Result<UnpackReport, PullError> {
-    let inputs = layer_inputs(layout, image)?;
+pub fn unpack_image(
+    layout: &Layout,
+    image: &ResolvedImage,
+    dest: &Path,
+    opts: &PullOptions,
+) -> Result<UnpackReport, PullError> {
+    let inputs = layer_inputs(layout, image, opts.verify_blobs)?;
     let total: u64 = image.manifest.layers.iter().map(|l| l.size).sum();
     let pb = bar(opts.progress, total, "unpacking");
-    let report = replace_dir_atomically(dest, opts.force, |staging| unpack_into(staging, inputs, opts.apply, opts.limits, pb.clone()).map_err(PullError::from))?;
+    let report = replace_dir_atomically(dest, opts.force, |staging| {
+        unpack_into(staging, inputs, opts.apply, opts.limits, pb.clone()).map_err(PullError::from)
+    })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -128,7 +166,14 @@ pub fn pull(source: &Source, dest: &Path, opts: &PullOptions) -> Result<PullRepo
             }
             let fetch_ms = started.elapsed().as_millis() as u64;
             let unpack = unpack_image(&cache, &image, dest, opts)?;
-            return Ok(PullReport { schema_version: PULL_REPORT_SCHEMA, source: source.to_string(), destination: dest.to_path_buf(), image: Some(image), fetch_ms, unpack });
+            return Ok(PullReport {
+                schema_version: PULL_REPORT_SCHEMA,
+                source: source.to_string(),
+                destination: dest.to_path_buf(),
+                image: Some(image),
+                fetch_ms,
+                unpack,
+            });
         }
         Source::Layout { dir, tag } => {
             let layout = Layout::open(dir)?;
@@ -138,7 +183,17 @@ pub fn pull(source: &Source, dest: &Path, opts: &PullOptions) -> Result<PullRepo
             (Some(image), unpack)
         }
         Source::Archive { file, tag } => {
-            let tmp = tempfile::Builder::new().prefix(".bootyard-archive-").tempdir_in(dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))).map_err(|source| PullError::Io { path: file.clone(), source })?;
+            let tmp = tempfile::Builder::new()
+                .prefix(".bootyard-archive-")
+                .tempdir_in(
+                    dest.parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new(".")),
+                )
+                .map_err(|source| PullError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
             extract_archive(file, tmp.path(), opts.limits)?;
             let layout = Layout::open(tmp.path())?;
             let top = layout.find(tag.as_deref())?;
@@ -148,33 +203,78 @@ pub fn pull(source: &Source, dest: &Path, opts: &PullOptions) -> Result<PullRepo
         }
         Source::Dir(path) => {
             if !path.is_dir() {
-                return Err(PullError::Io { path: path.clone(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory") });
+                return Err(PullError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+                });
             }
-            let (reader, writer) = std::io::pipe().map_err(|source| PullError::Io { path: path.clone(), source })?;
+            let (reader, writer) = std::io::pipe().map_err(|source| PullError::Io {
+                path: path.clone(),
+                source,
+            })?;
             let root = path.clone();
             let walker = std::thread::spawn(move || super::dirstream::write_tree(&root, writer));
-            let input = LayerInput { reader: Box::new(reader), compression: Compression::None, digest: None, size: None, diff_id: None };
-            let result = replace_dir_atomically(dest, opts.force, |staging| unpack_into(staging, vec![input], opts.apply, opts.limits, None).map_err(PullError::from));
+            let input = LayerInput {
+                reader: Box::new(reader),
+                compression: Compression::None,
+                digest: None,
+                size: None,
+                diff_id: None,
+                blob_check: BlobCheck::Inline,
+            };
+            let result = replace_dir_atomically(dest, opts.force, |staging| {
+                unpack_into(staging, vec![input], opts.apply, opts.limits, None)
+                    .map_err(PullError::from)
+            });
             let walked = walker.join().expect("directory walker panicked");
             let unpack = result?;
-            walked.map_err(|source| PullError::Io { path: path.clone(), source })?;
+            walked.map_err(|source| PullError::Io {
+                path: path.clone(),
+                source,
+            })?;
             (None, unpack)
         }
     };
-    Ok(PullReport { schema_version: PULL_REPORT_SCHEMA, source: source.to_string(), destination: dest.to_path_buf(), image, fetch_ms: 0, unpack })
+    Ok(PullReport {
+        schema_version: PULL_REPORT_SCHEMA,
+        source: source.to_string(),
+        destination: dest.to_path_buf(),
+        image,
+        fetch_ms: 0,
+        unpack,
+    })
 }
 
 /// Extracts an OCI archive (a tar of a layout) with the same safety rules as layers, but
 /// without ownership or special files: it holds only blobs and JSON.
 pub fn extract_archive(file: &Path, into: &Path, limits: Limits) -> Result<(), PullError> {
-    let f = std::fs::File::open(file).map_err(|source| PullError::Io { path: file.to_path_buf(), source })?;
-    let mut applier = Applier::new(into, ApplyOptions { preserve_owner: false, special_files: false }, limits).map_err(PullError::Archive)?;
-    applier.apply_layer(std::io::BufReader::with_capacity(256 << 10, f)).map_err(PullError::Archive)?;
+    let f = std::fs::File::open(file).map_err(|source| PullError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let mut applier = Applier::new(
+        into,
+        ApplyOptions {
+            preserve_owner: false,
+            special_files: false,
+        },
+        limits,
+    )
+    .map_err(PullError::Archive)?;
+    applier
+        .apply_layer(std::io::BufReader::with_capacity(256 << 10, f))
+        .map_err(PullError::Archive)?;
     applier.finish().map_err(PullError::Archive)?;
     Ok(())
 }
 
 /// Digest-verified check that a resolved image's blobs are present in `layout`.
 pub fn missing_blobs(layout: &Layout, image: &ResolvedImage) -> Vec<Digest> {
-    image.manifest.layers.iter().map(|l| l.digest).filter(|d| !layout.has_blob(d)).collect()
+    image
+        .manifest
+        .layers
+        .iter()
+        .map(|l| l.digest)
+        .filter(|d| !layout.has_blob(d))
+        .collect()
 }

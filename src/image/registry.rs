@@ -57,7 +57,11 @@ impl Default for RegistryOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("registry {registry} refused access to {what} (401/403): check credentials in the docker config ({hint})")]
-    Unauthorized { registry: String, what: String, hint: String },
+    Unauthorized {
+        registry: String,
+        what: String,
+        hint: String,
+    },
     #[error("{what} not found in registry {registry} (404)")]
     NotFound { registry: String, what: String },
     #[error("{what} from {registry} failed after {attempts} attempts")]
@@ -76,11 +80,25 @@ pub enum RegistryError {
         source: OciDistributionError,
     },
     #[error("{what} from {registry} has digest {actual}, expected {expected} (corrupt blob in the registry, or tampering)")]
-    DigestMismatch { registry: String, what: String, expected: Digest, actual: Digest },
+    DigestMismatch {
+        registry: String,
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("{what} from {registry} is {actual} bytes, expected {expected}")]
-    SizeMismatch { registry: String, what: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        registry: String,
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{what} from {registry} exceeds {max} bytes")]
-    TooLarge { registry: String, what: String, max: u64 },
+    TooLarge {
+        registry: String,
+        what: String,
+        max: u64,
+    },
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
@@ -106,12 +124,21 @@ fn classify(e: &OciDistributionError) -> Class {
     match e {
         E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => Class::Auth,
         E::ImageManifestNotFoundError(_) => Class::NotFound,
-        E::ServerError { code: 401 | 403, .. } => Class::Auth,
+        E::ServerError {
+            code: 401 | 403, ..
+        } => Class::Auth,
         E::ServerError { code: 404, .. } => Class::NotFound,
         E::ServerError { code, .. } if *code == 429 || *code >= 500 => Class::Transient,
         E::RegistryError { envelope, .. } => {
-            let codes: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}", e.code).to_ascii_lowercase()).collect();
-            if codes.iter().any(|c| c.contains("unauthorized") || c.contains("denied")) {
+            let codes: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{:?}", e.code).to_ascii_lowercase())
+                .collect();
+            if codes
+                .iter()
+                .any(|c| c.contains("unauthorized") || c.contains("denied"))
+            {
                 Class::Auth
             } else if codes.iter().any(|c| c.contains("unknown")) {
                 Class::NotFound
@@ -142,10 +169,23 @@ impl Fetcher<'_> {
     fn map_final(&self, what: &str, e: OciDistributionError, attempts: u32) -> RegistryError {
         let (registry, what) = (self.registry(), what.to_string());
         match classify(&e) {
-            Class::Auth => RegistryError::Unauthorized { registry, what, hint: self.auth_hint.clone() },
+            Class::Auth => RegistryError::Unauthorized {
+                registry,
+                what,
+                hint: self.auth_hint.clone(),
+            },
             Class::NotFound => RegistryError::NotFound { registry, what },
-            Class::Transient => RegistryError::Exhausted { registry, what, attempts, source: e },
-            Class::Fatal => RegistryError::Failed { registry, what, source: e },
+            Class::Transient => RegistryError::Exhausted {
+                registry,
+                what,
+                attempts,
+                source: e,
+            },
+            Class::Fatal => RegistryError::Failed {
+                registry,
+                what,
+                source: e,
+            },
         }
     }
 
@@ -155,40 +195,71 @@ impl Fetcher<'_> {
     }
 
     /// Fetches a manifest or index by tag or digest and checks it against `expect`.
-    async fn manifest(&self, reference: &Reference, expect: Option<Digest>) -> Result<(Vec<u8>, Digest), RegistryError> {
+    async fn manifest(
+        &self,
+        reference: &Reference,
+        expect: Option<Digest>,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
         let what = format!("manifest {}", reference.whole());
         let mut attempt = 0;
         let bytes = loop {
             attempt += 1;
-            match self.client.pull_manifest_raw(reference, &self.auth, ACCEPTED_MANIFESTS).await {
+            match self
+                .client
+                .pull_manifest_raw(reference, &self.auth, ACCEPTED_MANIFESTS)
+                .await
+            {
                 Ok((bytes, _)) => break bytes,
-                Err(e) if classify(&e) == Class::Transient && attempt < self.opts.attempts_max => self.backoff(attempt).await,
+                Err(e) if classify(&e) == Class::Transient && attempt < self.opts.attempts_max => {
+                    self.backoff(attempt).await
+                }
                 Err(e) => return Err(self.map_final(&what, e, attempt)),
             }
         };
         if bytes.len() as u64 > JSON_BLOB_BYTES_MAX {
-            return Err(RegistryError::TooLarge { registry: self.registry(), what, max: JSON_BLOB_BYTES_MAX });
+            return Err(RegistryError::TooLarge {
+                registry: self.registry(),
+                what,
+                max: JSON_BLOB_BYTES_MAX,
+            });
         }
         let actual = Digest::of(&bytes);
         if let Some(expected) = expect {
             if actual != expected {
-                return Err(RegistryError::DigestMismatch { registry: self.registry(), what, expected, actual });
+                return Err(RegistryError::DigestMismatch {
+                    registry: self.registry(),
+                    what,
+                    expected,
+                    actual,
+                });
             }
         }
         Ok((bytes.to_vec(), actual))
     }
 
     /// Streams one blob into `sink`, verifying size and digest; restarts on transient errors.
-    async fn blob(&self, desc: &Descriptor, sink: &mut dyn FnMut(Option<&[u8]>) -> std::io::Result<()>, progress: Option<&indicatif::ProgressBar>) -> Result<(), RegistryError> {
+    async fn blob(
+        &self,
+        desc: &Descriptor,
+        sink: &mut dyn FnMut(Option<&[u8]>) -> std::io::Result<()>,
+        progress: Option<&indicatif::ProgressBar>,
+    ) -> Result<(), RegistryError> {
         let what = format!("blob {}", desc.digest);
         let digest_str = desc.digest.to_string();
         let mut attempt = 0;
         loop {
             attempt += 1;
             // `None` tells the sink to start over.
-            sink(None).map_err(|e| LayoutError::Io { op: "reset download of", path: PathBuf::from(&digest_str), source: e })?;
+            sink(None).map_err(|e| LayoutError::Io {
+                op: "reset download of",
+                path: PathBuf::from(&digest_str),
+                source: e,
+            })?;
             let result: Result<Hasher, OciDistributionError> = async {
-                let mut stream = self.client.pull_blob_stream(self.reference, digest_str.as_str()).await?;
+                let mut stream = self
+                    .client
+                    .pull_blob_stream(self.reference, digest_str.as_str())
+                    .await?;
                 let mut hasher = Hasher::new();
                 while let Some(chunk) = stream.stream.next().await {
                     let chunk = chunk?;
@@ -207,21 +278,40 @@ impl Fetcher<'_> {
             match result {
                 Ok(hasher) => {
                     if hasher.len() != desc.size {
-                        return Err(RegistryError::SizeMismatch { registry: self.registry(), what, expected: desc.size, actual: hasher.len() });
+                        return Err(RegistryError::SizeMismatch {
+                            registry: self.registry(),
+                            what,
+                            expected: desc.size,
+                            actual: hasher.len(),
+                        });
                     }
                     let actual = hasher.finish();
                     if actual != desc.digest {
-                        return Err(RegistryError::DigestMismatch { registry: self.registry(), what, expected: desc.digest, actual });
+                        return Err(RegistryError::DigestMismatch {
+                            registry: self.registry(),
+                            what,
+                            expected: desc.digest,
+                            actual,
+                        });
                     }
                     return Ok(());
                 }
                 Err(e) if is_digest_failure(&e) => {
                     // oci-client's own verifier fired at the end of the stream.
-                    return Err(RegistryError::DigestMismatch { registry: self.registry(), what, expected: desc.digest, actual: Digest::of(b"") });
+                    return Err(RegistryError::DigestMismatch {
+                        registry: self.registry(),
+                        what,
+                        expected: desc.digest,
+                        actual: Digest::of(b""),
+                    });
                 }
                 Err(e) if classify(&e) == Class::Transient && attempt < self.opts.attempts_max => {
                     if let Some(p) = progress {
-                        p.set_message(format!("retrying {} (attempt {})", desc.digest.short(), attempt + 1));
+                        p.set_message(format!(
+                            "retrying {} (attempt {})",
+                            desc.digest.short(),
+                            attempt + 1
+                        ));
                     }
                     self.backoff(attempt).await;
                 }
@@ -241,8 +331,16 @@ fn is_digest_failure(e: &OciDistributionError) -> bool {
 
 /// Pulls the image `reference` names (resolving an index to `opts.platform`) into `cache`,
 /// tags it there with the reference's full name, and returns the resolved image.
-pub fn fetch(reference: &Reference, cache: &Layout, opts: &RegistryOptions, progress: Option<indicatif::ProgressBar>) -> Result<ResolvedImage, RegistryError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RegistryError::Runtime)?;
+pub fn fetch(
+    reference: &Reference,
+    cache: &Layout,
+    opts: &RegistryOptions,
+    progress: Option<indicatif::ProgressBar>,
+) -> Result<ResolvedImage, RegistryError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RegistryError::Runtime)?;
     rt.block_on(fetch_async(reference, cache, opts, progress))
 }
 
@@ -257,12 +355,27 @@ fn client_for(opts: &RegistryOptions) -> Client {
     })
 }
 
-async fn fetch_async(reference: &Reference, cache: &Layout, opts: &RegistryOptions, progress: Option<indicatif::ProgressBar>) -> Result<ResolvedImage, RegistryError> {
+async fn fetch_async(
+    reference: &Reference,
+    cache: &Layout,
+    opts: &RegistryOptions,
+    progress: Option<indicatif::ProgressBar>,
+) -> Result<ResolvedImage, RegistryError> {
     let creds = auth::lookup(reference.resolve_registry(), opts.docker_config.as_deref())?;
     let auth_hint = creds.source.clone();
-    let f = Fetcher { client: client_for(opts), auth: creds.auth, reference, opts, auth_hint };
+    let f = Fetcher {
+        client: client_for(opts),
+        auth: creds.auth,
+        reference,
+        opts,
+        auth_hint,
+    };
 
-    let expect = reference.digest().map(|d| d.parse::<Digest>()).transpose().map_err(|e| spec::SpecError::NotAnImage(e.to_string()))?;
+    let expect = reference
+        .digest()
+        .map(|d| d.parse::<Digest>())
+        .transpose()
+        .map_err(|e| spec::SpecError::NotAnImage(e.to_string()))?;
     let (bytes, top_digest) = f.manifest(reference, expect).await?;
     let top_media = media_type_of(&bytes);
     let top_desc = cache.put_blob(&top_media, &bytes)?;
@@ -272,7 +385,11 @@ async fn fetch_async(reference: &Reference, cache: &Layout, opts: &RegistryOptio
         Pointed::Manifest(_) => (bytes, top_digest),
         Pointed::Index(index) => {
             let child = select_platform(&index, &opts.platform)?;
-            let child_ref = Reference::with_digest(reference.registry().to_string(), reference.repository().to_string(), child.digest.to_string());
+            let child_ref = Reference::with_digest(
+                reference.registry().to_string(),
+                reference.repository().to_string(),
+                child.digest.to_string(),
+            );
             let (b, d) = f.manifest(&child_ref, Some(child.digest)).await?;
             cache.put_blob(&child.media_type, &b)?;
             (b, d)
@@ -284,7 +401,11 @@ async fn fetch_async(reference: &Reference, cache: &Layout, opts: &RegistryOptio
     };
 
     if manifest.config.size > JSON_BLOB_BYTES_MAX {
-        return Err(RegistryError::TooLarge { registry: f.registry(), what: "image config".into(), max: JSON_BLOB_BYTES_MAX });
+        return Err(RegistryError::TooLarge {
+            registry: f.registry(),
+            what: "image config".into(),
+            max: JSON_BLOB_BYTES_MAX,
+        });
     }
     let mut config_bytes = Vec::new();
     f.blob(
@@ -302,7 +423,11 @@ async fn fetch_async(reference: &Reference, cache: &Layout, opts: &RegistryOptio
     let config = spec::parse_config(&config_bytes, manifest.layers.len())?;
     cache.put_blob(&manifest.config.media_type, &config_bytes)?;
 
-    let missing: Vec<&Descriptor> = manifest.layers.iter().filter(|l| !cache.has_blob(&l.digest)).collect();
+    let missing: Vec<&Descriptor> = manifest
+        .layers
+        .iter()
+        .filter(|l| !cache.has_blob(&l.digest))
+        .collect();
     if let Some(p) = &progress {
         p.set_length(missing.iter().map(|l| l.size).sum());
         p.set_message("downloading");
@@ -313,12 +438,34 @@ async fn fetch_async(reference: &Reference, cache: &Layout, opts: &RegistryOptio
     }
     cache.set_tag(top_desc, &reference.whole())?;
     let platform = format!("{}/{}", config.os, config.architecture);
-    Ok(ResolvedImage { manifest_digest, config_digest: manifest.config.digest, manifest, config, platform })
+    Ok(ResolvedImage {
+        manifest_digest,
+        config_digest: manifest.config.digest,
+        manifest,
+        config,
+        platform,
+    })
 }
 
-async fn download_layer(f: &Fetcher<'_>, cache: &Layout, layer: &Descriptor, progress: Option<&indicatif::ProgressBar>) -> Result<(), RegistryError> {
-    let dir = cache.blob_path(&layer.digest).parent().expect("blob path has a parent").to_path_buf();
-    let mut tmp = tempfile::Builder::new().prefix(".download-").tempfile_in(&dir).map_err(|e| LayoutError::Io { op: "create temp file in", path: dir.clone(), source: e })?;
+async fn download_layer(
+    f: &Fetcher<'_>,
+    cache: &Layout,
+    layer: &Descriptor,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<(), RegistryError> {
+    let dir = cache
+        .blob_path(&layer.digest)
+        .parent()
+        .expect("blob path has a parent")
+        .to_path_buf();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(&dir)
+        .map_err(|e| LayoutError::Io {
+            op: "create temp file in",
+            path: dir.clone(),
+            source: e,
+        })?;
     {
         let file = tmp.as_file_mut();
         let mut sink = |chunk: Option<&[u8]>| -> std::io::Result<()> {
@@ -334,8 +481,16 @@ async fn download_layer(f: &Fetcher<'_>, cache: &Layout, layer: &Descriptor, pro
         f.blob(layer, &mut sink, progress).await?;
     }
     let dest = cache.blob_path(&layer.digest);
-    tmp.as_file().sync_all().map_err(|e| LayoutError::Io { op: "sync", path: dest.clone(), source: e })?;
-    tmp.persist(&dest).map_err(|e| LayoutError::Io { op: "rename into", path: dest.clone(), source: e.error })?;
+    tmp.as_file().sync_all().map_err(|e| LayoutError::Io {
+        op: "sync",
+        path: dest.clone(),
+        source: e,
+    })?;
+    tmp.persist(&dest).map_err(|e| LayoutError::Io {
+        op: "rename into",
+        path: dest.clone(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -347,28 +502,53 @@ fn media_type_of(bytes: &[u8]) -> String {
         manifests: Option<serde_json::Value>,
     }
     match serde_json::from_slice::<Probe>(bytes) {
-        Ok(Probe { media_type: Some(m), .. }) => m,
-        Ok(Probe { manifests: Some(_), .. }) => spec::MEDIA_OCI_INDEX.into(),
+        Ok(Probe {
+            media_type: Some(m),
+            ..
+        }) => m,
+        Ok(Probe {
+            manifests: Some(_), ..
+        }) => spec::MEDIA_OCI_INDEX.into(),
         _ => spec::MEDIA_OCI_MANIFEST.into(),
     }
 }
 
 /// Pushes an image (manifest or index, with everything it references) from a layout to a
 /// registry under `reference`.
-pub fn push(layout: &Layout, top: &Descriptor, reference: &Reference, opts: &RegistryOptions) -> Result<Digest, RegistryError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RegistryError::Runtime)?;
+pub fn push(
+    layout: &Layout,
+    top: &Descriptor,
+    reference: &Reference,
+    opts: &RegistryOptions,
+) -> Result<Digest, RegistryError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RegistryError::Runtime)?;
     rt.block_on(push_async(layout, top, reference, opts))
 }
 
-async fn push_async(layout: &Layout, top: &Descriptor, reference: &Reference, opts: &RegistryOptions) -> Result<Digest, RegistryError> {
+async fn push_async(
+    layout: &Layout,
+    top: &Descriptor,
+    reference: &Reference,
+    opts: &RegistryOptions,
+) -> Result<Digest, RegistryError> {
     let creds = auth::lookup(reference.resolve_registry(), opts.docker_config.as_deref())?;
     let client = client_for(opts);
     let registry = reference.resolve_registry().to_string();
     let fail = |what: String| {
         let registry = registry.clone();
-        move |source| RegistryError::Failed { registry, what, source }
+        move |source| RegistryError::Failed {
+            registry,
+            what,
+            source,
+        }
     };
-    client.auth(reference, &creds.auth, oci_client::RegistryOperation::Push).await.map_err(fail("authenticate".into()))?;
+    client
+        .auth(reference, &creds.auth, oci_client::RegistryOperation::Push)
+        .await
+        .map_err(fail("authenticate".into()))?;
 
     // Depth-first: blobs, then child manifests, then the top, so nothing dangles.
     let mut manifests: Vec<(Descriptor, Vec<u8>)> = Vec::new();
@@ -389,20 +569,38 @@ async fn push_async(layout: &Layout, top: &Descriptor, reference: &Reference, op
     }
     for desc in blobs.values() {
         let digest = desc.digest.to_string();
-        if client.blob_exists(reference, &digest).await.map_err(fail(format!("check blob {digest}")))? {
+        if client
+            .blob_exists(reference, &digest)
+            .await
+            .map_err(fail(format!("check blob {digest}")))?
+        {
             continue;
         }
-        let data = std::fs::read(layout.blob_path(&desc.digest)).map_err(|e| LayoutError::Io { op: "read", path: layout.blob_path(&desc.digest), source: e })?;
-        client.push_blob(reference, data, &digest).await.map_err(fail(format!("push blob {digest}")))?;
+        let data = std::fs::read(layout.blob_path(&desc.digest)).map_err(|e| LayoutError::Io {
+            op: "read",
+            path: layout.blob_path(&desc.digest),
+            source: e,
+        })?;
+        client
+            .push_blob(reference, data, &digest)
+            .await
+            .map_err(fail(format!("push blob {digest}")))?;
     }
     for (desc, bytes) in manifests.iter().rev() {
         let target = if desc.digest == top.digest {
             reference.clone()
         } else {
-            Reference::with_digest(reference.registry().to_string(), reference.repository().to_string(), desc.digest.to_string())
+            Reference::with_digest(
+                reference.registry().to_string(),
+                reference.repository().to_string(),
+                desc.digest.to_string(),
+            )
         };
         let ct = reqwest_header(&desc.media_type);
-        client.push_manifest_raw(&target, bytes.clone(), ct).await.map_err(fail(format!("push manifest {}", desc.digest)))?;
+        client
+            .push_manifest_raw(&target, bytes.clone(), ct)
+            .await
+            .map_err(fail(format!("push manifest {}", desc.digest)))?;
     }
     Ok(top.digest)
 }

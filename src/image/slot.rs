@@ -52,7 +52,12 @@ pub struct SlotOptions {
 
 impl Default for SlotOptions {
     fn default() -> Self {
-        Self { label: "COS_ACTIVE".into(), headroom_ratio: 0.2, headroom_bytes: 64 << 20, size_bytes: None }
+        Self {
+            label: "COS_ACTIVE".into(),
+            headroom_ratio: 0.2,
+            headroom_bytes: 64 << 20,
+            size_bytes: None,
+        }
     }
 }
 
@@ -66,10 +71,25 @@ fn measure(root: &Path) -> Result<(u64, u64), SlotError> {
     let mut seen = std::collections::BTreeSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|source| SlotError::Io { op: "read", path: dir.clone(), source })?;
+        let rd = std::fs::read_dir(&dir).map_err(|source| SlotError::Io {
+            op: "read",
+            path: dir.clone(),
+            source,
+        })?;
         for e in rd {
-            let e = e.map_err(|source| SlotError::Io { op: "read", path: dir.clone(), source })?;
-            let md = e.path().symlink_metadata().map_err(|source| SlotError::Io { op: "inspect", path: e.path(), source })?;
+            let e = e.map_err(|source| SlotError::Io {
+                op: "read",
+                path: dir.clone(),
+                source,
+            })?;
+            let md = e
+                .path()
+                .symlink_metadata()
+                .map_err(|source| SlotError::Io {
+                    op: "inspect",
+                    path: e.path(),
+                    source,
+                })?;
             if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
                 continue;
             }
@@ -94,26 +114,86 @@ pub fn build_slot(rootfs: &Path, out: &Path, opts: &SlotOptions) -> Result<SlotR
     let (content_bytes, inodes) = measure(rootfs)?;
     let inode_count = inodes + inodes / 5 + 1024;
     let size = opts.size_bytes.unwrap_or_else(|| {
-        let raw = content_bytes as f64 * (1.0 + opts.headroom_ratio) + (inode_count * INODE_BYTES) as f64 + opts.headroom_bytes as f64;
+        let raw = content_bytes as f64 * (1.0 + opts.headroom_ratio)
+            + (inode_count * INODE_BYTES) as f64
+            + opts.headroom_bytes as f64;
         (raw as u64).div_ceil(1 << 20) << 20
     });
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new().prefix(".slot-").suffix(".img").tempfile_in(dir).map_err(|source| SlotError::Io { op: "create temp image in", path: dir.to_path_buf(), source })?;
-    tmp.as_file().set_len(size).map_err(|source| SlotError::Io { op: "size", path: tmp.path().to_path_buf(), source })?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".slot-")
+        .suffix(".img")
+        .tempfile_in(dir)
+        .map_err(|source| SlotError::Io {
+            op: "create temp image in",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    tmp.as_file()
+        .set_len(size)
+        .map_err(|source| SlotError::Io {
+            op: "size",
+            path: tmp.path().to_path_buf(),
+            source,
+        })?;
     let output = Command::new("mkfs.ext4")
-        .args(["-F", "-q", "-b", "4096", "-I", "256", "-L", &opts.label, "-N", &inode_count.to_string(), "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-F",
+            "-q",
+            "-b",
+            "4096",
+            "-I",
+            "256",
+            "-L",
+            &opts.label,
+            "-N",
+            &inode_count.to_string(),
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(rootfs)
         .arg(tmp.path())
         .output()
-        .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound { SlotError::MkfsMissing } else { SlotError::Io { op: "run mkfs.ext4 for", path: out.to_path_buf(), source: e } })?;
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                SlotError::MkfsMissing
+            } else {
+                SlotError::Io {
+                    op: "run mkfs.ext4 for",
+                    path: out.to_path_buf(),
+                    source: e,
+                }
+            }
+        })?;
     if !output.status.success() {
-        return Err(SlotError::MkfsFailed { status: output.status.to_string(), stderr: String::from_utf8_lossy(&output.stderr).trim().to_string() });
+        return Err(SlotError::MkfsFailed {
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
     }
     if read_label(tmp.path()).as_deref() != Some(opts.label.as_str()) {
-        return Err(SlotError::ReadBack { path: out.to_path_buf(), label: opts.label.clone() });
+        return Err(SlotError::ReadBack {
+            path: out.to_path_buf(),
+            label: opts.label.clone(),
+        });
     }
-    tmp.persist(out).map_err(|e| SlotError::Io { op: "move into place", path: out.to_path_buf(), source: e.error })?;
-    Ok(SlotReport { schema_version: 1, image: out.to_path_buf(), label: opts.label.clone(), size_bytes: size, content_bytes, inodes })
+    tmp.persist(out).map_err(|e| SlotError::Io {
+        op: "move into place",
+        path: out.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(SlotReport {
+        schema_version: 1,
+        image: out.to_path_buf(),
+        label: opts.label.clone(),
+        size_bytes: size,
+        content_bytes,
+        inodes,
+    })
 }
 
 /// Reads the volume label from an ext2/3/4 superblock, or `None` if it is not one.

@@ -34,7 +34,9 @@ pub enum SourceError {
 /// Splits `PATH[:tag]`; a suffix containing `/` is part of the path, not a tag.
 fn split_tag(rest: &str) -> (PathBuf, Option<String>) {
     match rest.rsplit_once(':') {
-        Some((path, tag)) if !tag.is_empty() && !tag.contains('/') && !path.is_empty() => (PathBuf::from(path), Some(tag.to_string())),
+        Some((path, tag)) if !tag.is_empty() && !tag.contains('/') && !path.is_empty() => {
+            (PathBuf::from(path), Some(tag.to_string()))
+        }
         _ => (PathBuf::from(rest), None),
     }
 }
@@ -45,7 +47,10 @@ impl FromStr for Source {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let need = |kind: &'static str, rest: &str| {
             if rest.is_empty() {
-                Err(SourceError::MissingPath { kind, input: s.to_string() })
+                Err(SourceError::MissingPath {
+                    kind,
+                    input: s.to_string(),
+                })
             } else {
                 Ok(())
             }
@@ -66,12 +71,23 @@ impl FromStr for Source {
         }
         let r = s.strip_prefix("docker://").unwrap_or(s);
         if r.is_empty() || r.contains(char::is_whitespace) {
-            return Err(SourceError::BadReference { input: s.to_string(), reason: "empty or contains whitespace".into() });
+            return Err(SourceError::BadReference {
+                input: s.to_string(),
+                reason: "empty or contains whitespace".into(),
+            });
         }
         if let Some((_, d)) = r.split_once('@') {
-            d.parse::<Digest>().map_err(|e| SourceError::BadReference { input: s.to_string(), reason: e.to_string() })?;
+            d.parse::<Digest>().map_err(|e| SourceError::BadReference {
+                input: s.to_string(),
+                reason: e.to_string(),
+            })?;
         }
-        let reference = r.parse::<oci_client::Reference>().map_err(|e| SourceError::BadReference { input: s.to_string(), reason: e.to_string() })?;
+        let reference =
+            r.parse::<oci_client::Reference>()
+                .map_err(|e| SourceError::BadReference {
+                    input: s.to_string(),
+                    reason: e.to_string(),
+                })?;
         Ok(Source::Registry(reference))
     }
 }
@@ -80,8 +96,18 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Registry(r) => write!(f, "{}", r.whole()),
-            Source::Layout { dir, tag } => write!(f, "oci-layout:{}{}", dir.display(), tag.as_deref().map(|t| format!(":{t}")).unwrap_or_default()),
-            Source::Archive { file, tag } => write!(f, "oci-archive:{}{}", file.display(), tag.as_deref().map(|t| format!(":{t}")).unwrap_or_default()),
+            Source::Layout { dir, tag } => write!(
+                f,
+                "oci-layout:{}{}",
+                dir.display(),
+                tag.as_deref().map(|t| format!(":{t}")).unwrap_or_default()
+            ),
+            Source::Archive { file, tag } => write!(
+                f,
+                "oci-archive:{}{}",
+                file.display(),
+                tag.as_deref().map(|t| format!(":{t}")).unwrap_or_default()
+            ),
             Source::Dir(p) => write!(f, "dir:{}", p.display()),
         }
     }
@@ -119,13 +145,28 @@ pub fn select_platform(index: &Index, wanted: &Platform) -> Result<Descriptor, R
         .find(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
         .cloned()
         .ok_or_else(|| {
-            let offered: Vec<String> = index.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
-            ResolveError::NoPlatform { wanted: wanted.clone(), offered: if offered.is_empty() { "none".into() } else { offered.join(", ") } }
+            let offered: Vec<String> = index
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+                .collect();
+            ResolveError::NoPlatform {
+                wanted: wanted.clone(),
+                offered: if offered.is_empty() {
+                    "none".into()
+                } else {
+                    offered.join(", ")
+                },
+            }
         })
 }
 
 /// Resolves a descriptor in a layout (manifest or index) to one platform's image.
-pub fn resolve_in_layout(layout: &Layout, top: &Descriptor, wanted: &Platform) -> Result<ResolvedImage, ResolveError> {
+pub fn resolve_in_layout(
+    layout: &Layout,
+    top: &Descriptor,
+    wanted: &Platform,
+) -> Result<ResolvedImage, ResolveError> {
     let mut desc = top.clone();
     for _ in 0..INDEX_DEPTH_MAX {
         let bytes = layout.read_json_blob(&desc)?;
@@ -133,9 +174,16 @@ pub fn resolve_in_layout(layout: &Layout, top: &Descriptor, wanted: &Platform) -
             Pointed::Index(index) => desc = select_platform(&index, wanted)?,
             Pointed::Manifest(manifest) => {
                 let config_bytes = layout.read_json_blob(&manifest.config)?;
-                let config = spec::parse_config(&config_bytes, manifest.layers.len()).map_err(LayoutError::from)?;
+                let config = spec::parse_config(&config_bytes, manifest.layers.len())
+                    .map_err(LayoutError::from)?;
                 let platform = format!("{}/{}", config.os, config.architecture);
-                return Ok(ResolvedImage { manifest_digest: desc.digest, config_digest: manifest.config.digest, manifest, config, platform });
+                return Ok(ResolvedImage {
+                    manifest_digest: desc.digest,
+                    config_digest: manifest.config.digest,
+                    manifest,
+                    config,
+                    platform,
+                });
             }
         }
     }
@@ -148,9 +196,17 @@ mod tests {
 
     #[test]
     fn parses_every_source_kind() {
-        assert!(matches!("oci-layout:/tmp/x:v1".parse().unwrap(), Source::Layout { dir, tag: Some(t) } if dir == PathBuf::from("/tmp/x") && t == "v1"));
-        assert!(matches!("oci-layout:./a/b".parse().unwrap(), Source::Layout { tag: None, .. }));
-        assert!(matches!("oci-archive:img.tar".parse().unwrap(), Source::Archive { tag: None, .. }));
+        assert!(
+            matches!("oci-layout:/tmp/x:v1".parse().unwrap(), Source::Layout { dir, tag: Some(t) } if dir == PathBuf::from("/tmp/x") && t == "v1")
+        );
+        assert!(matches!(
+            "oci-layout:./a/b".parse().unwrap(),
+            Source::Layout { tag: None, .. }
+        ));
+        assert!(matches!(
+            "oci-archive:img.tar".parse().unwrap(),
+            Source::Archive { tag: None, .. }
+        ));
         assert!(matches!("dir:/srv/root".parse().unwrap(), Source::Dir(_)));
         match "127.0.0.1:5000/os/debian:v2".parse().unwrap() {
             Source::Registry(r) => {
@@ -168,7 +224,8 @@ mod tests {
     fn rejects_bad_references() {
         assert!("localhost:5000/os@sha256:abc".parse::<Source>().is_err());
         assert!("dir:".parse::<Source>().is_err());
-        assert!("UPPER/case".parse::<Source>().is_err());
+        assert!("host:5000//double-slash:v1".parse::<Source>().is_err());
+        assert!("host:5000/name:bad/tag:x".parse::<Source>().is_err());
         assert!("".parse::<Source>().is_err());
     }
 }

@@ -72,7 +72,11 @@ pub struct Platform {
 
 impl Platform {
     pub fn linux_amd64() -> Self {
-        Self { architecture: "amd64".into(), os: "linux".into(), variant: None }
+        Self {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+        }
     }
 
     /// Whether an index entry's platform satisfies this requested one. A request without a
@@ -102,9 +106,11 @@ impl FromStr for Platform {
         let parts: Vec<&str> = s.split('/').collect();
         let ok = |p: &&str| !p.is_empty();
         match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => {
-                Ok(Self { os: os.to_string(), architecture: arch.to_string(), variant: None })
-            }
+            [os, arch] if ok(os) && ok(arch) => Ok(Self {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
             [os, arch, var] if ok(os) && ok(arch) && ok(var) => Ok(Self {
                 os: os.to_string(),
                 architecture: arch.to_string(),
@@ -190,7 +196,9 @@ impl Compression {
         match media.as_str() {
             MEDIA_OCI_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Ok(Self::None),
             MEDIA_OCI_LAYER_GZIP | MEDIA_DOCKER_LAYER_GZIP => Ok(Self::Gzip),
-            MEDIA_OCI_LAYER_ZSTD | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Ok(Self::Zstd),
+            MEDIA_OCI_LAYER_ZSTD | "application/vnd.docker.image.rootfs.diff.tar.zstd" => {
+                Ok(Self::Zstd)
+            }
             _ => Err(SpecError::UnsupportedLayerMediaType(media.to_string())),
         }
     }
@@ -220,23 +228,44 @@ pub fn parse_pointed(media_type: Option<&str>, bytes: &[u8]) -> Result<Pointed, 
         media_type: Option<String>,
         manifests: Option<serde_json::Value>,
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| SpecError::Json { what: "manifest", source })?;
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+        what: "manifest",
+        source,
+    })?;
     let media = media_type
         .map(str::to_string)
         .or(probe.media_type)
-        .unwrap_or_else(|| if probe.manifests.is_some() { MEDIA_OCI_INDEX.into() } else { MEDIA_OCI_MANIFEST.into() });
+        .unwrap_or_else(|| {
+            if probe.manifests.is_some() {
+                MEDIA_OCI_INDEX.into()
+            } else {
+                MEDIA_OCI_MANIFEST.into()
+            }
+        });
     match media.as_str() {
         MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST => {
-            let index: Index = serde_json::from_slice(bytes).map_err(|source| SpecError::Json { what: "image index", source })?;
+            let index: Index = serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+                what: "image index",
+                source,
+            })?;
             if index.schema_version != 2 {
-                return Err(SpecError::SchemaVersion { what: "image index", found: index.schema_version });
+                return Err(SpecError::SchemaVersion {
+                    what: "image index",
+                    found: index.schema_version,
+                });
             }
             Ok(Pointed::Index(index))
         }
         MEDIA_OCI_MANIFEST | MEDIA_DOCKER_MANIFEST => {
-            let m: Manifest = serde_json::from_slice(bytes).map_err(|source| SpecError::Json { what: "image manifest", source })?;
+            let m: Manifest = serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+                what: "image manifest",
+                source,
+            })?;
             if m.schema_version != 2 {
-                return Err(SpecError::SchemaVersion { what: "image manifest", found: m.schema_version });
+                return Err(SpecError::SchemaVersion {
+                    what: "image manifest",
+                    found: m.schema_version,
+                });
             }
             Ok(Pointed::Manifest(m))
         }
@@ -245,12 +274,18 @@ pub fn parse_pointed(media_type: Option<&str>, bytes: &[u8]) -> Result<Pointed, 
 }
 
 pub fn parse_config(bytes: &[u8], layers: usize) -> Result<ImageConfig, SpecError> {
-    let config: ImageConfig = serde_json::from_slice(bytes).map_err(|source| SpecError::Json { what: "image config", source })?;
+    let config: ImageConfig = serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+        what: "image config",
+        source,
+    })?;
     if config.rootfs.kind != "layers" {
         return Err(SpecError::RootfsType(config.rootfs.kind));
     }
     if config.rootfs.diff_ids.len() != layers {
-        return Err(SpecError::LayerCountMismatch { diff_ids: config.rootfs.diff_ids.len(), layers });
+        return Err(SpecError::LayerCountMismatch {
+            diff_ids: config.rootfs.diff_ids.len(),
+            layers,
+        });
     }
     Ok(config)
 }
@@ -262,10 +297,18 @@ mod tests {
     #[test]
     fn platform_parse_and_match() {
         let want: Platform = "linux/arm64".parse().unwrap();
-        let offered = Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) };
+        let offered = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: Some("v8".into()),
+        };
         assert!(want.matches(&offered));
         let want_v7: Platform = "linux/arm/v7".parse().unwrap();
-        let v6 = Platform { os: "linux".into(), architecture: "arm".into(), variant: Some("v6".into()) };
+        let v6 = Platform {
+            os: "linux".into(),
+            architecture: "arm".into(),
+            variant: Some("v6".into()),
+        };
         assert!(!want_v7.matches(&v6));
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux//".parse::<Platform>().is_err());
@@ -274,9 +317,15 @@ mod tests {
 
     #[test]
     fn layer_media_types() {
-        assert_eq!(Compression::from_media_type(MEDIA_DOCKER_LAYER_GZIP).unwrap(), Compression::Gzip);
         assert_eq!(
-            Compression::from_media_type("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd").unwrap(),
+            Compression::from_media_type(MEDIA_DOCKER_LAYER_GZIP).unwrap(),
+            Compression::Gzip
+        );
+        assert_eq!(
+            Compression::from_media_type(
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+            )
+            .unwrap(),
             Compression::Zstd
         );
         assert!(Compression::from_media_type("application/x-foo").is_err());
@@ -284,8 +333,12 @@ mod tests {
 
     #[test]
     fn config_must_match_layer_count() {
-        let cfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-        assert!(matches!(parse_config(cfg, 1), Err(SpecError::LayerCountMismatch { .. })));
+        let cfg =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        assert!(matches!(
+            parse_config(cfg, 1),
+            Err(SpecError::LayerCountMismatch { .. })
+        ));
         assert!(parse_config(cfg, 0).is_ok());
     }
 }

@@ -13,16 +13,31 @@ pub const BLOCK: usize = 512;
 pub enum TarError {
     #[error("read layer stream")]
     Io(#[from] io::Error),
-    #[error("tar header at byte {offset} has a bad checksum (stored {stored}, computed {computed})")]
-    BadChecksum { offset: u64, stored: u64, computed: u64 },
+    #[error(
+        "tar header at byte {offset} has a bad checksum (stored {stored}, computed {computed})"
+    )]
+    BadChecksum {
+        offset: u64,
+        stored: u64,
+        computed: u64,
+    },
     #[error("tar header at byte {offset} has a malformed {field} field")]
     BadNumber { offset: u64, field: &'static str },
     #[error("tar stream ends in the middle of an entry (at byte {offset})")]
     Truncated { offset: u64 },
     #[error("{kind} header of {size} bytes at byte {offset} exceeds the limit of {max} bytes")]
-    HeaderTooLarge { kind: &'static str, size: u64, offset: u64, max: u64 },
+    HeaderTooLarge {
+        kind: &'static str,
+        size: u64,
+        offset: u64,
+        max: u64,
+    },
     #[error("tar entry type {typeflag:?} ({what}) at byte {offset} is not supported")]
-    Unsupported { typeflag: char, what: &'static str, offset: u64 },
+    Unsupported {
+        typeflag: char,
+        what: &'static str,
+        offset: u64,
+    },
     #[error("malformed PAX record at byte {offset}")]
     BadPax { offset: u64 },
     #[error("tar entry at byte {offset} has an empty path")]
@@ -88,7 +103,15 @@ pub struct TarReader<R> {
 
 impl<R: BufRead> TarReader<R> {
     pub fn new(r: R, header_bytes_max: u64) -> Self {
-        Self { r, offset: 0, data_left: 0, pad_left: 0, global: Overrides::default(), header_bytes_max, ended: false }
+        Self {
+            r,
+            offset: 0,
+            data_left: 0,
+            pad_left: 0,
+            global: Overrides::default(),
+            header_bytes_max,
+            ended: false,
+        }
     }
 
     pub fn into_inner(self) -> R {
@@ -126,7 +149,11 @@ impl<R: BufRead> TarReader<R> {
             match typeflag {
                 b'x' | b'g' => {
                     let data = self.read_extension(size, "PAX", header_offset)?;
-                    let target = if typeflag == b'x' { &mut local } else { &mut self.global };
+                    let target = if typeflag == b'x' {
+                        &mut local
+                    } else {
+                        &mut self.global
+                    };
                     parse_pax(&data, target, header_offset)?;
                     continue;
                 }
@@ -142,8 +169,20 @@ impl<R: BufRead> TarReader<R> {
                     }
                     continue;
                 }
-                b'S' => return Err(TarError::Unsupported { typeflag: 'S', what: "GNU sparse file", offset: header_offset }),
-                b'M' => return Err(TarError::Unsupported { typeflag: 'M', what: "GNU multi-volume continuation", offset: header_offset }),
+                b'S' => {
+                    return Err(TarError::Unsupported {
+                        typeflag: 'S',
+                        what: "GNU sparse file",
+                        offset: header_offset,
+                    })
+                }
+                b'M' => {
+                    return Err(TarError::Unsupported {
+                        typeflag: 'M',
+                        what: "GNU multi-volume continuation",
+                        offset: header_offset,
+                    })
+                }
                 b'V' => {
                     // A volume label names the archive, not a file.
                     self.begin_data(size);
@@ -152,11 +191,20 @@ impl<R: BufRead> TarReader<R> {
                 }
                 _ => {}
             }
-            return self.finish_entry(&block, typeflag, size, header_offset, local).map(Some);
+            return self
+                .finish_entry(&block, typeflag, size, header_offset, local)
+                .map(Some);
         }
     }
 
-    fn finish_entry(&mut self, block: &[u8; BLOCK], typeflag: u8, size: u64, offset: u64, local: Overrides) -> Result<Entry, TarError> {
+    fn finish_entry(
+        &mut self,
+        block: &[u8; BLOCK],
+        typeflag: u8,
+        size: u64,
+        offset: u64,
+        local: Overrides,
+    ) -> Result<Entry, TarError> {
         let kind = match typeflag {
             b'0' | 0 | b'7' => EntryKind::File,
             b'1' => EntryKind::Hardlink,
@@ -172,7 +220,11 @@ impl<R: BufRead> TarReader<R> {
             Some(p) => p,
             None => {
                 let name = cstr(&block[0..100]);
-                let prefix = if is_ustar { cstr(&block[345..500]) } else { &[][..] };
+                let prefix = if is_ustar {
+                    cstr(&block[345..500])
+                } else {
+                    &[][..]
+                };
                 let mut p = Vec::with_capacity(prefix.len() + 1 + name.len());
                 if !prefix.is_empty() {
                     p.extend_from_slice(prefix);
@@ -183,14 +235,22 @@ impl<R: BufRead> TarReader<R> {
             }
         };
         // Old tars mark directories only by a trailing slash on a regular-file entry.
-        let kind = if kind == EntryKind::File && typeflag == 0 && path.ends_with(b"/") { EntryKind::Directory } else { kind };
+        let kind = if kind == EntryKind::File && typeflag == 0 && path.ends_with(b"/") {
+            EntryKind::Directory
+        } else {
+            kind
+        };
         while path.len() > 1 && path.ends_with(b"/") {
             path.pop();
         }
         if path.is_empty() {
             return Err(TarError::EmptyPath { offset });
         }
-        let link = local.link.clone().or_else(|| self.global.link.clone()).unwrap_or_else(|| cstr(&block[157..257]).to_vec());
+        let link = local
+            .link
+            .clone()
+            .or_else(|| self.global.link.clone())
+            .unwrap_or_else(|| cstr(&block[157..257]).to_vec());
         let size = local.size.or(self.global.size).unwrap_or(size);
         let uid = match local.uid.or(self.global.uid) {
             Some(v) => v,
@@ -205,19 +265,42 @@ impl<R: BufRead> TarReader<R> {
             None => (parse_number(&block[136..148], offset, "mtime")? as i64, 0),
         };
         let mode = (parse_number(&block[100..108], offset, "mode")? & 0o7777) as u32;
-        let (dev_major, dev_minor) = if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
-            let maj = parse_number(&block[329..337], offset, "devmajor")?;
-            let min = parse_number(&block[337..345], offset, "devminor")?;
-            (u32::try_from(maj).map_err(|_| TarError::BadNumber { offset, field: "devmajor" })?, u32::try_from(min).map_err(|_| TarError::BadNumber { offset, field: "devminor" })?)
-        } else {
-            (0, 0)
-        };
+        let (dev_major, dev_minor) =
+            if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+                let maj = parse_number(&block[329..337], offset, "devmajor")?;
+                let min = parse_number(&block[337..345], offset, "devminor")?;
+                (
+                    u32::try_from(maj).map_err(|_| TarError::BadNumber {
+                        offset,
+                        field: "devmajor",
+                    })?,
+                    u32::try_from(min).map_err(|_| TarError::BadNumber {
+                        offset,
+                        field: "devminor",
+                    })?,
+                )
+            } else {
+                (0, 0)
+            };
         let mut xattrs = self.global.xattrs.clone();
         xattrs.extend(local.xattrs);
         // Only regular files (and unknown types) carry data; a hardlink or directory that
         // claims a size still has its data blocks in the stream, so skip them.
         self.begin_data(size);
-        Ok(Entry { path, link, kind, mode, uid, gid, size, mtime_s, mtime_ns, dev_major, dev_minor, xattrs })
+        Ok(Entry {
+            path,
+            link,
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime_s,
+            mtime_ns,
+            dev_major,
+            dev_minor,
+            xattrs,
+        })
     }
 
     fn begin_data(&mut self, size: u64) {
@@ -226,14 +309,21 @@ impl<R: BufRead> TarReader<R> {
     }
 
     /// Hands the current entry's remaining data to `sink` in borrowed slices.
-    pub fn copy_data(&mut self, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> Result<u64, TarError> {
+    pub fn copy_data(
+        &mut self,
+        mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u64, TarError> {
         let mut copied = 0;
         while self.data_left > 0 {
             let buf = self.r.fill_buf()?;
             if buf.is_empty() {
-                return Err(TarError::Truncated { offset: self.offset });
+                return Err(TarError::Truncated {
+                    offset: self.offset,
+                });
             }
-            let n = buf.len().min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+            let n = buf
+                .len()
+                .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
             sink(&buf[..n])?;
             self.r.consume(n);
             self.offset += n as u64;
@@ -248,7 +338,9 @@ impl<R: BufRead> TarReader<R> {
         while self.pad_left > 0 {
             let buf = self.r.fill_buf()?;
             if buf.is_empty() {
-                return Err(TarError::Truncated { offset: self.offset });
+                return Err(TarError::Truncated {
+                    offset: self.offset,
+                });
             }
             let n = buf.len().min(self.pad_left as usize);
             self.r.consume(n);
@@ -258,9 +350,19 @@ impl<R: BufRead> TarReader<R> {
         Ok(())
     }
 
-    fn read_extension(&mut self, size: u64, kind: &'static str, offset: u64) -> Result<Vec<u8>, TarError> {
+    fn read_extension(
+        &mut self,
+        size: u64,
+        kind: &'static str,
+        offset: u64,
+    ) -> Result<Vec<u8>, TarError> {
         if size > self.header_bytes_max {
-            return Err(TarError::HeaderTooLarge { kind, size, offset, max: self.header_bytes_max });
+            return Err(TarError::HeaderTooLarge {
+                kind,
+                size,
+                offset,
+                max: self.header_bytes_max,
+            });
         }
         self.begin_data(size);
         let mut data = Vec::with_capacity(size as usize);
@@ -281,7 +383,9 @@ impl<R: BufRead> TarReader<R> {
                 if filled == 0 {
                     return Ok(false);
                 }
-                return Err(TarError::Truncated { offset: self.offset });
+                return Err(TarError::Truncated {
+                    offset: self.offset,
+                });
             }
             let n = buf.len().min(BLOCK - filled);
             block[filled..filled + n].copy_from_slice(&buf[..n]);
@@ -311,13 +415,20 @@ fn verify_checksum(block: &[u8; BLOCK], offset: u64) -> Result<(), TarError> {
     if stored == unsigned || stored as i64 == signed {
         Ok(())
     } else {
-        Err(TarError::BadChecksum { offset, stored, computed: unsigned })
+        Err(TarError::BadChecksum {
+            offset,
+            stored,
+            computed: unsigned,
+        })
     }
 }
 
 /// Parses an octal numeric field, or GNU's base-256 form when the high bit is set.
 fn parse_number(field: &[u8], offset: u64, name: &'static str) -> Result<u64, TarError> {
-    let bad = || TarError::BadNumber { offset, field: name };
+    let bad = || TarError::BadNumber {
+        offset,
+        field: name,
+    };
     if field.first().is_some_and(|&b| b & 0x80 != 0) {
         if field[0] == 0xff {
             return Err(bad()); // negative
@@ -352,14 +463,22 @@ fn parse_pax(data: &[u8], out: &mut Overrides, offset: u64) -> Result<(), TarErr
             break;
         }
         let space = rest.iter().position(|&b| b == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&rest[..space]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
         if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
             return Err(bad());
         }
         let record = &rest[space + 1..len - 1];
         let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
-        let num = |v: &[u8]| std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()).ok_or_else(bad);
+        let num = |v: &[u8]| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(bad)
+        };
         match key {
             b"path" => out.path = Some(value.to_vec()),
             b"linkpath" => out.link = Some(value.to_vec()),
@@ -368,10 +487,15 @@ fn parse_pax(data: &[u8], out: &mut Overrides, offset: u64) -> Result<(), TarErr
             b"gid" => out.gid = Some(num(value)?),
             b"mtime" => out.mtime = Some(parse_pax_time(value).ok_or_else(bad)?),
             _ if key.starts_with(b"SCHILY.xattr.") => {
-                out.xattrs.push((key[b"SCHILY.xattr.".len()..].to_vec(), value.to_vec()));
+                out.xattrs
+                    .push((key[b"SCHILY.xattr.".len()..].to_vec(), value.to_vec()));
             }
             _ if key.starts_with(b"GNU.sparse.") => {
-                return Err(TarError::Unsupported { typeflag: 'x', what: "PAX sparse file", offset });
+                return Err(TarError::Unsupported {
+                    typeflag: 'x',
+                    what: "PAX sparse file",
+                    offset,
+                });
             }
             // atime, ctime, uname, gname, comment, charset...: nothing a rootfs needs.
             _ => {}
@@ -477,15 +601,25 @@ mod tests {
     #[test]
     fn pax_overrides_path_size_and_collects_xattrs() {
         let long = "a/".repeat(120) + "file";
-        let rec = pax(&[("path", &long), ("SCHILY.xattr.security.capability", "cap"), ("mtime", "1700000000.25")]);
+        let rec = pax(&[
+            ("path", &long),
+            ("SCHILY.xattr.security.capability", "cap"),
+            ("mtime", "1700000000.25"),
+        ]);
         let mut s = header("PaxHeaders/x", b'x', rec.len() as u64).to_vec();
         s.extend(padded(&rec));
         s.extend(header("short", b'0', 3));
         s.extend(padded(b"abc"));
         let es = entries(&s).unwrap();
         assert_eq!(es[0].0.path, long.as_bytes());
-        assert_eq!(es[0].0.xattrs, vec![(b"security.capability".to_vec(), b"cap".to_vec())]);
-        assert_eq!((es[0].0.mtime_s, es[0].0.mtime_ns), (1_700_000_000, 250_000_000));
+        assert_eq!(
+            es[0].0.xattrs,
+            vec![(b"security.capability".to_vec(), b"cap".to_vec())]
+        );
+        assert_eq!(
+            (es[0].0.mtime_s, es[0].0.mtime_ns),
+            (1_700_000_000, 250_000_000)
+        );
     }
 
     #[test]
@@ -503,7 +637,10 @@ mod tests {
     fn bad_checksum_is_an_error() {
         let mut h = header("f", b'0', 0);
         h[0] = b'g';
-        assert!(matches!(entries(&h), Err(TarError::BadChecksum { offset: 0, .. })));
+        assert!(matches!(
+            entries(&h),
+            Err(TarError::BadChecksum { offset: 0, .. })
+        ));
     }
 
     #[test]
@@ -515,14 +652,23 @@ mod tests {
 
     #[test]
     fn oversized_pax_header_is_refused_before_buffering() {
-        let s = header("PaxHeaders/x", b'x', 1 << 40).to_vec();
-        assert!(matches!(entries(&s), Err(TarError::HeaderTooLarge { size, .. }) if size == 1 << 40));
+        let mut h = header("PaxHeaders/x", b'x', 0);
+        // Base-256 size field: 1 TiB.
+        h[124..136].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+        set_checksum(&mut h);
+        let s = h.to_vec();
+        assert!(
+            matches!(entries(&s), Err(TarError::HeaderTooLarge { size, .. }) if size == 1 << 40)
+        );
     }
 
     #[test]
     fn sparse_files_are_refused() {
         let s = header("sparse", b'S', 0).to_vec();
-        assert!(matches!(entries(&s), Err(TarError::Unsupported { typeflag: 'S', .. })));
+        assert!(matches!(
+            entries(&s),
+            Err(TarError::Unsupported { typeflag: 'S', .. })
+        ));
     }
 
     #[test]

@@ -48,7 +48,19 @@ pub struct Header {
 
 impl Header {
     pub fn new(path: impl Into<Vec<u8>>, kind: Kind, mode: u32) -> Self {
-        Self { path: path.into(), kind, mode, uid: 0, gid: 0, size: 0, mtime_s: 1_700_000_000, link: Vec::new(), dev_major: 0, dev_minor: 0, xattrs: Vec::new() }
+        Self {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime_s: 1_700_000_000,
+            link: Vec::new(),
+            dev_major: 0,
+            dev_minor: 0,
+            xattrs: Vec::new(),
+        }
     }
 }
 
@@ -143,7 +155,10 @@ impl<W: Write> TarWriter<W> {
         if h.kind == Kind::File && h.size > 0 {
             let copied = io::copy(&mut data.take(h.size), &mut self.w)?;
             if copied != h.size {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being archived"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being archived",
+                ));
             }
             self.pad(h.size)?;
         }
