@@ -25,15 +25,17 @@ enum Expect {
     Contained(fn(&Path)),
 }
 
+type Build = Box<dyn Fn(&Layout, &Path) -> Descriptor>;
+
 struct Case {
     name: &'static str,
     /// Builds the image in `layout` and returns its manifest descriptor.
-    build: Box<dyn Fn(&Layout, &Path) -> Descriptor>,
+    build: Build,
     limits: Limits,
     expect: Expect,
 }
 
-fn image(layers: Vec<Vec<u8>>) -> Box<dyn Fn(&Layout, &Path) -> Descriptor> {
+fn image(layers: Vec<Vec<u8>>) -> Build {
     Box::new(move |layout, _| {
         let l: Vec<_> = layers
             .iter()

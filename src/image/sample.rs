@@ -260,7 +260,7 @@ impl TreeScale {
 
 /// A Debian-like image in three layers: a base system, an update that replaces, deletes
 /// (whiteouts, an opaque directory) and hardlinks into the base, and a small config layer.
-pub fn debian_like(scale: TreeScale, seed: u64, c: Compression) -> Vec<(Vec<u8>, Compression)> {
+pub fn debian_like(scale: TreeScale, seed: u64, c: Compression) -> ImageLayers {
     let mut rng = Rng::new(seed);
     let mut base = LayerTar::new();
     for d in [
@@ -427,9 +427,12 @@ pub fn debian_like(scale: TreeScale, seed: u64, c: Compression) -> Vec<(Vec<u8>,
     ]
 }
 
+/// An image as its layers' tar streams, each with the compression to store it with.
+pub type ImageLayers = Vec<(Vec<u8>, Compression)>;
+
 /// Small images that each stress one part of the changeset rules. Names are stable: the
 /// differential test reports failures by them.
-pub fn rules_corpus() -> Vec<(&'static str, Vec<(Vec<u8>, Compression)>)> {
+pub fn rules_corpus() -> Vec<(&'static str, ImageLayers)> {
     let mut out = Vec::new();
 
     let mut l1 = LayerTar::new();
