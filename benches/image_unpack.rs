@@ -27,9 +27,13 @@ fn image(name: &str, scale: TreeScale) -> (PathBuf, u64) {
     let dir = bench_dir().join(name);
     let layers = debian_like(scale, 1, Compression::Gzip);
     let size: u64 = layers.iter().map(|(t, _)| t.len() as u64).sum();
-    if Layout::open(&dir).and_then(|l| l.find(Some("bench"))).is_err() {
+    if Layout::open(&dir)
+        .and_then(|l| l.find(Some("bench")))
+        .is_err()
+    {
         let layout = Layout::create(&dir).expect("create bench layout");
-        let desc = write_image(&layout, &layers, &Platform::linux_amd64(), BTreeMap::new()).expect("write bench image");
+        let desc = write_image(&layout, &layers, &Platform::linux_amd64(), BTreeMap::new())
+            .expect("write bench image");
         layout.set_tag(desc, "bench").expect("tag bench image");
     }
     (dir, size)
@@ -38,10 +42,17 @@ fn image(name: &str, scale: TreeScale) -> (PathBuf, u64) {
 static RUN: AtomicU64 = AtomicU64::new(0);
 
 fn unpack_once(layout: &Path, out_root: &Path) -> Duration {
-    let out = out_root.join(format!("{}-{}", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed)));
+    let out = out_root.join(format!(
+        "{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut opts = PullOptions::new(out_root.join("cache"));
     opts.apply = ApplyOptions::for_current_user();
-    let source = Source::Layout { dir: layout.to_path_buf(), tag: Some("bench".into()) };
+    let source = Source::Layout {
+        dir: layout.to_path_buf(),
+        tag: Some("bench".into()),
+    };
     let started = Instant::now();
     pull(&source, &out, &opts).expect("unpack bench image");
     started.elapsed()
@@ -51,11 +62,19 @@ fn unpack(c: &mut Criterion) {
     let out_root = bench_dir().join("out");
     std::fs::create_dir_all(&out_root).expect("create bench output dir");
     let mut group = c.benchmark_group("unpack");
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(20));
-    for (name, scale) in [("demo-image", TreeScale::DEMO), ("debian-like-bench-image", TreeScale::BENCH)] {
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(20));
+    for (name, scale) in [
+        ("demo-image", TreeScale::DEMO),
+        ("debian-like-bench-image", TreeScale::BENCH),
+    ] {
         let (layout, size) = image(name, scale);
         group.throughput(Throughput::Bytes(size));
-        group.bench_function(name, |b| b.iter_custom(|iters| (0..iters).map(|_| unpack_once(&layout, &out_root)).sum()));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| unpack_once(&layout, &out_root)).sum())
+        });
     }
     group.finish();
     // Cleanup after measuring: see the module doc on deletions.

@@ -1,1 +1,14 @@
-//! placeholder
+//! bootyard-conformance: the building blocks of the conformance suite that distro
+//! maintainers and CI gates run against an OS image.
+//!
+//! It defines stable check identifiers ([`CheckId`]), verdicts, the event stream a run emits,
+//! and reporters that turn one event stream into JUnit XML, JSON Lines or TAP, each generic
+//! over `io::Write`. It runs no checks itself and does not depend on the bootyard agent.
+
+pub mod check;
+pub mod event;
+pub mod report;
+
+pub use check::{CheckId, CheckIdError, Verdict};
+pub use event::{CheckResult, Event, RunInfo, Summary};
+pub use report::{JsonLines, Junit, Reporter, Tap};
