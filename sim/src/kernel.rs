@@ -102,7 +102,7 @@ impl<E> Kernel<E> {
     }
 
     /// Pops the next event and advances the clock to it.
-    pub fn next(&mut self) -> Option<(Instant, E)> {
+    pub fn pop(&mut self) -> Option<(Instant, E)> {
         let Reverse((at, _, Slot(event))) = self.queue.pop()?;
         debug_assert!(at >= self.now, "time never runs backwards");
         self.now = at;
@@ -112,9 +112,9 @@ impl<E> Kernel<E> {
 
     /// Pops the next event only if it is due at or before `deadline`; otherwise advances the
     /// clock to `deadline` and returns `None`.
-    pub fn next_until(&mut self, deadline: Instant) -> Option<(Instant, E)> {
+    pub fn pop_until(&mut self, deadline: Instant) -> Option<(Instant, E)> {
         match self.peek_time() {
-            Some(at) if at <= deadline => self.next(),
+            Some(at) if at <= deadline => self.pop(),
             _ => {
                 self.now = self.now.max(deadline);
                 None
@@ -136,7 +136,7 @@ mod tests {
             k.schedule_at(Instant::from_micros(10), i).unwrap();
         }
         k.schedule_at(Instant::from_micros(5), 99).unwrap();
-        let order: Vec<i32> = std::iter::from_fn(|| k.next().map(|(_, e)| e)).collect();
+        let order: Vec<i32> = std::iter::from_fn(|| k.pop().map(|(_, e)| e)).collect();
         assert_eq!(order, vec![99, 0, 1, 2, 3, 4]);
         assert_eq!(k.now(), Instant::from_micros(10));
     }
@@ -150,7 +150,7 @@ mod tests {
             k.schedule_in(Duration::from_secs(3), ()),
             Err(KernelError::QueueFull { max: 2 })
         );
-        k.next().unwrap();
+        k.pop().unwrap();
         assert!(matches!(
             k.schedule_at(Instant::ZERO, ()),
             Err(KernelError::InThePast { .. })
@@ -161,10 +161,10 @@ mod tests {
     fn next_until_advances_to_the_deadline() {
         let mut k = Kernel::default();
         k.schedule_at(Instant::from_micros(100), "late").unwrap();
-        assert_eq!(k.next_until(Instant::from_micros(50)), None);
+        assert_eq!(k.pop_until(Instant::from_micros(50)), None);
         assert_eq!(k.now(), Instant::from_micros(50));
         assert_eq!(
-            k.next_until(Instant::from_micros(100)).map(|(_, e)| e),
+            k.pop_until(Instant::from_micros(100)).map(|(_, e)| e),
             Some("late")
         );
     }
@@ -178,7 +178,7 @@ mod tests {
                 .unwrap();
         }
         let mut out = Vec::new();
-        while let Some((at, n)) = k.next() {
+        while let Some((at, n)) = k.pop() {
             out.push((at.as_micros(), n));
             if out.len() < 500 {
                 k.schedule_in(Duration::from_micros(rng.below(1000)), (n * 7 + 3) % 100)
@@ -203,7 +203,7 @@ mod tests {
             }
             let mut last = (Instant::ZERO, 0usize);
             let mut first = true;
-            while let Some((at, i)) = k.next() {
+            while let Some((at, i)) = k.pop() {
                 if !first {
                     prop_assert!(at > last.0 || (at == last.0 && i > last.1));
                 }
