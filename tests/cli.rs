@@ -223,6 +223,16 @@ fn build_slot_writes_a_labelled_ext4_image() {
     let root = tmp.path().join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/os-release"), "ID=test\n").unwrap();
+    std::fs::write(root.join("etc/shadow"), "root:*:1::::::\n").unwrap();
+    std::fs::set_permissions(
+        root.join("etc/shadow"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4640),
+    )
+    .unwrap();
+    let as_root = rustix::process::geteuid().is_root();
+    if as_root {
+        std::os::unix::fs::lchown(root.join("etc/shadow"), Some(0), Some(42)).unwrap();
+    }
     let img = tmp.path().join("active.img");
     let o = bootyard(&[
         "image",

@@ -261,6 +261,14 @@ fn cases() -> Vec<Case> {
             expect: Expect::Error("NUL byte"),
         },
         Case {
+            name: "uid-out-of-range",
+            build: image(vec![one(|t| {
+                t.owned_file("f", 0o644, 1 << 32, 0, b"x");
+            })]),
+            limits: d,
+            expect: Expect::Error("uid or gid out of range"),
+        },
+        Case {
             name: "decompression-bomb",
             build: image(vec![one(|t| {
                 t.file("zeros", 0o644, &vec![0u8; 48 << 20]);

@@ -305,6 +305,13 @@ impl Applier {
             });
         }
         let comps = normalize(&entry.path, &self.limits)?;
+        // u32::MAX is chown's "leave unchanged"; anything at or above it is not an owner.
+        if entry.uid >= u64::from(u32::MAX) || entry.gid >= u64::from(u32::MAX) {
+            return Err(ApplyError::UnsafePath {
+                path: show(&entry.path),
+                reason: "uid or gid out of range",
+            });
+        }
         let Some((&name, parent_comps)) = comps.split_last() else {
             return self.apply_root(entry);
         };

@@ -216,33 +216,14 @@ fn produce(
 /// Hashes a second reader of the same blob on its own thread, so the compressed digest
 /// costs the decompressing thread nothing; the OS spreads the three threads over the cores.
 fn spawn_blob_hasher(
-    mut r: Box<dyn Read + Send>,
+    r: Box<dyn Read + Send>,
     size_max: u64,
     cancel: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<io::Result<Hasher>> {
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("unpack-blobhash".into())
-        .spawn(move || {
-            let mut h = Hasher::new();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(io::Error::other("cancelled"));
-                }
-                let n = match r.read(&mut buf) {
-                    Ok(0) => return Ok(h),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                h.update(&buf[..n]);
-                // One byte past the expected size already proves a mismatch.
-                if h.len() > size_max {
-                    return Ok(h);
-                }
-            }
-        });
-    spawned.expect("spawn blob hasher thread")
+        .spawn(move || hash_reader(r, size_max, Some(&cancel)))
+        .expect("spawn blob hasher thread")
 }
 
 fn produce_layer(
@@ -363,7 +344,9 @@ fn produce_layer(
                     .expect("blob hasher panicked")
                     .ok()
                     .map(|h| (h.len(), h.finish())),
-                (None, Some(r)) => hash_reader(r, size_max).ok().map(|h| (h.len(), h.finish())),
+                (None, Some(r)) => hash_reader(r, size_max, None)
+                    .ok()
+                    .map(|h| (h.len(), h.finish())),
                 (None, None) => finish(&mut tee, None)
                     .ok()
                     .and_then(|(n, d)| d.map(|d| (n, d))),
@@ -393,10 +376,18 @@ fn produce_layer(
     })
 }
 
-fn hash_reader(mut r: Box<dyn Read + Send>, size_max: u64) -> io::Result<Hasher> {
+/// Hashes `r` to its end, or one byte past `size_max` (which already proves a mismatch).
+fn hash_reader(
+    mut r: Box<dyn Read + Send>,
+    size_max: u64,
+    cancel: Option<&AtomicBool>,
+) -> io::Result<Hasher> {
     let mut h = Hasher::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(io::Error::other("cancelled"));
+        }
         let n = match r.read(&mut buf) {
             Ok(0) => return Ok(h),
             Ok(n) => n,
