@@ -82,6 +82,8 @@ pub struct PullReport {
     pub source: String,
     pub destination: PathBuf,
     pub image: Option<ResolvedImage>,
+    /// Blobs fetched from a registry had their size and digest checked as they downloaded.
+    pub fetched_from_registry: bool,
     pub fetch_ms: u64,
     pub unpack: UnpackReport,
 }
@@ -171,6 +173,7 @@ pub fn pull(source: &Source, dest: &Path, opts: &PullOptions) -> Result<PullRepo
                 source: source.to_string(),
                 destination: dest.to_path_buf(),
                 image: Some(image),
+                fetched_from_registry: true,
                 fetch_ms,
                 unpack,
             });
@@ -240,6 +243,7 @@ pub fn pull(source: &Source, dest: &Path, opts: &PullOptions) -> Result<PullRepo
         source: source.to_string(),
         destination: dest.to_path_buf(),
         image,
+        fetched_from_registry: false,
         fetch_ms: 0,
         unpack,
     })
