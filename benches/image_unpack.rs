@@ -65,7 +65,7 @@ fn unpack(c: &mut Criterion) {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(20));
+        .measurement_time(Duration::from_secs(10));
     for (name, scale) in [
         ("demo-image", TreeScale::DEMO),
         ("debian-like-bench-image", TreeScale::BENCH),

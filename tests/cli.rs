@@ -67,6 +67,9 @@ fn pull_from_layout_reports_json_and_refuses_a_full_destination() {
     sample_layout(&tmp.path().join("img"));
     let src = format!("oci-layout:{}:v1", tmp.path().join("img").display());
     let out = tmp.path().join("root").display().to_string();
+    // What a killed pull leaves behind (no process has this PID) is swept up.
+    let stale = tmp.path().join(".root.bootyard-partial-999999999");
+    std::fs::create_dir_all(stale.join("usr")).unwrap();
     let o = bootyard(&[
         "image",
         "pull",
@@ -77,6 +80,7 @@ fn pull_from_layout_reports_json_and_refuses_a_full_destination() {
         "--verify-blobs",
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(!stale.exists(), "stale staging directory was not removed");
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["schema_version"], 1);
     assert_eq!(report["unpack"]["layers"].as_array().unwrap().len(), 3);

@@ -310,6 +310,8 @@ fn unknown_tag_and_unreachable_registry() {
 struct DroppingProxy {
     addr: std::net::SocketAddr,
     drops_done: Arc<AtomicU32>,
+    /// Blob requests that asked for a byte range (resumed downloads).
+    ranged: Arc<AtomicU32>,
 }
 
 impl DroppingProxy {
@@ -317,18 +319,23 @@ impl DroppingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let drops_done = Arc::new(AtomicU32::new(0));
-        let done = drops_done.clone();
+        let ranged = Arc::new(AtomicU32::new(0));
+        let (done, ranged2) = (drops_done.clone(), ranged.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
-                let done = done.clone();
+                let (done, ranged) = (done.clone(), ranged2.clone());
                 let needle = format!("/blobs/{digest}");
                 std::thread::spawn(move || {
-                    relay(client, upstream, &needle, drops, cut_after, &done)
+                    relay(client, upstream, &needle, drops, cut_after, &done, &ranged)
                 });
             }
         });
-        Self { addr, drops_done }
+        Self {
+            addr,
+            drops_done,
+            ranged,
+        }
     }
 }
 
@@ -339,6 +346,7 @@ fn relay(
     drops: u32,
     cut_after: usize,
     done: &AtomicU32,
+    ranged: &AtomicU32,
 ) {
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -354,6 +362,9 @@ fn relay(
     }
     let text = String::from_utf8_lossy(&head).to_string();
     let is_target = text.starts_with("GET ") && text.lines().next().unwrap_or("").contains(needle);
+    if is_target && text.to_ascii_lowercase().contains("\r\nrange: bytes=") {
+        ranged.fetch_add(1, Ordering::SeqCst);
+    }
     let rewritten: String = text
         .lines()
         .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
@@ -424,6 +435,11 @@ fn connection_dropped_mid_blob_is_retried_then_reported() {
     )
     .unwrap();
     assert_eq!(proxy.drops_done.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        proxy.ranged.load(Ordering::SeqCst),
+        2,
+        "both retries resume with a range request"
+    );
     assert_eq!(std::fs::read(tmp.path().join("ok/noise")).unwrap(), noise);
     assert_eq!(report.unpack.layers[0].digest, Some(blob));
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -237,55 +237,88 @@ impl Fetcher<'_> {
         Ok((bytes.to_vec(), actual))
     }
 
-    /// Streams one blob into `sink`, verifying size and digest; restarts on transient errors.
+    /// Streams one blob into `sink`, verifying size and digest. Transient failures are
+    /// retried, resuming with a range request where the registry supports one.
     async fn blob(
         &self,
         desc: &Descriptor,
-        sink: &mut dyn FnMut(Option<&[u8]>) -> std::io::Result<()>,
+        sink: &mut dyn FnMut(SinkOp<'_>) -> std::io::Result<()>,
         progress: Option<&indicatif::ProgressBar>,
     ) -> Result<(), RegistryError> {
+        enum Failure {
+            Net(OciDistributionError),
+            Local(std::io::Error),
+        }
         let what = format!("blob {}", desc.digest);
         let digest_str = desc.digest.to_string();
+        let local = |e: std::io::Error| {
+            RegistryError::Layout(LayoutError::Io {
+                op: "store download of",
+                path: PathBuf::from(&digest_str),
+                source: e,
+            })
+        };
+        // Survives failed attempts: a retry resumes where the last one stopped. It only ever
+        // counts bytes the sink accepted.
+        let mut hasher = Hasher::new();
+        sink(SinkOp::Restart).map_err(local)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // `None` tells the sink to start over.
-            sink(None).map_err(|e| LayoutError::Io {
-                op: "reset download of",
-                path: PathBuf::from(&digest_str),
-                source: e,
-            })?;
-            let result: Result<Hasher, OciDistributionError> = async {
-                let mut stream = self
-                    .client
-                    .pull_blob_stream(self.reference, digest_str.as_str())
-                    .await?;
-                let mut hasher = Hasher::new();
+            let result: Result<(), Failure> = async {
+                let mut stream = if hasher.is_empty() {
+                    self.client
+                        .pull_blob_stream(self.reference, digest_str.as_str())
+                        .await
+                        .map_err(Failure::Net)?
+                } else {
+                    let offset = hasher.len();
+                    match self
+                        .client
+                        .pull_blob_stream_partial(self.reference, digest_str.as_str(), offset, None)
+                        .await
+                        .map_err(Failure::Net)?
+                    {
+                        BlobResponse::Partial(s) => {
+                            sink(SinkOp::ResumeAt(offset)).map_err(Failure::Local)?;
+                            s
+                        }
+                        // The registry ignored the range: start over.
+                        BlobResponse::Full(s) => {
+                            hasher = Hasher::new();
+                            sink(SinkOp::Restart).map_err(Failure::Local)?;
+                            s
+                        }
+                    }
+                };
                 while let Some(chunk) = stream.stream.next().await {
-                    let chunk = chunk?;
-                    hasher.update(&chunk);
-                    if hasher.len() > desc.size {
+                    let chunk = chunk.map_err(|e| Failure::Net(e.into()))?;
+                    if hasher.len() + chunk.len() as u64 > desc.size {
+                        // More than the descriptor allows: count it, keep none of it.
+                        hasher.update(&chunk);
                         break;
                     }
+                    sink(SinkOp::Data(&chunk)).map_err(Failure::Local)?;
+                    hasher.update(&chunk);
                     if let Some(p) = progress {
                         p.inc(chunk.len() as u64);
                     }
-                    sink(Some(&chunk))?;
                 }
-                Ok(hasher)
+                Ok(())
             }
             .await;
             match result {
-                Ok(hasher) => {
-                    if hasher.len() != desc.size {
+                Ok(()) => {
+                    let got = std::mem::take(&mut hasher);
+                    if got.len() != desc.size {
                         return Err(RegistryError::SizeMismatch {
                             registry: self.registry(),
                             what,
                             expected: desc.size,
-                            actual: hasher.len(),
+                            actual: got.len(),
                         });
                     }
-                    let actual = hasher.finish();
+                    let actual = got.finish();
                     if actual != desc.digest {
                         return Err(RegistryError::DigestMismatch {
                             registry: self.registry(),
@@ -296,16 +329,21 @@ impl Fetcher<'_> {
                     }
                     return Ok(());
                 }
-                Err(e) if is_digest_failure(&e) => {
-                    // oci-client's own verifier fired at the end of the stream.
+                Err(Failure::Local(e)) => return Err(local(e)),
+                Err(Failure::Net(e)) if is_digest_failure(&e) => {
+                    // oci-client's own verifier fired at the end of a full stream, after every
+                    // byte reached us: our hash of them names the digest actually served.
+                    let actual = std::mem::take(&mut hasher).finish();
                     return Err(RegistryError::DigestMismatch {
                         registry: self.registry(),
                         what,
                         expected: desc.digest,
-                        actual: Digest::of(b""),
+                        actual,
                     });
                 }
-                Err(e) if classify(&e) == Class::Transient && attempt < self.opts.attempts_max => {
+                Err(Failure::Net(e))
+                    if classify(&e) == Class::Transient && attempt < self.opts.attempts_max =>
+                {
                     if let Some(p) = progress {
                         p.set_message(format!(
                             "retrying {} (attempt {})",
@@ -315,10 +353,19 @@ impl Fetcher<'_> {
                     }
                     self.backoff(attempt).await;
                 }
-                Err(e) => return Err(self.map_final(&what, e, attempt)),
+                Err(Failure::Net(e)) => return Err(self.map_final(&what, e, attempt)),
             }
         }
     }
+}
+
+/// What a download asks of the place it writes to.
+pub enum SinkOp<'a> {
+    /// Drop everything written so far.
+    Restart,
+    /// Keep exactly the first N bytes; more follow from there.
+    ResumeAt(u64),
+    Data(&'a [u8]),
 }
 
 fn is_digest_failure(e: &OciDistributionError) -> bool {
@@ -410,10 +457,11 @@ async fn fetch_async(
     let mut config_bytes = Vec::new();
     f.blob(
         &manifest.config,
-        &mut |chunk| {
-            match chunk {
-                None => config_bytes.clear(),
-                Some(c) => config_bytes.extend_from_slice(c),
+        &mut |op| {
+            match op {
+                SinkOp::Restart => config_bytes.clear(),
+                SinkOp::ResumeAt(n) => config_bytes.truncate(n as usize),
+                SinkOp::Data(c) => config_bytes.extend_from_slice(c),
             }
             Ok(())
         },
@@ -468,14 +516,21 @@ async fn download_layer(
         })?;
     {
         let file = tmp.as_file_mut();
-        let mut sink = |chunk: Option<&[u8]>| -> std::io::Result<()> {
-            match chunk {
-                None => {
+        let mut sink = |op: SinkOp<'_>| -> std::io::Result<()> {
+            match op {
+                SinkOp::Restart => {
                     file.set_len(0)?;
                     std::io::Seek::rewind(file)?;
                     Ok(())
                 }
-                Some(c) => file.write_all(c),
+                SinkOp::ResumeAt(n) => {
+                    // A failed write may have left part of a chunk behind: cut back to what
+                    // was hashed.
+                    file.set_len(n)?;
+                    std::io::Seek::seek(file, std::io::SeekFrom::Start(n))?;
+                    Ok(())
+                }
+                SinkOp::Data(c) => file.write_all(c),
             }
         };
         f.blob(layer, &mut sink, progress).await?;
