@@ -26,6 +26,9 @@ pub struct Node {
     /// The first path (in sorted order) sharing this inode, when it is not this one.
     pub hardlink_of: Option<String>,
     pub xattrs: BTreeMap<String, String>,
+    /// Modification time in seconds, for everything but directories (whose mtimes every
+    /// later write into them disturbs, and unpackers restore differently).
+    pub mtime_s: Option<i64>,
 }
 
 pub type Fingerprint = BTreeMap<String, Node>;
@@ -138,6 +141,7 @@ pub fn fingerprint(root: &Path) -> std::io::Result<Fingerprint> {
                     .then(|| (rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))),
                 hardlink_of,
                 xattrs,
+                mtime_s: (!ft.is_dir()).then(|| md.mtime()),
             },
         );
     }

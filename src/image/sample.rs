@@ -37,6 +37,8 @@ impl Rng {
 /// One layer's tar stream, built in memory.
 pub struct LayerTar {
     w: TarWriter<Vec<u8>>,
+    /// Entries so far; gives each a distinct mtime so tests can tell mtimes apart.
+    n: i64,
 }
 
 impl Default for LayerTar {
@@ -49,6 +51,7 @@ impl LayerTar {
     pub fn new() -> Self {
         Self {
             w: TarWriter::new(Vec::new()),
+            n: 0,
         }
     }
 
@@ -57,6 +60,10 @@ impl LayerTar {
         if h.kind == Kind::File {
             h.size = data.len() as u64;
         }
+        if h.mtime_s == Header::new("", Kind::File, 0).mtime_s {
+            h.mtime_s += self.n * 3_607;
+        }
+        self.n += 1;
         self.w
             .append(&h, &mut &data[..])
             .expect("writing to a Vec cannot fail");
