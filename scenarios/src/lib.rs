@@ -1,12 +1,15 @@
 //! bootyard-scenarios: scenario files and the machinery that runs them.
 //!
-//! So far: the scenario file format ([`file`]) and a sans-IO phase tracker ([`phase`]) that
-//! turns console lines and the passage of time (both given by the caller) into phase events
-//! with deadlines. Launching QEMU and building network-namespace topologies come next; this
-//! crate does not depend on the bootyard agent.
+//! The scenario file format ([`file`]); a sans-IO phase tracker ([`phase`]) that turns
+//! console lines and the passage of time (both given by the caller) into phase events with
+//! deadlines; and QEMU machines launched as processes ([`qemu`]) with a live serial console,
+//! QMP, and an accelerator probe ([`bootsector`]). Network-namespace topologies come next.
+//! This crate does not depend on the bootyard agent.
 
+pub mod bootsector;
 pub mod file;
 pub mod phase;
+pub mod qemu;
 
 pub use file::{PhaseSpec, ScenarioError, ScenarioFile};
 pub use phase::{PhaseEvent, PhaseTracker};
