@@ -1,0 +1,4 @@
+//! Disk layout: GUID partition tables written to and read back from image files or block
+//! devices, without root or partitioning tools.
+
+pub mod gpt;
