@@ -160,7 +160,7 @@ pub enum GptError {
 
 /// Places partitions one after another on 1 MiB boundaries.
 pub fn plan(disk_bytes: u64, specs: &[PartitionSpec], disk_guid: Guid) -> Result<Gpt, GptError> {
-    if disk_bytes % SECTOR != 0 {
+    if !disk_bytes.is_multiple_of(SECTOR) {
         return Err(GptError::Unaligned(disk_bytes));
     }
     if specs.len() > ENTRIES as usize {
