@@ -2,4 +2,5 @@
 //! model (tries counter, good/bad marks, which slot GRUB boots next).
 
 pub mod assessment;
+pub mod grub;
 pub mod grubenv;

@@ -1,0 +1,184 @@
+//! GRUB for BIOS on a GPT disk image, without `grub-install` or root: `grub-mkimage` builds
+//! core.img, and we embed it ourselves (grub-bios-setup refuses image files). boot.img's code
+//! goes into the MBR with the LBA of core.img patched in; core.img goes into the BIOS boot
+//! partition with the blocklist in its first sector patched to load the rest of itself.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::disk::gpt::{Gpt, Guid, SECTOR};
+
+/// Where Debian's grub-pc-bin puts the i386-pc platform files.
+pub const I386_PC_DIR: &str = "/usr/lib/grub/i386-pc";
+
+/// Modules core.img carries so it can find COS_STATE, read ext4, loop-mount slot images,
+/// keep an environment block and boot Linux, talking on the serial console.
+pub const CORE_MODULES: &[&str] = &[
+    "biosdisk",
+    "part_gpt",
+    "ext2",
+    "search",
+    "search_label",
+    "search_fs_file",
+    "normal",
+    "configfile",
+    "loopback",
+    "linux",
+    "loadenv",
+    "test",
+    "echo",
+    "serial",
+    "terminal",
+    "halt",
+    "reboot",
+    "sleep",
+    "cat",
+    "true",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrubError {
+    #[error("grub-mkimage is not installed (Debian: apt-get install grub-pc-bin grub-common)")]
+    Missing,
+    #[error("grub-mkimage failed: {0}")]
+    MkImage(String),
+    #[error("the disk has no BIOS boot partition")]
+    NoBiosBootPartition,
+    #[error("core.img is {core_bytes} bytes; the BIOS boot partition holds {partition_bytes}")]
+    CoreTooLarge {
+        core_bytes: usize,
+        partition_bytes: u64,
+    },
+    #[error("{0} is not a 512-byte boot.img")]
+    BadBootImg(PathBuf),
+    #[error("embedded GRUB read back differently from what was written")]
+    ReadBack,
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Builds core.img with `early_cfg` embedded (it runs before any filesystem is read) and
+/// `prefix` as where GRUB looks for its modules and grub.cfg.
+pub fn build_core_image(
+    workdir: &Path,
+    prefix: &str,
+    early_cfg: &str,
+) -> Result<Vec<u8>, GrubError> {
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GrubError::Io { op, path, source }
+    };
+    let cfg = workdir.join("early.cfg");
+    std::fs::write(&cfg, early_cfg).map_err(io("write", &cfg))?;
+    let out = workdir.join("core.img");
+    let o = Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-d", I386_PC_DIR, "-p", prefix, "-c"])
+        .arg(&cfg)
+        .arg("-o")
+        .arg(&out)
+        .args(CORE_MODULES)
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                GrubError::Missing
+            } else {
+                GrubError::Io {
+                    op: "run grub-mkimage for",
+                    path: out.clone(),
+                    source: e,
+                }
+            }
+        })?;
+    if !o.status.success() {
+        return Err(GrubError::MkImage(
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        ));
+    }
+    std::fs::read(&out).map_err(io("read", &out))
+}
+
+/// Offsets inside boot.img and core.img's first sector (GRUB's i386-pc boot.S/diskboot.S).
+const BOOT_KERNEL_SECTOR: usize = 0x5C;
+const BOOT_CODE_BYTES: usize = 440;
+const DISKBOOT_BLOCKLIST: usize = 0x1F4;
+const CORE_LOAD_SEGMENT: u16 = 0x820;
+
+/// Writes GRUB's boot code into the MBR and core.img into the BIOS boot partition.
+pub fn embed_bios(
+    disk: &File,
+    gpt: &Gpt,
+    core_img: &[u8],
+    boot_img_path: &Path,
+) -> Result<(), GrubError> {
+    let bios = gpt
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == Guid::BIOS_BOOT)
+        .ok_or(GrubError::NoBiosBootPartition)?;
+    if core_img.len() as u64 > bios.size_bytes() {
+        return Err(GrubError::CoreTooLarge {
+            core_bytes: core_img.len(),
+            partition_bytes: bios.size_bytes(),
+        });
+    }
+    let boot = std::fs::read(boot_img_path).map_err(|source| GrubError::Io {
+        op: "read",
+        path: boot_img_path.to_path_buf(),
+        source,
+    })?;
+    if boot.len() != SECTOR as usize {
+        return Err(GrubError::BadBootImg(boot_img_path.to_path_buf()));
+    }
+    let disk_io = |op| {
+        move |source| GrubError::Io {
+            op,
+            path: PathBuf::from("disk"),
+            source,
+        }
+    };
+
+    let core_lba = bios.first_lba;
+    let mut core = core_img.to_vec();
+    core.resize(core.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+    let sectors = core.len() as u64 / SECTOR;
+    // diskboot.img (core.img's first sector) loads the other sectors from this blocklist.
+    core[DISKBOOT_BLOCKLIST..DISKBOOT_BLOCKLIST + 8].copy_from_slice(&(core_lba + 1).to_le_bytes());
+    core[DISKBOOT_BLOCKLIST + 8..DISKBOOT_BLOCKLIST + 10].copy_from_slice(
+        &u16::try_from(sectors - 1)
+            .expect("core.img fits in 32 MiB")
+            .to_le_bytes(),
+    );
+    core[DISKBOOT_BLOCKLIST + 10..DISKBOOT_BLOCKLIST + 12]
+        .copy_from_slice(&CORE_LOAD_SEGMENT.to_le_bytes());
+    disk.write_all_at(&core, core_lba * SECTOR)
+        .map_err(disk_io("write core.img to"))?;
+
+    // Keep the MBR's partition table (the protective entry); only the boot code changes.
+    let mut mbr = [0u8; SECTOR as usize];
+    disk.read_exact_at(&mut mbr, 0)
+        .map_err(disk_io("read MBR of"))?;
+    let mut code = boot[..BOOT_CODE_BYTES].to_vec();
+    code[BOOT_KERNEL_SECTOR..BOOT_KERNEL_SECTOR + 8].copy_from_slice(&core_lba.to_le_bytes());
+    mbr[..BOOT_CODE_BYTES].copy_from_slice(&code);
+    disk.write_all_at(&mbr, 0)
+        .map_err(disk_io("write MBR of"))?;
+    disk.sync_all().map_err(disk_io("sync"))?;
+
+    let mut back = vec![0u8; core.len()];
+    disk.read_exact_at(&mut back, core_lba * SECTOR)
+        .map_err(disk_io("read back core.img from"))?;
+    let mut mbr_back = [0u8; SECTOR as usize];
+    disk.read_exact_at(&mut mbr_back, 0)
+        .map_err(disk_io("read back MBR of"))?;
+    if back != core || mbr_back[..BOOT_CODE_BYTES] != code[..] || mbr_back[510..] != [0x55, 0xAA] {
+        return Err(GrubError::ReadBack);
+    }
+    Ok(())
+}
