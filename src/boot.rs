@@ -2,5 +2,6 @@
 //! model (tries counter, good/bad marks, which slot GRUB boots next).
 
 pub mod assessment;
+pub mod cpio;
 pub mod grub;
 pub mod grubenv;

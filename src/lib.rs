@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod debpkg;
 pub mod disk;
 pub mod image;
 pub mod localreg;
