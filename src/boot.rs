@@ -4,4 +4,5 @@
 pub mod assessment;
 pub mod cpio;
 pub mod grub;
+pub mod grubcfg;
 pub mod grubenv;
