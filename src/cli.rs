@@ -2,6 +2,7 @@
 
 pub mod build_slot;
 pub mod demo;
+pub mod install;
 pub mod pull;
 pub mod push;
 pub mod sample;
@@ -28,6 +29,8 @@ pub enum Command {
     /// Work with OS images: pull, push, build slot images
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Install an OS image onto a disk: GPT, A/B slots, GRUB with boot assessment
+    Install(install::InstallArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +53,7 @@ pub fn show_progress(json: bool) -> bool {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(a) => demo::run(a),
+        Command::Install(a) => install::run(a),
         Command::Image(ImageCommand::Pull(a)) => pull::run(a),
         Command::Image(ImageCommand::Push(a)) => push::run(a),
         Command::Image(ImageCommand::BuildSlot(a)) => build_slot::run(a),

@@ -10,5 +10,7 @@ pub mod cli;
 pub mod debpkg;
 pub mod disk;
 pub mod image;
+pub mod install;
 pub mod localreg;
+pub mod testimage;
 pub mod testkit;

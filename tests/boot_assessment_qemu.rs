@@ -2,21 +2,22 @@
 //! upgrade to an image that never proves itself is tried `tries` times, then GRUB falls back
 //! to the passive slot on its own, and grubenv on the disk says so.
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bootyard::boot::assessment::{BootModel, Slot};
-use bootyard::boot::cpio::CpioWriter;
 use bootyard::boot::grub::{build_core_image, embed_bios, I386_PC_DIR};
-use bootyard::boot::grubcfg::{self, env_to_model, model_to_env, GrubCfgOptions};
+use bootyard::boot::grubcfg::{
+    self, env_to_model, model_to_env, GrubCfgOptions, EARLY_CFG, PREFIX,
+};
 use bootyard::boot::grubenv::{GrubEnv, GRUBENV_BYTES};
 use bootyard::debpkg;
 use bootyard::disk::fill::copy_into_partition;
 use bootyard::disk::gpt::{self, Guid, PartitionSpec};
 use bootyard::image::slot::{build_slot, SlotOptions};
+use bootyard::testimage::{boot_rootfs, busybox_initramfs, reporting_init};
 use bootyard::testkit::require_tool;
 use bootyard_scenarios::qemu::{Drive, Machine, MachineSpec};
 
@@ -27,26 +28,13 @@ fn asset_cache() -> PathBuf {
 /// A slot image whose init reports its version and powers off without marking itself good.
 fn slot_image(dir: &Path, kernel: &Path, busybox: &Path, version: &str) -> PathBuf {
     let root = dir.join(format!("slot-{version}"));
-    std::fs::create_dir_all(root.join("boot")).unwrap();
-    std::fs::copy(kernel, root.join("boot/vmlinuz")).unwrap();
-    let mut c = CpioWriter::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for d in ["bin", "dev", "proc"] {
-        c.dir(d, 0o755).unwrap();
-    }
-    c.char_dev("dev/console", 0o600, 5, 1).unwrap();
-    c.file("bin/busybox", 0o755, &std::fs::read(busybox).unwrap())
-        .unwrap();
-    c.symlink("bin/sh", "busybox").unwrap();
-    let init = format!("#!/bin/sh\n/bin/busybox mount -t proc proc /proc\necho \"BOOTYARD-INIT version={version} $(/bin/busybox cat /proc/cmdline)\"\n/bin/busybox poweroff -f\n");
-    c.file("init", 0o755, init.as_bytes()).unwrap();
-    let gz = c.finish().unwrap().finish().unwrap();
-    std::fs::File::create(root.join("boot/initrd"))
-        .unwrap()
-        .write_all(&gz)
-        .unwrap();
+    boot_rootfs(
+        &root,
+        kernel,
+        &busybox_initramfs(busybox, &reporting_init(version)).unwrap(),
+        version,
+    )
+    .unwrap();
     let img = dir.join(format!("{version}.img"));
     build_slot(
         &root,
@@ -164,11 +152,10 @@ fn qemu_failed_upgrade_falls_back_as_the_model_says() {
     let grubenv_at =
         table.partitions[1].offset_bytes() + file_block_offset(&state_img, "/grub2/grubenv");
     copy_into_partition(&disk, &table.partitions[1], &state_img).unwrap();
-    let early = "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nsearch --no-floppy --label COS_STATE --set root\nconfigfile ($root)/grub2/grub.cfg\n";
     embed_bios(
         &disk,
         &table,
-        &build_core_image(tmp.path(), "/grub2", early).unwrap(),
+        &build_core_image(tmp.path(), PREFIX, EARLY_CFG).unwrap(),
         &Path::new(I386_PC_DIR).join("boot.img"),
     )
     .unwrap();

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bootyard::boot::grub::{build_core_image, embed_bios, I386_PC_DIR};
+use bootyard::boot::grubcfg::{EARLY_CFG, PREFIX};
 use bootyard::disk::fill::copy_into_partition;
 use bootyard::disk::gpt::{self, Guid, PartitionSpec};
 use bootyard::image::slot::{build_slot, SlotOptions};
@@ -66,8 +67,7 @@ fn qemu_boots_grub_embedded_without_root() {
     .unwrap();
     copy_into_partition(&disk, &table.partitions[1], &fs).unwrap();
 
-    let early = "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nsearch --no-floppy --label COS_STATE --set root\nconfigfile ($root)/grub2/grub.cfg\n";
-    let core = build_core_image(tmp.path(), "/grub2", early).unwrap();
+    let core = build_core_image(tmp.path(), PREFIX, EARLY_CFG).unwrap();
     embed_bios(
         &disk,
         &table,

@@ -131,6 +131,13 @@ pub fn env_to_model(env: &GrubEnv) -> Result<BootModel, EnvModelError> {
     })
 }
 
+/// The configuration embedded in core.img: talk on the serial console, find COS_STATE by
+/// its label, and hand over to its grub.cfg.
+pub const EARLY_CFG: &str = "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\nsearch --no-floppy --label COS_STATE --set root\nconfigfile ($root)/grub2/grub.cfg\n";
+
+/// Where GRUB looks for modules and grub.cfg on COS_STATE.
+pub const PREFIX: &str = "/grub2";
+
 /// Where the pieces are, as GRUB sees them once `$root` is COS_STATE.
 #[derive(Debug, Clone)]
 pub struct GrubCfgOptions {
@@ -170,7 +177,9 @@ pub fn render(opts: &GrubCfgOptions) -> String {
     s.push_str("echo \"bootyard: booting slot $slot\"\n");
     s.push_str("loopback loop0 ($root)/cOS/${slot}.img\n");
     s.push_str(&format!(
-        "linux (loop0)/boot/vmlinuz console=ttyS0 {} bootyard.slot=$slot\n",
+        // root= and cos-img/filename= are what Kairos's initrd (immucore) reads; bootyard's
+        // reads bootyard.slot=.
+        "linux (loop0)/boot/vmlinuz console=ttyS0 {} root=LABEL=COS_STATE cos-img/filename=/cOS/${{slot}}.img bootyard.slot=$slot\n",
         opts.cmdline
     ));
     s.push_str("initrd (loop0)/boot/initrd\n");
