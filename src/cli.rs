@@ -6,6 +6,8 @@ pub mod install;
 pub mod pull;
 pub mod push;
 pub mod sample;
+pub mod status;
+pub mod upgrade;
 
 use std::io::IsTerminal;
 
@@ -31,6 +33,10 @@ pub enum Command {
     Image(ImageCommand),
     /// Install an OS image onto a disk: GPT, A/B slots, GRUB with boot assessment
     Install(install::InstallArgs),
+    /// Upgrade an installed disk to a new image (transition, rotate, arm the tries counter)
+    Upgrade(upgrade::UpgradeArgs),
+    /// Show the A/B slots, their versions and states, and why the last boot went where it did
+    Status(status::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +60,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Install(a) => install::run(a),
+        Command::Upgrade(a) => upgrade::run(a),
+        Command::Status(a) => status::run(a),
         Command::Image(ImageCommand::Pull(a)) => pull::run(a),
         Command::Image(ImageCommand::Push(a)) => push::run(a),
         Command::Image(ImageCommand::BuildSlot(a)) => build_slot::run(a),

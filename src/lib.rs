@@ -14,3 +14,4 @@ pub mod install;
 pub mod localreg;
 pub mod testimage;
 pub mod testkit;
+pub mod upgrade;

@@ -171,11 +171,15 @@ pub fn render(opts: &GrubCfgOptions) -> String {
         s.push_str(&format!("  {kw} [ \"${{{VAR_ACTIVE_TRIES}}}\" = \"{left}\" ]; then\n    set {VAR_ACTIVE_TRIES}={}\n    set slot=active\n    set {VAR_LAST_REASON}=active_trying\n", left - 1));
     }
     s.push_str(&format!("  else\n    set {VAR_ACTIVE_STATE}=bad\n    set {VAR_LAST_REASON}=active_failed\n  fi\nelse\n  if [ \"${{{VAR_LAST_REASON}}}\" != \"active_failed\" ]; then\n    set {VAR_LAST_REASON}=active_not_bootable\n  fi\nfi\n"));
+    // A missing slot file (an upgrade cut off between its renames) is not bootable.
+    s.push_str(&format!("if [ \"$slot\" = \"active\" ]; then\n  if [ -f ($root)/cOS/active.img ]; then\n    true\n  else\n    set slot=\"\"\n    set {VAR_LAST_REASON}=active_not_bootable\n  fi\nfi\n"));
     s.push_str(&format!("if [ -z \"$slot\" ]; then\n  if [ \"${{{VAR_PASSIVE_STATE}}}\" = \"good\" ]; then\n    set slot=passive\n  else\n    set slot=recovery\n    set {VAR_LAST_REASON}=no_good_slot\n  fi\nfi\n"));
     s.push_str(&format!("set {VAR_LAST_SLOT}=$slot\n"));
     s.push_str(&format!("save_env --file ($root){} {VAR_ACTIVE_STATE} {VAR_ACTIVE_TRIES} {VAR_LAST_SLOT} {VAR_LAST_REASON}\n", opts.grubenv));
     s.push_str("echo \"bootyard: booting slot $slot\"\n");
-    s.push_str("loopback loop0 ($root)/cOS/${slot}.img\n");
+    // Recovery lives on its own partition.
+    s.push_str("set imgroot=$root\nif [ \"$slot\" = \"recovery\" ]; then\n  search --no-floppy --label COS_RECOVERY --set imgroot\nfi\n");
+    s.push_str("loopback loop0 ($imgroot)/cOS/${slot}.img\n");
     s.push_str(&format!(
         // root= and cos-img/filename= are what Kairos's initrd (immucore) reads; bootyard's
         // reads bootyard.slot=.

@@ -1,0 +1,262 @@
+//! `bootyard upgrade --disk`: upgrade an installed disk image from the host, without booting
+//! or mounting it, for preparing scenarios fast. The steps and their order are the agent's:
+//! write `transition.img`; rotate `active.img` to `passive.img` (not when the node last ran
+//! from passive: then the failed active is dropped instead); arm the tries counter in
+//! grubenv; rename `transition.img` to `active.img`. At every step some good slot stays
+//! bootable: between the renames there is no `active.img`, and GRUB falls back to passive.
+//! The COS_STATE filesystem is edited with debugfs; grubenv is rewritten in place, in its own
+//! block, as GRUB's `save_env` does.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::boot::assessment::{AssessmentError, Slot};
+use crate::boot::grubcfg::{self, EnvModelError};
+use crate::boot::grubenv::{GrubEnv, GrubEnvError, GRUBENV_BYTES};
+use crate::disk::gpt::{self, GptError};
+use crate::image::pull::{pull, PullError, PullOptions};
+use crate::image::slot::{build_slot, SlotError, SlotOptions};
+use crate::image::Source;
+use crate::install::image_version;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("failed to get the OS image")]
+    Pull(#[from] PullError),
+    #[error("the OS image has no {0}")]
+    NotBootable(&'static str),
+    #[error("{0} has no COS_STATE partition: not a disk bootyard installed")]
+    NoStatePartition(PathBuf),
+    #[error("failed to read the partition table")]
+    Gpt(#[from] GptError),
+    #[error("failed to build the transition image")]
+    Slot(#[from] SlotError),
+    #[error("grubenv on the disk is not usable")]
+    Env(#[from] EnvModelError),
+    #[error("failed to write grubenv")]
+    GrubEnv(#[from] GrubEnvError),
+    #[error(transparent)]
+    Assessment(#[from] AssessmentError),
+    #[error("debugfs failed ({what}): {stderr}")]
+    Debugfs { what: String, stderr: String },
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> UpgradeError {
+    let path = path.to_path_buf();
+    move |source| UpgradeError::Io { op, path, source }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeReport {
+    pub schema_version: u32,
+    pub disk: PathBuf,
+    pub version: String,
+    /// The slot the node last ran from, which decided whether active rotated to passive.
+    pub from_slot: Slot,
+    pub rotated: bool,
+    pub passive_version: Option<String>,
+    pub tries: u8,
+    pub elapsed_ms: u64,
+}
+
+/// A COS_STATE filesystem inside a disk image, addressed the way e2fsprogs tools accept.
+struct StateFs {
+    disk: PathBuf,
+    offset: u64,
+}
+
+impl StateFs {
+    fn spec(&self) -> String {
+        format!("{}?offset={}", self.disk.display(), self.offset)
+    }
+
+    fn debugfs(&self, what: &str, write: bool, commands: &str) -> Result<String, UpgradeError> {
+        let mut cmd = Command::new("debugfs");
+        if write {
+            cmd.arg("-w");
+        }
+        let o = cmd
+            .arg("-R")
+            .arg(commands)
+            .arg(self.spec())
+            .output()
+            .map_err(io("run debugfs on", &self.disk))?;
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        // debugfs exits 0 even when a request fails; its complaints name the request.
+        let complaint = stderr
+            .lines()
+            .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
+        if !o.status.success() || complaint.is_some() {
+            return Err(UpgradeError::Debugfs {
+                what: what.into(),
+                stderr: complaint.unwrap_or(&stderr).to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Runs one request per call, so a failure names exactly which step failed.
+    fn step(&self, what: &str, request: &str) -> Result<(), UpgradeError> {
+        self.debugfs(what, true, request).map(|_| ())
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.debugfs("stat", false, &format!("stat {path}")).is_ok()
+    }
+
+    /// Byte offset of a one-block file's data inside the disk.
+    fn block_offset(&self, path: &str) -> Result<u64, UpgradeError> {
+        let out = self.debugfs("locate grubenv", false, &format!("bmap {path} 0"))?;
+        let block: u64 = out.trim().parse().map_err(|_| UpgradeError::Debugfs {
+            what: "locate grubenv".into(),
+            stderr: out.clone(),
+        })?;
+        Ok(self.offset + block * 4096)
+    }
+}
+
+pub fn upgrade_disk(
+    source: &Source,
+    disk: &Path,
+    pull_opts: &PullOptions,
+) -> Result<UpgradeReport, UpgradeError> {
+    let started = Instant::now();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(io("open", disk))?;
+    let table = gpt::read(&file)?;
+    let state = table
+        .partitions
+        .iter()
+        .find(|p| p.name == "COS_STATE")
+        .ok_or_else(|| UpgradeError::NoStatePartition(disk.to_path_buf()))?;
+    let fs = StateFs {
+        disk: disk.to_path_buf(),
+        offset: state.offset_bytes(),
+    };
+
+    let env_at = fs.block_offset("/grub2/grubenv")?;
+    let read_env = || -> Result<GrubEnv, UpgradeError> {
+        let mut block = vec![0u8; GRUBENV_BYTES];
+        file.read_exact_at(&mut block, env_at)
+            .map_err(io("read grubenv in", disk))?;
+        Ok(GrubEnv::parse(&block)?)
+    };
+    let mut env = read_env()?;
+    let mut model = grubcfg::env_to_model(&env)?;
+    // Offline, the node "runs" from where it last booted (never booted: active).
+    model.running = Some(
+        model
+            .last_boot
+            .as_ref()
+            .map(|(s, _)| *s)
+            .unwrap_or(Slot::Active),
+    );
+    let from_slot = model.running.expect("just set");
+
+    // The new image, as a slot image, built before anything on the disk changes.
+    let parent = disk
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new()
+        .prefix(".bootyard-upgrade-")
+        .tempdir_in(parent)
+        .map_err(io("create work directory in", parent))?;
+    let rootfs = work.path().join("rootfs");
+    pull(source, &rootfs, pull_opts)?;
+    for f in ["boot/vmlinuz", "boot/initrd"] {
+        if !rootfs.join(f).exists() {
+            return Err(UpgradeError::NotBootable(if f.ends_with("vmlinuz") {
+                "/boot/vmlinuz"
+            } else {
+                "/boot/initrd"
+            }));
+        }
+    }
+    let version = image_version(&rootfs);
+    let transition = work.path().join("transition.img");
+    build_slot(
+        &rootfs,
+        &transition,
+        &SlotOptions {
+            label: "COS_ACTIVE".into(),
+            ..Default::default()
+        },
+    )?;
+
+    let rotate = from_slot == Slot::Active;
+    model.upgrade(&version)?;
+
+    // 1. transition.img, complete, before anything else moves.
+    if fs.exists("/cOS/transition.img") {
+        fs.step("remove a stale transition.img", "rm /cOS/transition.img")?;
+    }
+    fs.step(
+        "write transition.img",
+        &format!("write {} /cOS/transition.img", transition.display()),
+    )?;
+    // 2. Make room for the new active: rotate, or drop the failed active.
+    if rotate {
+        if fs.exists("/cOS/passive.img") {
+            fs.step("remove the old passive.img", "rm /cOS/passive.img")?;
+        }
+        fs.step(
+            "rotate active.img to passive.img",
+            "ln /cOS/active.img /cOS/passive.img",
+        )?;
+        fs.step("rotate active.img to passive.img", "unlink /cOS/active.img")?;
+    } else if fs.exists("/cOS/active.img") {
+        fs.step("remove the failed active.img", "rm /cOS/active.img")?;
+    }
+    // 3. Arm the counter while there is no active.img: a cut here boots passive.
+    grubcfg::model_to_env(&model, &mut env)?;
+    file.write_all_at(&env.to_block()?, env_at)
+        .map_err(io("write grubenv in", disk))?;
+    file.sync_all().map_err(io("sync", disk))?;
+    // 4. The new image becomes active.
+    fs.step(
+        "rename transition.img to active.img",
+        "ln /cOS/transition.img /cOS/active.img",
+    )?;
+    fs.step(
+        "rename transition.img to active.img",
+        "unlink /cOS/transition.img",
+    )?;
+
+    // Read everything back: the files GRUB will look for, and the state it will act on.
+    let back = grubcfg::env_to_model(&read_env()?)?;
+    if back.active != model.active
+        || back.passive != model.passive
+        || !fs.exists("/cOS/active.img")
+        || !fs.exists("/cOS/passive.img")
+    {
+        return Err(UpgradeError::Debugfs {
+            what: "verify the upgraded disk".into(),
+            stderr: format!("read back {back:?}"),
+        });
+    }
+    Ok(UpgradeReport {
+        schema_version: 1,
+        disk: disk.to_path_buf(),
+        version,
+        from_slot,
+        rotated: rotate,
+        passive_version: model.passive.version.clone(),
+        tries: model.tries,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
