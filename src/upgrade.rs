@@ -106,9 +106,37 @@ impl StateFs {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
-    /// Runs one request per call, so a failure names exactly which step failed.
-    fn step(&self, what: &str, request: &str) -> Result<(), UpgradeError> {
-        self.debugfs(what, true, request).map(|_| ())
+    /// Runs one step's requests in one debugfs session.
+    fn step(&self, what: &str, requests: &[&str]) -> Result<(), UpgradeError> {
+        let mut child = Command::new("debugfs")
+            .args(["-w", "-f", "-"])
+            .arg(self.spec())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(io("run debugfs on", &self.disk))?;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            stdin
+                .write_all(requests.join("\n").as_bytes())
+                .map_err(io("drive debugfs on", &self.disk))?;
+        }
+        let o = child
+            .wait_with_output()
+            .map_err(io("run debugfs on", &self.disk))?;
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let complaint = stderr
+            .lines()
+            .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
+        if !o.status.success() || complaint.is_some() {
+            return Err(UpgradeError::Debugfs {
+                what: what.into(),
+                stderr: complaint.unwrap_or(&stderr).to_string(),
+            });
+        }
+        Ok(())
     }
 
     fn exists(&self, path: &str) -> bool {
@@ -126,137 +154,245 @@ impl StateFs {
     }
 }
 
+/// One step of an upgrade, in the order they run. Public so a harness can stop after any
+/// of them and check that the disk still boots a good slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    RemoveStaleTransition,
+    WriteTransition,
+    RemoveOldPassive,
+    LinkActiveAsPassive,
+    UnlinkActive,
+    RemoveFailedActive,
+    ArmCounter,
+    LinkTransitionAsActive,
+    UnlinkTransition,
+}
+
+/// A prepared upgrade: the new slot image is built and the plan made; nothing on the disk
+/// has changed yet.
+pub struct DiskUpgrade {
+    file: std::fs::File,
+    fs: StateFs,
+    env_at: u64,
+    env: GrubEnv,
+    model: crate::boot::assessment::BootModel,
+    from_slot: Slot,
+    rotate: bool,
+    version: String,
+    transition: PathBuf,
+    _work: tempfile::TempDir,
+    started: Instant,
+}
+
+impl DiskUpgrade {
+    pub fn prepare(
+        source: &Source,
+        disk: &Path,
+        pull_opts: &PullOptions,
+    ) -> Result<Self, UpgradeError> {
+        let started = Instant::now();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk)
+            .map_err(io("open", disk))?;
+        let table = gpt::read(&file)?;
+        let state = table
+            .partitions
+            .iter()
+            .find(|p| p.name == "COS_STATE")
+            .ok_or_else(|| UpgradeError::NoStatePartition(disk.to_path_buf()))?;
+        let fs = StateFs {
+            disk: disk.to_path_buf(),
+            offset: state.offset_bytes(),
+        };
+        let env_at = fs.block_offset("/grub2/grubenv")?;
+        let env = read_env_at(&file, env_at, disk)?;
+        let mut model = grubcfg::env_to_model(&env)?;
+        // Offline, the node "runs" from where it last booted (never booted: active).
+        let from_slot = model
+            .last_boot
+            .as_ref()
+            .map(|(s, _)| *s)
+            .unwrap_or(Slot::Active);
+        model.running = Some(from_slot);
+
+        // The new image, as a slot image, built before anything on the disk changes.
+        let parent = disk
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let work = tempfile::Builder::new()
+            .prefix(".bootyard-upgrade-")
+            .tempdir_in(parent)
+            .map_err(io("create work directory in", parent))?;
+        let rootfs = work.path().join("rootfs");
+        pull(source, &rootfs, pull_opts)?;
+        for f in ["boot/vmlinuz", "boot/initrd"] {
+            if !rootfs.join(f).exists() {
+                return Err(UpgradeError::NotBootable(if f.ends_with("vmlinuz") {
+                    "/boot/vmlinuz"
+                } else {
+                    "/boot/initrd"
+                }));
+            }
+        }
+        let version = image_version(&rootfs);
+        let transition = work.path().join("transition.img");
+        build_slot(
+            &rootfs,
+            &transition,
+            &SlotOptions {
+                label: "COS_ACTIVE".into(),
+                ..Default::default()
+            },
+        )?;
+        std::fs::remove_dir_all(&rootfs).map_err(io("remove", &rootfs))?;
+        let rotate = from_slot == Slot::Active;
+        model.upgrade(&version)?;
+        Ok(Self {
+            file,
+            fs,
+            env_at,
+            env,
+            model,
+            from_slot,
+            rotate,
+            version,
+            transition,
+            _work: work,
+            started,
+        })
+    }
+
+    /// The steps, in order; which ones depend on where the node last ran.
+    pub fn steps(&self) -> Vec<Step> {
+        let mut s = vec![Step::RemoveStaleTransition, Step::WriteTransition];
+        if self.rotate {
+            s.extend([
+                Step::RemoveOldPassive,
+                Step::LinkActiveAsPassive,
+                Step::UnlinkActive,
+            ]);
+        } else {
+            s.push(Step::RemoveFailedActive);
+        }
+        s.extend([
+            Step::ArmCounter,
+            Step::LinkTransitionAsActive,
+            Step::UnlinkTransition,
+        ]);
+        s
+    }
+
+    pub fn apply(&mut self, step: Step) -> Result<(), UpgradeError> {
+        let fs = &self.fs;
+        match step {
+            Step::RemoveStaleTransition if fs.exists("/cOS/transition.img") => {
+                fs.step("remove a stale transition.img", &["rm /cOS/transition.img"])
+            }
+            Step::WriteTransition => fs.step(
+                "write transition.img",
+                &[&format!(
+                    "write {} /cOS/transition.img",
+                    self.transition.display()
+                )],
+            ),
+            Step::RemoveOldPassive if fs.exists("/cOS/passive.img") => {
+                fs.step("remove the old passive.img", &["rm /cOS/passive.img"])
+            }
+            // debugfs's ln and unlink leave the inode's link count alone; keep it true, so the
+            // filesystem is consistent between any two steps.
+            Step::LinkActiveAsPassive => fs.step(
+                "rotate active.img to passive.img",
+                &[
+                    "ln /cOS/active.img /cOS/passive.img",
+                    "sif /cOS/passive.img links_count 2",
+                ],
+            ),
+            Step::UnlinkActive => fs.step(
+                "rotate active.img to passive.img",
+                &[
+                    "unlink /cOS/active.img",
+                    "sif /cOS/passive.img links_count 1",
+                ],
+            ),
+            Step::RemoveFailedActive if fs.exists("/cOS/active.img") => {
+                fs.step("remove the failed active.img", &["rm /cOS/active.img"])
+            }
+            // Armed while there is no active.img: a cut before the rename boots passive.
+            Step::ArmCounter => {
+                grubcfg::model_to_env(&self.model, &mut self.env)?;
+                self.file
+                    .write_all_at(&self.env.to_block()?, self.env_at)
+                    .map_err(io("write grubenv in", &fs.disk))?;
+                self.file.sync_all().map_err(io("sync", &fs.disk))
+            }
+            Step::LinkTransitionAsActive => fs.step(
+                "rename transition.img to active.img",
+                &[
+                    "ln /cOS/transition.img /cOS/active.img",
+                    "sif /cOS/active.img links_count 2",
+                ],
+            ),
+            Step::UnlinkTransition => fs.step(
+                "rename transition.img to active.img",
+                &[
+                    "unlink /cOS/transition.img",
+                    "sif /cOS/active.img links_count 1",
+                ],
+            ),
+            // The conditional steps whose condition does not hold.
+            Step::RemoveStaleTransition | Step::RemoveOldPassive | Step::RemoveFailedActive => {
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads everything back: the files GRUB will look for and the state it will act on.
+    pub fn verify(&self) -> Result<UpgradeReport, UpgradeError> {
+        let back = grubcfg::env_to_model(&read_env_at(&self.file, self.env_at, &self.fs.disk)?)?;
+        if back.active != self.model.active
+            || back.passive != self.model.passive
+            || !self.fs.exists("/cOS/active.img")
+            || !self.fs.exists("/cOS/passive.img")
+            || self.fs.exists("/cOS/transition.img")
+        {
+            return Err(UpgradeError::Debugfs {
+                what: "verify the upgraded disk".into(),
+                stderr: format!("read back {back:?}"),
+            });
+        }
+        Ok(UpgradeReport {
+            schema_version: 1,
+            disk: self.fs.disk.clone(),
+            version: self.version.clone(),
+            from_slot: self.from_slot,
+            rotated: self.rotate,
+            passive_version: self.model.passive.version.clone(),
+            tries: self.model.tries,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+fn read_env_at(file: &std::fs::File, at: u64, disk: &Path) -> Result<GrubEnv, UpgradeError> {
+    let mut block = vec![0u8; GRUBENV_BYTES];
+    file.read_exact_at(&mut block, at)
+        .map_err(io("read grubenv in", disk))?;
+    Ok(GrubEnv::parse(&block)?)
+}
+
 pub fn upgrade_disk(
     source: &Source,
     disk: &Path,
     pull_opts: &PullOptions,
 ) -> Result<UpgradeReport, UpgradeError> {
-    let started = Instant::now();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(io("open", disk))?;
-    let table = gpt::read(&file)?;
-    let state = table
-        .partitions
-        .iter()
-        .find(|p| p.name == "COS_STATE")
-        .ok_or_else(|| UpgradeError::NoStatePartition(disk.to_path_buf()))?;
-    let fs = StateFs {
-        disk: disk.to_path_buf(),
-        offset: state.offset_bytes(),
-    };
-
-    let env_at = fs.block_offset("/grub2/grubenv")?;
-    let read_env = || -> Result<GrubEnv, UpgradeError> {
-        let mut block = vec![0u8; GRUBENV_BYTES];
-        file.read_exact_at(&mut block, env_at)
-            .map_err(io("read grubenv in", disk))?;
-        Ok(GrubEnv::parse(&block)?)
-    };
-    let mut env = read_env()?;
-    let mut model = grubcfg::env_to_model(&env)?;
-    // Offline, the node "runs" from where it last booted (never booted: active).
-    model.running = Some(
-        model
-            .last_boot
-            .as_ref()
-            .map(|(s, _)| *s)
-            .unwrap_or(Slot::Active),
-    );
-    let from_slot = model.running.expect("just set");
-
-    // The new image, as a slot image, built before anything on the disk changes.
-    let parent = disk
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let work = tempfile::Builder::new()
-        .prefix(".bootyard-upgrade-")
-        .tempdir_in(parent)
-        .map_err(io("create work directory in", parent))?;
-    let rootfs = work.path().join("rootfs");
-    pull(source, &rootfs, pull_opts)?;
-    for f in ["boot/vmlinuz", "boot/initrd"] {
-        if !rootfs.join(f).exists() {
-            return Err(UpgradeError::NotBootable(if f.ends_with("vmlinuz") {
-                "/boot/vmlinuz"
-            } else {
-                "/boot/initrd"
-            }));
-        }
+    let mut u = DiskUpgrade::prepare(source, disk, pull_opts)?;
+    for step in u.steps() {
+        u.apply(step)?;
     }
-    let version = image_version(&rootfs);
-    let transition = work.path().join("transition.img");
-    build_slot(
-        &rootfs,
-        &transition,
-        &SlotOptions {
-            label: "COS_ACTIVE".into(),
-            ..Default::default()
-        },
-    )?;
-
-    let rotate = from_slot == Slot::Active;
-    model.upgrade(&version)?;
-
-    // 1. transition.img, complete, before anything else moves.
-    if fs.exists("/cOS/transition.img") {
-        fs.step("remove a stale transition.img", "rm /cOS/transition.img")?;
-    }
-    fs.step(
-        "write transition.img",
-        &format!("write {} /cOS/transition.img", transition.display()),
-    )?;
-    // 2. Make room for the new active: rotate, or drop the failed active.
-    if rotate {
-        if fs.exists("/cOS/passive.img") {
-            fs.step("remove the old passive.img", "rm /cOS/passive.img")?;
-        }
-        fs.step(
-            "rotate active.img to passive.img",
-            "ln /cOS/active.img /cOS/passive.img",
-        )?;
-        fs.step("rotate active.img to passive.img", "unlink /cOS/active.img")?;
-    } else if fs.exists("/cOS/active.img") {
-        fs.step("remove the failed active.img", "rm /cOS/active.img")?;
-    }
-    // 3. Arm the counter while there is no active.img: a cut here boots passive.
-    grubcfg::model_to_env(&model, &mut env)?;
-    file.write_all_at(&env.to_block()?, env_at)
-        .map_err(io("write grubenv in", disk))?;
-    file.sync_all().map_err(io("sync", disk))?;
-    // 4. The new image becomes active.
-    fs.step(
-        "rename transition.img to active.img",
-        "ln /cOS/transition.img /cOS/active.img",
-    )?;
-    fs.step(
-        "rename transition.img to active.img",
-        "unlink /cOS/transition.img",
-    )?;
-
-    // Read everything back: the files GRUB will look for, and the state it will act on.
-    let back = grubcfg::env_to_model(&read_env()?)?;
-    if back.active != model.active
-        || back.passive != model.passive
-        || !fs.exists("/cOS/active.img")
-        || !fs.exists("/cOS/passive.img")
-    {
-        return Err(UpgradeError::Debugfs {
-            what: "verify the upgraded disk".into(),
-            stderr: format!("read back {back:?}"),
-        });
-    }
-    Ok(UpgradeReport {
-        schema_version: 1,
-        disk: disk.to_path_buf(),
-        version,
-        from_slot,
-        rotated: rotate,
-        passive_version: model.passive.version.clone(),
-        tries: model.tries,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-    })
+    u.verify()
 }
