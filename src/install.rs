@@ -30,10 +30,8 @@ use crate::image::Source;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("failed to get the OS image")]
-    Pull(#[from] PullError),
-    #[error("the OS image has no {0}: a bootable image carries its own kernel and initrd")]
-    NotBootable(&'static str),
+    #[error(transparent)]
+    Image(#[from] BootableImageError),
     #[error("{0} exists (pass --force to replace it)")]
     DiskExists(PathBuf),
     #[error("disk of {size_bytes} bytes is too small; this image needs at least {needed_bytes}")]
@@ -114,6 +112,33 @@ const MIB: u64 = 1 << 20;
 const BIOS_BYTES: u64 = MIB;
 /// Room on COS_STATE beyond active and passive: transition.img during an upgrade, GRUB.
 const STATE_SLACK_BYTES: u64 = 128 * MIB;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootableImageError {
+    #[error("failed to get the OS image")]
+    Pull(#[from] PullError),
+    #[error("the OS image has no {0}: a bootable image carries its own kernel and initrd")]
+    Missing(&'static str),
+}
+
+/// Unpacks `source` into `rootfs`, checks it carries what booting needs, and returns the
+/// version it calls itself.
+pub fn unpack_bootable(
+    source: &Source,
+    rootfs: &Path,
+    pull_opts: &PullOptions,
+) -> Result<String, BootableImageError> {
+    pull(source, rootfs, pull_opts)?;
+    for (file, shown) in [
+        ("boot/vmlinuz", "/boot/vmlinuz"),
+        ("boot/initrd", "/boot/initrd"),
+    ] {
+        if !rootfs.join(file).exists() {
+            return Err(BootableImageError::Missing(shown));
+        }
+    }
+    Ok(image_version(rootfs))
+}
 
 /// The version an image calls itself: kairos-release VERSION, else os-release VERSION_ID.
 pub fn image_version(rootfs: &Path) -> String {
@@ -202,17 +227,7 @@ pub fn install(source: &Source, opts: &InstallOptions) -> Result<InstallReport, 
 
     // 1. The OS image, unpacked and checked for what booting needs.
     let rootfs = work.path().join("rootfs");
-    pull(source, &rootfs, &opts.pull)?;
-    for f in ["boot/vmlinuz", "boot/initrd"] {
-        if !rootfs.join(f).exists() {
-            return Err(InstallError::NotBootable(if f.ends_with("vmlinuz") {
-                "/boot/vmlinuz"
-            } else {
-                "/boot/initrd"
-            }));
-        }
-    }
-    let version = image_version(&rootfs);
+    let version = unpack_bootable(source, &rootfs, &opts.pull)?;
 
     // 2. Slot images: active, passive (the same image) and recovery.
     let state_dir = work.path().join("state");

@@ -18,17 +18,15 @@ use crate::boot::assessment::{AssessmentError, Slot};
 use crate::boot::grubcfg::{self, EnvModelError};
 use crate::boot::grubenv::{GrubEnv, GrubEnvError, GRUBENV_BYTES};
 use crate::disk::gpt::{self, GptError};
-use crate::image::pull::{pull, PullError, PullOptions};
+use crate::image::pull::PullOptions;
 use crate::image::slot::{build_slot, SlotError, SlotOptions};
 use crate::image::Source;
-use crate::install::image_version;
+use crate::install::{unpack_bootable, BootableImageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("failed to get the OS image")]
-    Pull(#[from] PullError),
-    #[error("the OS image has no {0}")]
-    NotBootable(&'static str),
+    #[error(transparent)]
+    Image(#[from] BootableImageError),
     #[error("{0} has no COS_STATE partition: not a disk bootyard installed")]
     NoStatePartition(PathBuf),
     #[error("failed to read the partition table")]
@@ -70,6 +68,21 @@ pub struct UpgradeReport {
     pub elapsed_ms: u64,
 }
 
+/// debugfs exits 0 even when a request fails; its complaints on stderr name the request.
+fn check_debugfs(what: &str, o: &std::process::Output) -> Result<(), UpgradeError> {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let complaint = stderr
+        .lines()
+        .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
+    if !o.status.success() || complaint.is_some() {
+        return Err(UpgradeError::Debugfs {
+            what: what.into(),
+            stderr: complaint.unwrap_or(&stderr).to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// A COS_STATE filesystem inside a disk image, addressed the way e2fsprogs tools accept.
 struct StateFs {
     disk: PathBuf,
@@ -92,17 +105,7 @@ impl StateFs {
             .arg(self.spec())
             .output()
             .map_err(io("run debugfs on", &self.disk))?;
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        // debugfs exits 0 even when a request fails; its complaints name the request.
-        let complaint = stderr
-            .lines()
-            .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
-        if !o.status.success() || complaint.is_some() {
-            return Err(UpgradeError::Debugfs {
-                what: what.into(),
-                stderr: complaint.unwrap_or(&stderr).to_string(),
-            });
-        }
+        check_debugfs(what, &o)?;
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
@@ -126,16 +129,7 @@ impl StateFs {
         let o = child
             .wait_with_output()
             .map_err(io("run debugfs on", &self.disk))?;
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        let complaint = stderr
-            .lines()
-            .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
-        if !o.status.success() || complaint.is_some() {
-            return Err(UpgradeError::Debugfs {
-                what: what.into(),
-                stderr: complaint.unwrap_or(&stderr).to_string(),
-            });
-        }
+        check_debugfs(what, &o)?;
         Ok(())
     }
 
@@ -229,17 +223,7 @@ impl DiskUpgrade {
             .tempdir_in(parent)
             .map_err(io("create work directory in", parent))?;
         let rootfs = work.path().join("rootfs");
-        pull(source, &rootfs, pull_opts)?;
-        for f in ["boot/vmlinuz", "boot/initrd"] {
-            if !rootfs.join(f).exists() {
-                return Err(UpgradeError::NotBootable(if f.ends_with("vmlinuz") {
-                    "/boot/vmlinuz"
-                } else {
-                    "/boot/initrd"
-                }));
-            }
-        }
-        let version = image_version(&rootfs);
+        let version = unpack_bootable(source, &rootfs, pull_opts)?;
         let transition = work.path().join("transition.img");
         build_slot(
             &rootfs,

@@ -3,20 +3,16 @@
 //! boot-assessment grub.cfg; a second install refuses to overwrite; an image that cannot
 //! boot is refused before anything is written.
 
-use std::path::PathBuf;
+#[path = "support/boot.rs"]
+mod support;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bootyard::debpkg;
-use bootyard::testimage::{boot_rootfs, busybox_initramfs, reporting_init};
-use bootyard::testkit::require_tool;
 use bootyard_scenarios::phase::{PhaseEvent, PhaseTracker};
 use bootyard_scenarios::qemu::{Drive, Machine, MachineSpec};
 use bootyard_scenarios::PhaseSpec;
-
-fn asset_cache() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-assets/deb")
-}
+use support::{boot_tools, Images};
 
 fn bootyard(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bootyard"))
@@ -28,30 +24,11 @@ fn bootyard(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn qemu_install_then_boot_the_active_slot() {
-    let name = "qemu_install_then_boot_the_active_slot";
-    for (tool, pkg) in [
-        ("grub-mkimage", "grub-pc-bin"),
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("tune2fs", "e2fsprogs"),
-        ("sgdisk", "gdisk"),
-        ("apt-get", "apt"),
-    ] {
-        if !require_tool(name, tool, pkg) {
-            return;
-        }
+    if !boot_tools("qemu_install_then_boot_the_active_slot") {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let kernel = debpkg::cloud_kernel(&asset_cache()).unwrap();
-    let busybox = debpkg::busybox(&asset_cache()).unwrap();
-    let root = tmp.path().join("os");
-    boot_rootfs(
-        &root,
-        &kernel.vmlinuz,
-        &busybox_initramfs(&busybox, &reporting_init("7")).unwrap(),
-        "7",
-    )
-    .unwrap();
+    let root = Images::new(tmp.path()).root("7");
 
     let disk = tmp.path().join("disk.img");
     let (d, r) = (

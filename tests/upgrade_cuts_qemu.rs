@@ -3,22 +3,17 @@
 //! old version, or the new one only under an armed tries counter. Every cut also leaves
 //! COS_STATE and COS_PERSISTENT clean for e2fsck, with the persistent data intact.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+#[path = "support/boot.rs"]
+mod support;
 
-use bootyard::debpkg;
+use std::path::Path;
+use std::process::Command;
+
 use bootyard::disk::gpt;
 use bootyard::image::pull::PullOptions;
 use bootyard::image::Source;
-use bootyard::testimage::{boot_rootfs, busybox_initramfs, reporting_init};
-use bootyard::testkit::require_tool;
 use bootyard::upgrade::DiskUpgrade;
-use bootyard_scenarios::qemu::{Drive, Machine, MachineSpec};
-
-fn asset_cache() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-assets/deb")
-}
+use support::{boot, boot_tools, bootyard_json, Images};
 
 fn fsck_clean(disk: &Path, partition: &str) {
     let table = gpt::read(&std::fs::File::open(disk).unwrap()).unwrap();
@@ -41,47 +36,21 @@ fn fsck_clean(disk: &Path, partition: &str) {
 
 #[test]
 fn qemu_every_upgrade_cut_point_boots_a_good_slot() {
-    let name = "qemu_every_upgrade_cut_point_boots_a_good_slot";
-    for (tool, pkg) in [
-        ("grub-mkimage", "grub-pc-bin"),
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("debugfs", "e2fsprogs"),
-        ("e2fsck", "e2fsprogs"),
-        ("apt-get", "apt"),
-    ] {
-        if !require_tool(name, tool, pkg) {
-            return;
-        }
+    if !boot_tools("qemu_every_upgrade_cut_point_boots_a_good_slot") {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let kernel = debpkg::cloud_kernel(&asset_cache()).unwrap();
-    let busybox = debpkg::busybox(&asset_cache()).unwrap();
-    let image = |v: &str| {
-        let root = tmp.path().join(format!("os-{v}"));
-        boot_rootfs(
-            &root,
-            &kernel.vmlinuz,
-            &busybox_initramfs(&busybox, &reporting_init(v)).unwrap(),
-            v,
-        )
-        .unwrap();
-        root
-    };
+    let images = Images::new(tmp.path());
     let pristine = tmp.path().join("pristine.img");
-    let o = Command::new(env!("CARGO_BIN_EXE_bootyard"))
-        .args([
-            "install",
-            "--image",
-            &format!("dir:{}", image("v1").display()),
-            "--disk",
-            &pristine.display().to_string(),
-            "--tries",
-            "2",
-        ])
-        .env("CI", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    bootyard_json(&[
+        "install",
+        "--image",
+        &images.source("v1"),
+        "--disk",
+        &pristine.display().to_string(),
+        "--tries",
+        "2",
+    ]);
     // Persistent data that every cut must leave alone.
     let table = gpt::read(&std::fs::File::open(&pristine).unwrap()).unwrap();
     let persistent = table
@@ -106,7 +75,7 @@ fn qemu_every_upgrade_cut_point_boots_a_good_slot() {
         .unwrap();
     assert!(st.status.success());
 
-    let v2 = Source::Dir(image("v2"));
+    let v2 = Source::Dir(images.root("v2"));
     let pull = PullOptions::new(tmp.path().join("cache"));
     let steps = DiskUpgrade::prepare(&v2, &pristine.clone(), &pull)
         .unwrap()
@@ -133,33 +102,10 @@ fn qemu_every_upgrade_cut_point_boots_a_good_slot() {
             format!("{:?}", steps[k - 1])
         };
 
-        let mut spec = MachineSpec::new(&format!("cut{k}"), tmp.path());
-        spec.memory_mib = 512;
-        spec.drives.push(Drive {
-            path: disk.clone(),
-            format: "raw".into(),
-            interface: "ide".into(),
-        });
-        let mut m = Machine::launch(spec).unwrap();
-        let chosen = m
-            .wait_for("bootyard: booting slot", Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("cut after {after}: {e}"));
-        let init = m
-            .wait_for("BOOTYARD-INIT", Duration::from_secs(120))
-            .unwrap_or_else(|e| {
-                panic!("cut after {after}: GRUB chose {:?}, then {e}", chosen.text)
-            });
-        assert!(m
-            .wait_exit(Instant::now() + Duration::from_secs(30))
-            .unwrap()
-            .success());
-        drop(m);
-        let new_version = init.text.contains("version=v2");
-        let status = Command::new(env!("CARGO_BIN_EXE_bootyard"))
-            .args(["status", "--json", "--disk", &disk.display().to_string()])
-            .output()
-            .unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let booted = boot(tmp.path(), &disk, &format!("cut{k}"));
+        let (chosen, init) = (&booted.grub, &booted.init);
+        let new_version = booted.version == "v2";
+        let status = bootyard_json(&["status", "--disk", &disk.display().to_string()]);
         if new_version {
             assert!(
                 init.text.contains("bootyard.slot=active"),

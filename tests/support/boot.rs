@@ -1,0 +1,137 @@
+//! Shared by the QEMU boot tests: test OS images from Debian's kernel and busybox, the
+//! bootyard binary with JSON output, and one boot of a disk reporting what came up.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bootyard::boot::assessment::Slot;
+use bootyard::debpkg;
+use bootyard::testimage::{boot_rootfs, busybox_initramfs, reporting_init};
+use bootyard::testkit::require_tool;
+use bootyard_scenarios::qemu::{ConsoleLine, Drive, Machine, MachineSpec};
+
+/// The tools every boot test needs; false (after printing why) when one is missing here.
+pub fn boot_tools(test: &str) -> bool {
+    [
+        ("grub-mkimage", "grub-pc-bin"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("sgdisk", "gdisk"),
+        ("apt-get", "apt"),
+    ]
+    .iter()
+    .all(|(tool, pkg)| require_tool(test, tool, pkg))
+}
+
+pub fn asset_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-assets/deb")
+}
+
+/// Builds test OS images whose init reports `version=V` and the kernel command line.
+pub struct Images {
+    dir: PathBuf,
+    kernel: PathBuf,
+    busybox: PathBuf,
+}
+
+impl Images {
+    pub fn new(dir: &Path) -> Self {
+        let kernel = debpkg::cloud_kernel(&asset_cache()).unwrap().vmlinuz;
+        let busybox = debpkg::busybox(&asset_cache()).unwrap();
+        Self {
+            dir: dir.to_path_buf(),
+            kernel,
+            busybox,
+        }
+    }
+
+    /// A `dir:` root filesystem for version `v`.
+    pub fn root(&self, v: &str) -> PathBuf {
+        let root = self.dir.join(format!("os-{v}"));
+        if !root.exists() {
+            boot_rootfs(
+                &root,
+                &self.kernel,
+                &busybox_initramfs(&self.busybox, &reporting_init(v)).unwrap(),
+                v,
+            )
+            .unwrap();
+        }
+        root
+    }
+
+    pub fn source(&self, v: &str) -> String {
+        format!("dir:{}", self.root(v).display())
+    }
+}
+
+/// Runs the bootyard binary with `--json`; panics with its stderr on failure.
+pub fn bootyard_json(args: &[&str]) -> serde_json::Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_bootyard"))
+        .args(args)
+        .arg("--json")
+        .env("CI", "1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "bootyard {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// What one boot brought up.
+pub struct Booted {
+    pub slot: Slot,
+    pub version: String,
+    /// GRUB's "booting slot" line and init's report.
+    pub grub: ConsoleLine,
+    pub init: ConsoleLine,
+}
+
+/// Boots `disk` once, to init's report and power-off.
+pub fn boot(dir: &Path, disk: &Path, name: &str) -> Booted {
+    let mut spec = MachineSpec::new(name, dir);
+    spec.memory_mib = 512;
+    spec.drives.push(Drive {
+        path: disk.to_path_buf(),
+        format: "raw".into(),
+        interface: "ide".into(),
+    });
+    let mut m = Machine::launch(spec).unwrap();
+    let grub = m
+        .wait_for("bootyard: booting slot", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let init = m
+        .wait_for("BOOTYARD-INIT", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{name}: GRUB said {:?}, then {e}", grub.text));
+    assert!(
+        m.wait_exit(Instant::now() + Duration::from_secs(30))
+            .unwrap()
+            .success(),
+        "{name}: QEMU exit"
+    );
+    let field = |k: &str| {
+        init.text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {}", init.text))
+            .to_string()
+    };
+    let slot = match field("bootyard.slot=").as_str() {
+        "active" => Slot::Active,
+        "passive" => Slot::Passive,
+        _ => Slot::Recovery,
+    };
+    Booted {
+        slot,
+        version: field("version="),
+        grub,
+        init,
+    }
+}
