@@ -81,7 +81,7 @@ fn qemu_install_then_boot_the_active_slot() {
     spec.drives.push(Drive {
         path: disk.clone(),
         format: "raw".into(),
-        interface: "ide".into(),
+        interface: "virtio".into(),
     });
     let mut m = Machine::launch(spec).unwrap();
     // Phases with deadlines, driven by the console as it arrives.

@@ -171,6 +171,31 @@ impl MachineSpec {
     }
 }
 
+/// Drops ANSI escape sequences (GRUB and consoles clear the screen and move the cursor);
+/// the console log keeps them, the lines handed to callers do not.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, then one final byte in @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}
+
 /// One line of serial console output, with when it arrived (ms since launch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleLine {
@@ -557,4 +582,19 @@ pub fn run_probe(
         });
     }
     Ok(m.elapsed_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn ansi_sequences_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[H\u{1b}[J\u{1b}[1;1Hbootyard: booting slot active"),
+            "bootyard: booting slot active"
+        );
+        assert_eq!(strip_ansi("plain \u{1b}[0mtext\u{1b}[?25l"), "plain text");
+        assert_eq!(strip_ansi("no escapes"), "no escapes");
+    }
 }

@@ -101,7 +101,7 @@ pub fn boot(dir: &Path, disk: &Path, name: &str) -> Booted {
     spec.drives.push(Drive {
         path: disk.to_path_buf(),
         format: "raw".into(),
-        interface: "ide".into(),
+        interface: "virtio".into(),
     });
     let mut m = Machine::launch(spec).unwrap();
     let grub = m
