@@ -276,11 +276,7 @@ pub fn install(source: &Source, opts: &InstallOptions) -> Result<InstallReport, 
     let fixed = MIB + BIOS_BYTES + opts.oem_bytes + state_bytes + recovery_bytes + 2 * MIB;
     let size_bytes = if is_block {
         let f = std::fs::File::open(&opts.disk).map_err(io("open", &opts.disk))?;
-        rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0)).map_err(|e| InstallError::Io {
-            op: "size",
-            path: opts.disk.clone(),
-            source: e.into(),
-        })?
+        gpt::size_of(&f).map_err(io("size", &opts.disk))?
     } else {
         opts.size_bytes
             .unwrap_or(fixed + opts.persistent_bytes)

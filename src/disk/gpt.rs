@@ -321,9 +321,16 @@ fn parse_header(h: &[u8], expect_lba: u64) -> Result<(Guid, u64, u32), String> {
     Ok((Guid::from_disk(&h[56..72]), entries_lba, ecrc))
 }
 
+/// Size of a disk image file or a block device (whose metadata says 0 bytes).
+pub fn size_of(file: &File) -> std::io::Result<u64> {
+    let size = rustix::fs::seek(file, rustix::fs::SeekFrom::End(0))?;
+    rustix::fs::seek(file, rustix::fs::SeekFrom::Start(0))?;
+    Ok(size)
+}
+
 /// Reads the primary table, or the backup when the primary is damaged.
 pub fn read(file: &File) -> Result<Gpt, GptError> {
-    let disk_bytes = file.metadata()?.len();
+    let disk_bytes = size_of(file)?;
     let disk_sectors = disk_bytes / SECTOR;
     if disk_sectors < 2 * (2 + ENTRY_SECTORS) {
         return Err(GptError::Invalid(format!(
