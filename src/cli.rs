@@ -1,5 +1,6 @@
 //! The command line: argument structs (no IO here) and one module per subcommand.
 
+pub mod boot_complete;
 pub mod build_slot;
 pub mod demo;
 pub mod install;
@@ -37,6 +38,8 @@ pub enum Command {
     Upgrade(upgrade::UpgradeArgs),
     /// Show the A/B slots, their versions and states, and why the last boot went where it did
     Status(status::StatusArgs),
+    /// Mark the running slot good once its health checks pass (run on the node)
+    BootComplete(boot_complete::BootCompleteArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Install(a) => install::run(a),
         Command::Upgrade(a) => upgrade::run(a),
         Command::Status(a) => status::run(a),
+        Command::BootComplete(a) => boot_complete::run(a),
         Command::Image(ImageCommand::Pull(a)) => pull::run(a),
         Command::Image(ImageCommand::Push(a)) => push::run(a),
         Command::Image(ImageCommand::BuildSlot(a)) => build_slot::run(a),

@@ -285,3 +285,50 @@ fn build_slot_writes_a_labelled_ext4_image() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(read_label(&img).as_deref(), Some("COS_PASSIVE"));
 }
+
+#[test]
+fn boot_complete_marks_the_running_slot_good_in_place() {
+    use bootyard::boot::assessment::{BootModel, Health};
+    use bootyard::boot::grubcfg::{env_to_model, model_to_env};
+    use bootyard::boot::grubenv::GrubEnv;
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("grub2")).unwrap();
+    let path = tmp.path().join("grub2/grubenv");
+    let mut model = BootModel::installed("v1", 3).unwrap();
+    model.upgrade("v2").unwrap();
+    model.boot();
+    let mut env = GrubEnv::new();
+    model_to_env(&model, &mut env).unwrap();
+    std::fs::write(&path, env.to_block().unwrap()).unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+
+    let state = tmp.path().display().to_string();
+    let o = bootyard(&["boot-complete", "--state-dir", &state, "--slot", "active"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("active (v2) marked good"), "{}", text(&o));
+    let back = env_to_model(&GrubEnv::parse(&std::fs::read(&path).unwrap()).unwrap()).unwrap();
+    assert_eq!(back.active.health, Health::Good);
+    assert_eq!(back.passive.version.as_deref(), Some("v1"));
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::ino(&meta), meta.len()),
+        (ino, 1024),
+        "rewritten in place, same size"
+    );
+
+    assert_eq!(
+        bootyard(&["boot-complete", "--state-dir", &state, "--slot", "sideways"])
+            .status
+            .code(),
+        Some(2)
+    );
+    std::fs::write(&path, b"not a grubenv").unwrap();
+    let o = bootyard(&["boot-complete", "--state-dir", &state, "--slot", "active"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("is not a GRUB environment block"),
+        "{}",
+        text(&o)
+    );
+}
