@@ -4,7 +4,7 @@
 //! time. A machine is killed when its handle is dropped.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
@@ -139,7 +139,8 @@ impl MachineSpec {
         );
         a.extend([
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
+            // QEMU connects to our listener at startup, so nobody polls for a socket to appear.
+            format!("unix:{}", self.qmp_socket().display()),
         ]);
         if let Some(k) = &self.kernel {
             a.extend(["-kernel".into(), k.display().to_string()]);
@@ -217,6 +218,8 @@ pub struct Machine {
     lines: Receiver<ConsoleLine>,
     exit: Receiver<ExitStatus>,
     exited: Option<ExitStatus>,
+    /// Bound before launch; QEMU connects to it once. Taken by [`Machine::qmp`].
+    qmp_listener: Option<UnixListener>,
 }
 
 impl Machine {
@@ -226,7 +229,10 @@ impl Machine {
             move |source| QemuError::Io { op, path, source }
         };
         std::fs::create_dir_all(&spec.workdir).map_err(io("create", &spec.workdir))?;
-        let _ = std::fs::remove_file(spec.qmp_socket()); // a stale socket from an earlier run
+        // A stale socket from an earlier run would make bind fail; if there is none, fine.
+        let _ = std::fs::remove_file(spec.qmp_socket());
+        let qmp_listener =
+            UnixListener::bind(spec.qmp_socket()).map_err(io("listen on", &spec.qmp_socket()))?;
         let stderr_path = spec.workdir.join(format!("{}.qemu.log", spec.name));
         let stderr = std::fs::File::create(&stderr_path).map_err(io("create", &stderr_path))?;
         let mut child = Command::new(&spec.binary)
@@ -299,6 +305,7 @@ impl Machine {
             lines,
             exit,
             exited: None,
+            qmp_listener: Some(qmp_listener),
         })
     }
 
@@ -367,9 +374,36 @@ impl Machine {
         }
     }
 
-    /// Connects to the machine's QMP socket (QEMU creates it at startup).
-    pub fn qmp(&self, timeout: Duration) -> Result<Qmp, QemuError> {
-        Qmp::connect(&self.spec.qmp_socket(), Instant::now() + timeout)
+    /// The machine's QMP connection: QEMU connects to us at startup, once.
+    pub fn qmp(&mut self, timeout: Duration) -> Result<Qmp, QemuError> {
+        let path = self.spec.qmp_socket();
+        let listener = self.qmp_listener.take().ok_or_else(|| QemuError::Qmp {
+            command: "connect".into(),
+            message: "QMP connection already taken".into(),
+        })?;
+        let deadline = Instant::now() + timeout;
+        let mut fds = [rustix::event::PollFd::new(
+            &listener,
+            rustix::event::PollFlags::IN,
+        )];
+        let wait = rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        let ready = rustix::event::poll(&mut fds, Some(&wait)).map_err(|e| QemuError::Io {
+            op: "wait for QMP on",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        if ready == 0 {
+            return Err(self.timeout("QEMU to connect to QMP", timeout));
+        }
+        let (stream, _) = listener.accept().map_err(|source| QemuError::Io {
+            op: "accept QMP on",
+            path: path.clone(),
+            source,
+        })?;
+        Qmp::over(stream, &path, deadline)
     }
 
     /// Power cut: SIGKILL, no chance for the guest or QEMU to flush anything.
@@ -400,21 +434,8 @@ pub struct Qmp {
 const QMP_LINE_BYTES_MAX: u64 = 1 << 20;
 
 impl Qmp {
-    pub fn connect(path: &Path, deadline: Instant) -> Result<Self, QemuError> {
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(QemuError::Io {
-                        op: "connect to QMP socket",
-                        path: path.to_path_buf(),
-                        source: e,
-                    })
-                }
-                // Polling a condition (the socket appearing) with a deadline.
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
+    /// Speaks QMP over an accepted connection: reads the greeting, negotiates capabilities.
+    pub fn over(stream: UnixStream, path: &Path, deadline: Instant) -> Result<Self, QemuError> {
         let io = |op| {
             let path = path.to_path_buf();
             move |source| QemuError::Io { op, path, source }

@@ -189,6 +189,9 @@ impl Fetcher<'_> {
         }
     }
 
+    /// Waits before a retry. A real pause is the point here: a registry that dropped us or
+    /// answered 429/5xx needs time to recover, and retrying at once only adds load. The wait
+    /// doubles per attempt (capped at 64x) and attempts are bounded by `attempts_max`.
     async fn backoff(&self, attempt: u32) {
         let factor = 1u32 << attempt.min(6);
         tokio::time::sleep(self.opts.backoff_initial * factor).await;
