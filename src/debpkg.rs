@@ -8,14 +8,12 @@ use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DebError {
-    #[error("{tool} failed for {package}: {stderr}")]
+    #[error("failed to fetch Debian package {package}")]
     Tool {
-        tool: &'static str,
         package: String,
-        stderr: String,
+        #[source]
+        source: crate::tool::ToolError,
     },
-    #[error("{tool} is not installed (it comes with apt and dpkg on Debian)")]
-    Missing { tool: &'static str },
     #[error("package {package} has no {what}")]
     NotInPackage { package: String, what: String },
     #[error("cannot {op} {path}")]
@@ -27,26 +25,12 @@ pub enum DebError {
     },
 }
 
-fn run(tool: &'static str, package: &str, cmd: &mut Command) -> Result<String, DebError> {
-    let o = cmd.output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            DebError::Missing { tool }
-        } else {
-            DebError::Tool {
-                tool,
-                package: package.into(),
-                stderr: e.to_string(),
-            }
-        }
+fn run(tool_package: &'static str, package: &str, cmd: &mut Command) -> Result<String, DebError> {
+    let out = crate::tool::run(cmd, tool_package).map_err(|source| DebError::Tool {
+        package: package.into(),
+        source,
     })?;
-    if !o.status.success() {
-        return Err(DebError::Tool {
-            tool,
-            package: package.into(),
-            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Unpacks `package` into `cache/<package>/root` (once) and returns that root.

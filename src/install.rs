@@ -46,8 +46,8 @@ pub enum InstallError {
     GrubEnv(#[from] GrubEnvError),
     #[error(transparent)]
     Assessment(#[from] AssessmentError),
-    #[error("{tool} failed: {stderr}")]
-    Tool { tool: &'static str, stderr: String },
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -171,39 +171,15 @@ fn mkfs_into(
         cmd.arg("-d").arg(d);
     }
     cmd.arg(disk).arg((size / 4096).to_string());
-    let o = cmd.output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            InstallError::Slot(SlotError::MkfsMissing)
-        } else {
-            InstallError::Io {
-                op: "run mkfs.ext4 on",
-                path: disk.to_path_buf(),
-                source: e,
-            }
-        }
-    })?;
-    if !o.status.success() {
-        return Err(InstallError::Tool {
-            tool: "mkfs.ext4",
-            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        });
-    }
+    crate::tool::run(&mut cmd, "e2fsprogs")?;
     Ok(())
 }
 
 fn relabel(image: &Path, label: &str) -> Result<(), InstallError> {
-    let o = Command::new("tune2fs")
-        .arg("-L")
-        .arg(label)
-        .arg(image)
-        .output()
-        .map_err(io("run tune2fs on", image))?;
-    if !o.status.success() {
-        return Err(InstallError::Tool {
-            tool: "tune2fs",
-            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        });
-    }
+    crate::tool::run(
+        Command::new("tune2fs").arg("-L").arg(label).arg(image),
+        "e2fsprogs",
+    )?;
     Ok(())
 }
 

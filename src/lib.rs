@@ -14,4 +14,5 @@ pub mod install;
 pub mod localreg;
 pub mod testimage;
 pub mod testkit;
+pub mod tool;
 pub mod upgrade;

@@ -40,10 +40,8 @@ pub const CORE_MODULES: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrubError {
-    #[error("grub-mkimage is not installed (Debian: apt-get install grub-pc-bin grub-common)")]
-    Missing,
-    #[error("grub-mkimage failed: {0}")]
-    MkImage(String),
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
     #[error("the disk has no BIOS boot partition")]
     NoBiosBootPartition,
     #[error("core.img is {core_bytes} bytes; the BIOS boot partition holds {partition_bytes}")]
@@ -78,29 +76,15 @@ pub fn build_core_image(
     let cfg = workdir.join("early.cfg");
     std::fs::write(&cfg, early_cfg).map_err(io("write", &cfg))?;
     let out = workdir.join("core.img");
-    let o = Command::new("grub-mkimage")
-        .args(["-O", "i386-pc", "-d", I386_PC_DIR, "-p", prefix, "-c"])
-        .arg(&cfg)
-        .arg("-o")
-        .arg(&out)
-        .args(CORE_MODULES)
-        .output()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                GrubError::Missing
-            } else {
-                GrubError::Io {
-                    op: "run grub-mkimage for",
-                    path: out.clone(),
-                    source: e,
-                }
-            }
-        })?;
-    if !o.status.success() {
-        return Err(GrubError::MkImage(
-            String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        ));
-    }
+    crate::tool::run(
+        Command::new("grub-mkimage")
+            .args(["-O", "i386-pc", "-d", I386_PC_DIR, "-p", prefix, "-c"])
+            .arg(&cfg)
+            .arg("-o")
+            .arg(&out)
+            .args(CORE_MODULES),
+        "grub-pc-bin",
+    )?;
     std::fs::read(&out).map_err(io("read", &out))
 }
 

@@ -14,10 +14,8 @@ pub enum SlotError {
     NotADirectory(PathBuf),
     #[error("filesystem label {0:?} is longer than 16 bytes")]
     LabelTooLong(String),
-    #[error("mkfs.ext4 is not installed (Debian: apt-get install e2fsprogs)")]
-    MkfsMissing,
-    #[error("mkfs.ext4 failed with {status}: {stderr}")]
-    MkfsFailed { status: String, stderr: String },
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
     #[error("built image {path} does not read back as ext4 labelled {label:?}")]
     ReadBack { path: PathBuf, label: String },
     #[error("cannot {op} {path}")]
@@ -139,42 +137,27 @@ pub fn build_slot(rootfs: &Path, out: &Path, opts: &SlotOptions) -> Result<SlotR
             path: tmp.path().to_path_buf(),
             source,
         })?;
-    let output = Command::new("mkfs.ext4")
-        .args([
-            "-F",
-            "-q",
-            "-b",
-            "4096",
-            "-I",
-            "256",
-            "-L",
-            &opts.label,
-            "-N",
-            &inode_count.to_string(),
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
-        .arg(rootfs)
-        .arg(tmp.path())
-        .output()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                SlotError::MkfsMissing
-            } else {
-                SlotError::Io {
-                    op: "run mkfs.ext4 for",
-                    path: out.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
-    if !output.status.success() {
-        return Err(SlotError::MkfsFailed {
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
+    crate::tool::run(
+        Command::new("mkfs.ext4")
+            .args([
+                "-F",
+                "-q",
+                "-b",
+                "4096",
+                "-I",
+                "256",
+                "-L",
+                &opts.label,
+                "-N",
+                &inode_count.to_string(),
+                "-E",
+                "root_owner=0:0",
+                "-d",
+            ])
+            .arg(rootfs)
+            .arg(tmp.path()),
+        "e2fsprogs",
+    )?;
     if read_label(tmp.path()).as_deref() != Some(opts.label.as_str()) {
         return Err(SlotError::ReadBack {
             path: out.to_path_buf(),
