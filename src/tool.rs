@@ -68,6 +68,6 @@ mod tests {
             matches!(&e, ToolError::Failed { stderr, .. } if stderr == "oops"),
             "{e}"
         );
-        assert!(run(Command::new("true"), "coreutils").is_ok());
+        assert!(run(&mut Command::new("true"), "coreutils").is_ok());
     }
 }
