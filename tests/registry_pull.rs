@@ -410,7 +410,7 @@ fn connection_dropped_mid_blob_is_retried_then_reported() {
     let reg = LocalRegistry::start(None).unwrap();
     let layout = Layout::create(&tmp.path().join("layout")).unwrap();
     let mut base = LayerTar::new();
-    let mut rng = bootyard::image::sample::Rng::new(42);
+    let mut rng = bootyard_sim::Rng::seed(42);
     let noise: Vec<u8> = (0..2_000_000u32).map(|_| rng.next_u64() as u8).collect();
     base.file("noise", 0o644, &noise);
     let desc = write_image(

@@ -137,6 +137,19 @@ fn io_err<'a>(op: &'static str, path: &'a [u8]) -> impl FnOnce(Errno) -> ApplyEr
     }
 }
 
+/// Drops `path` and everything below it (`prefix` is `path` + `/`) from a path-keyed map.
+fn remove_subtree<V>(map: &mut BTreeMap<RelPath, V>, path: &[u8], prefix: &[u8]) {
+    map.remove(path);
+    let doomed: Vec<RelPath> = map
+        .range(prefix.to_vec()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in doomed {
+        map.remove(&k);
+    }
+}
+
 /// A normalized, root-relative path: components joined by `/`, no leading slash, "" = root.
 type RelPath = Vec<u8>;
 
@@ -370,6 +383,8 @@ impl Applier {
         let mut queue: VecDeque<Vec<u8>> = comps.iter().map(|c| c.to_vec()).collect();
         let mut cur: Vec<Vec<u8>> = Vec::with_capacity(comps.len());
         let mut hops = 0u32;
+        // The symlink being followed, to name it when its target climbs out.
+        let mut last_link: RelPath = Vec::new();
         while let Some(c) = queue.pop_front() {
             match c.as_slice() {
                 b"" | b"." => continue,
@@ -378,7 +393,7 @@ impl Applier {
                     if cur.pop().is_none() {
                         return Err(ApplyError::SymlinkEscape {
                             path: show(entry_path),
-                            link: show(&entry_path[..0]),
+                            link: show(&last_link),
                         });
                     }
                     continue;
@@ -414,6 +429,7 @@ impl Applier {
                 for t in target.split(|&b| b == b'/').rev() {
                     queue.push_front(t.to_vec());
                 }
+                last_link = candidate;
                 continue;
             }
             cur.push(c);
@@ -581,29 +597,10 @@ impl Applier {
     fn forget_subtree(&mut self, path: &[u8]) {
         let mut prefix = path.to_vec();
         prefix.push(b'/');
-        for map in [&mut self.dir_times] {
-            map.remove(path);
-            let doomed: Vec<RelPath> = map
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in doomed {
-                map.remove(&k);
-            }
-        }
+        remove_subtree(&mut self.dir_times, path, &prefix);
+        remove_subtree(&mut self.symlinks, path, &prefix);
         self.setgid_dirs
             .retain(|d| !(d == path || d.starts_with(&prefix)));
-        self.symlinks.remove(path);
-        let doomed: Vec<RelPath> = self
-            .symlinks
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in doomed {
-            self.symlinks.remove(&k);
-        }
     }
 
     fn make_dir(

@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::digest::{Digest, Hasher};
+use super::digest::Digest;
 use super::spec::{
     self, Descriptor, Index, Pointed, SpecError, ANNOTATION_REF_NAME, JSON_BLOB_BYTES_MAX,
     MEDIA_OCI_INDEX,
@@ -40,13 +40,6 @@ pub enum LayoutError {
     },
     #[error("blob {digest} is {size} bytes, more than the {max} bytes allowed for metadata")]
     BlobTooLarge { digest: Digest, size: u64, max: u64 },
-    #[error("blob written has {actual_size} bytes and digest {actual}, expected {expected_size} bytes and {expected}")]
-    WriteMismatch {
-        expected: Digest,
-        expected_size: u64,
-        actual: Digest,
-        actual_size: u64,
-    },
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error("cannot {op} {path}")]
@@ -219,62 +212,6 @@ impl Layout {
             platform: None,
             annotations: BTreeMap::new(),
         })
-    }
-
-    /// Streams a blob into the store, verifying digest and size before it becomes visible.
-    pub fn put_blob_verified(
-        &self,
-        expected: &Digest,
-        expected_size: u64,
-        src: &mut dyn Read,
-    ) -> Result<(), LayoutError> {
-        let dest = self.blob_path(expected);
-        let tmp = self.dir.join("blobs/sha256").join(format!(
-            ".tmp-{}-{}",
-            expected.hex(),
-            std::process::id()
-        ));
-        let result = (|| {
-            let mut f = File::create(&tmp).map_err(io_at("create", &tmp))?;
-            let mut hasher = Hasher::new();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = match src.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(LayoutError::Io {
-                            op: "read blob for",
-                            path: dest.clone(),
-                            source: e,
-                        })
-                    }
-                };
-                hasher.update(&buf[..n]);
-                if hasher.len() > expected_size {
-                    break;
-                }
-                f.write_all(&buf[..n]).map_err(io_at("write", &tmp))?;
-            }
-            let actual_size = hasher.len();
-            let actual = hasher.finish();
-            if actual != *expected || actual_size != expected_size {
-                return Err(LayoutError::WriteMismatch {
-                    expected: *expected,
-                    expected_size,
-                    actual,
-                    actual_size,
-                });
-            }
-            f.sync_all().map_err(io_at("sync", &tmp))?;
-            fs::rename(&tmp, &dest).map_err(io_at("rename", &dest))
-        })();
-        if result.is_err() {
-            // The temp file is garbage either way; its removal failing changes nothing.
-            let _ = fs::remove_file(&tmp);
-        }
-        result
     }
 
     /// Points `tag` at `desc` in index.json, replacing any earlier image with that tag.

@@ -7,7 +7,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::apply::{Applier, ApplyError, ApplyOptions, Limits};
-use super::digest::Digest;
 use super::layout::{Layout, LayoutError};
 use super::registry::{self, RegistryError, RegistryOptions};
 use super::source::{resolve_in_layout, ResolveError, ResolvedImage, Source};
@@ -270,15 +269,4 @@ pub fn extract_archive(file: &Path, into: &Path, limits: Limits) -> Result<(), P
         .map_err(PullError::Archive)?;
     applier.finish().map_err(PullError::Archive)?;
     Ok(())
-}
-
-/// Digest-verified check that a resolved image's blobs are present in `layout`.
-pub fn missing_blobs(layout: &Layout, image: &ResolvedImage) -> Vec<Digest> {
-    image
-        .manifest
-        .layers
-        .iter()
-        .map(|l| l.digest)
-        .filter(|d| !layout.has_blob(d))
-        .collect()
 }

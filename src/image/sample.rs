@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use bootyard_sim::Rng;
+
 use super::digest::Digest;
 use super::layout::{Layout, LayoutError};
 use super::spec::{
@@ -12,27 +14,6 @@ use super::spec::{
     MEDIA_OCI_MANIFEST,
 };
 use super::tarwrite::{Header, Kind, TarWriter};
-
-/// splitmix64: tiny, seedable, good enough to shape file trees.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
 
 /// One layer's tar stream, built in memory.
 pub struct LayerTar {
@@ -268,7 +249,7 @@ impl TreeScale {
 /// A Debian-like image in three layers: a base system, an update that replaces, deletes
 /// (whiteouts, an opaque directory) and hardlinks into the base, and a small config layer.
 pub fn debian_like(scale: TreeScale, seed: u64, c: Compression) -> ImageLayers {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::seed(seed);
     let mut base = LayerTar::new();
     for d in [
         "bin", "boot", "dev", "etc", "home", "lib", "proc", "root", "run", "sbin", "srv", "sys",
