@@ -1,7 +1,9 @@
 //! The command line: argument structs (no IO here) and one module per subcommand.
 
+pub mod boot_assess;
 pub mod boot_complete;
 pub mod build_slot;
+pub mod build_test_image;
 pub mod demo;
 pub mod install;
 pub mod pull;
@@ -40,6 +42,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Mark the running slot good once its health checks pass (run on the node)
     BootComplete(boot_complete::BootCompleteArgs),
+    /// Run the health checks of this boot; pass -> mark the slot good, fail -> reboot (run on the node)
+    BootAssess(boot_assess::BootAssessArgs),
+    /// Build a bootable test OS image (busybox or Debian) from Debian packages, good or deliberately broken
+    BuildTestImage(build_test_image::BuildTestImageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upgrade(a) => upgrade::run(a),
         Command::Status(a) => status::run(a),
         Command::BootComplete(a) => boot_complete::run(a),
+        Command::BootAssess(a) => boot_assess::run(a),
+        Command::BuildTestImage(a) => build_test_image::run(a),
         Command::Image(ImageCommand::Pull(a)) => pull::run(a),
         Command::Image(ImageCommand::Push(a)) => push::run(a),
         Command::Image(ImageCommand::BuildSlot(a)) => build_slot::run(a),

@@ -5,6 +5,7 @@
 //! the harness crates (`bootyard-sim`, `bootyard-scenarios`, `bootyard-conformance`), which
 //! never depend on it. The `bootyard` binary is a thin CLI over this library.
 
+pub mod agent;
 pub mod boot;
 pub mod cli;
 pub mod debpkg;

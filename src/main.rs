@@ -53,6 +53,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // In an initrd, bootyard is /init: the boot stage, run by the kernel as pid 1.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::process::id() == 1 && std::path::Path::new(&argv0).file_name() == Some("init".as_ref())
+    {
+        bootyard::agent::stage::run();
+    }
     let cli = Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 //! os-release). `bootyard build-test-image` will grow from here.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::boot::cpio::CpioWriter;
 
@@ -46,4 +46,357 @@ pub fn boot_rootfs(root: &Path, kernel: &Path, initrd: &[u8], version: &str) -> 
         ),
     )?;
     Ok(())
+}
+
+/// Which test OS: `busybox` (busybox init, no systemd) or `debian` (bookworm with systemd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flavor {
+    Busybox,
+    Debian,
+}
+
+/// Deliberately bad versions, for proving that a bad image cannot brick a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Breakage {
+    /// The kernel panics at boot (the initrd has no /init, so no root can be mounted).
+    Panic,
+    /// init hangs before userspace comes up; only the watchdog ends the boot.
+    Hang,
+    /// Boots fine but never runs its boot assessment, so it never marks itself good.
+    NeverGood,
+    /// Boots, but a health check fails.
+    HealthFails,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestImageSpec {
+    pub flavor: Flavor,
+    pub version: String,
+    pub breakage: Option<Breakage>,
+    /// Seconds an unproven boot may run before the watchdog resets it.
+    pub watchdog_sec: u32,
+    /// A statically linked bootyard, run inside the guest.
+    pub agent: PathBuf,
+    /// Where Debian packages are cached.
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestImageError {
+    #[error(transparent)]
+    Deb(#[from] crate::debpkg::DebError),
+    #[error(transparent)]
+    Kmod(#[from] crate::agent::kmod::KmodError),
+    #[error("{0} is not a statically linked x86-64 executable: the guest has no matching libc (build one with `./x guest-agent`)")]
+    AgentNotStatic(PathBuf),
+    #[error("the {0} flavor is not built yet")]
+    FlavorNotBuilt(&'static str),
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
+    #[error("failed to write the OCI layout")]
+    Layout(#[from] crate::image::layout::LayoutError),
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn tio(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TestImageError {
+    let path = path.to_path_buf();
+    move |source| TestImageError::Io { op, path, source }
+}
+
+/// True for an ELF executable without a program interpreter (no dynamic loader needed).
+pub fn is_static_elf(bytes: &[u8]) -> bool {
+    let u16at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if bytes.get(..6) != Some(b"\x7fELF\x02\x01") || u16at(0x12) != Some(62) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64at(0x20), u16at(0x36), u16at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum as usize).all(|i| {
+        let at = phoff as usize + i * phentsize as usize;
+        // PT_INTERP = 3
+        bytes.get(at..at + 4) != Some(&3u32.to_le_bytes())
+    })
+}
+
+/// Drivers the stage loads: disks (virtio, IDE), loop for slot images, overlay, the
+/// watchdog, and the virtio NIC for upgrades over the network.
+pub const INITRD_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "ata_piix",
+    "sd_mod",
+    "loop",
+    "overlay",
+    "softdog",
+];
+
+/// The initrd: bootyard as `/init` (the boot stage) and the kernel modules it loads.
+/// `Breakage::Panic` leaves `/init` out, so the kernel panics looking for a root.
+pub fn stage_initrd(
+    agent: &Path,
+    kernel: &crate::debpkg::Kernel,
+    breakage: Option<Breakage>,
+) -> Result<Vec<u8>, TestImageError> {
+    let bin = std::fs::read(agent).map_err(tio("read", agent))?;
+    if !is_static_elf(&bin) {
+        return Err(TestImageError::AgentNotStatic(agent.to_path_buf()));
+    }
+    let index = crate::agent::kmod::ModuleIndex::scan(&kernel.modules)?;
+    let modules = index.closure(INITRD_MODULES)?;
+    let mut c = CpioWriter::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let w = |e: io::Error| TestImageError::Io {
+        op: "write",
+        path: "initrd".into(),
+        source: e,
+    };
+    for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
+        c.dir(d, 0o755).map_err(w)?;
+    }
+    c.char_dev("dev/console", 0o600, 5, 1).map_err(w)?;
+    c.file("bin/bootyard", 0o755, &bin).map_err(w)?;
+    if breakage != Some(Breakage::Panic) {
+        c.symlink("init", "bin/bootyard").map_err(w)?;
+    }
+    let mut list = String::new();
+    for m in &modules {
+        let name = m
+            .file_name()
+            .expect("module files have names")
+            .to_string_lossy();
+        let rel = format!("lib/modules/{name}");
+        c.file(&rel, 0o644, &std::fs::read(m).map_err(tio("read", m))?)
+            .map_err(w)?;
+        list.push_str(&rel);
+        list.push('\n');
+    }
+    c.file(crate::agent::stage::MODULE_LIST, 0o644, list.as_bytes())
+        .map_err(w)?;
+    c.finish().map_err(w)?.finish().map_err(w)
+}
+
+/// Copies a host executable and the shared libraries `ldd` says it needs (with the
+/// dynamic loader) into `root`, at the same paths.
+fn copy_with_libs(bin: &Path, root: &Path) -> Result<(), TestImageError> {
+    let out = crate::tool::run(std::process::Command::new("ldd").arg(bin), "libc-bin")?;
+    let mut files = vec![bin.to_path_buf()];
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = l
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push(PathBuf::from(p));
+        }
+    }
+    for f in files {
+        let dest = root.join(f.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(dest.parent().expect("has parent"))
+            .map_err(tio("create", &dest))?;
+        // A busybox applet link may already sit there: replace it, never write through it.
+        if dest.symlink_metadata().is_ok() {
+            std::fs::remove_file(&dest).map_err(tio("replace", &dest))?;
+        }
+        // Host symlinks are resolved: the guest gets the real bytes under the linked name.
+        std::fs::copy(&f, &dest).map_err(tio("copy", &f))?;
+    }
+    Ok(())
+}
+
+fn write(path: &Path, mode: u32, text: &str) -> Result<(), TestImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().expect("has parent")).map_err(tio("create", path))?;
+    std::fs::write(path, text).map_err(tio("write", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(tio("chmod", path))
+}
+
+fn release_files(root: &Path, spec: &TestImageSpec, family: &str) -> Result<(), TestImageError> {
+    let flavor = match spec.flavor {
+        Flavor::Busybox => "busybox",
+        Flavor::Debian => "debian",
+    };
+    let v = &spec.version;
+    write(
+        &root.join("etc/os-release"),
+        0o644,
+        &format!("ID=bootyard-test-{flavor}\nNAME=\"bootyard test OS ({flavor})\"\nVERSION_ID={v}\nPRETTY_NAME=\"bootyard test OS {v} ({flavor})\"\n"),
+    )?;
+    write(
+        &root.join("etc/kairos-release"),
+        0o644,
+        &format!("ID=bootyard-test\nVERSION={v}\nFLAVOR={flavor}\nFAMILY={family}\nARCH=amd64\n"),
+    )?;
+    let mut agent = format!("[boot]\nwatchdog_sec = {}\n", spec.watchdog_sec);
+    if spec.breakage == Some(Breakage::HealthFails) {
+        agent.push_str(
+            "\n[[health.checks]]\nname = \"deliberately-broken\"\ncommand = [\"/bin/false\"]\n",
+        );
+    }
+    write(&root.join(crate::agent::config::PATH), 0o644, &agent)
+}
+
+/// Builds the root filesystem of a test OS image into `root` (which must not exist).
+pub fn build_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageError> {
+    let kernel = crate::debpkg::cloud_kernel(&spec.cache)?;
+    let initrd = stage_initrd(&spec.agent, &kernel, spec.breakage)?;
+    match spec.flavor {
+        Flavor::Busybox => busybox_rootfs(spec, root)?,
+        Flavor::Debian => return Err(TestImageError::FlavorNotBuilt("debian")),
+    }
+    let boot = root.join("boot");
+    std::fs::create_dir_all(&boot).map_err(tio("create", &boot))?;
+    std::fs::copy(&kernel.vmlinuz, boot.join("vmlinuz")).map_err(tio("copy", &kernel.vmlinuz))?;
+    std::fs::write(boot.join("initrd"), initrd).map_err(tio("write", &boot))?;
+    Ok(())
+}
+
+fn busybox_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageError> {
+    let busybox = crate::debpkg::busybox(&spec.cache)?;
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc/init.d",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var/log",
+        "root",
+        "mnt",
+        "usr/local",
+    ] {
+        let p = root.join(d);
+        std::fs::create_dir_all(&p).map_err(tio("create", &p))?;
+    }
+    std::fs::copy(&busybox, root.join("bin/busybox")).map_err(tio("copy", &busybox))?;
+    let list = crate::tool::run(
+        std::process::Command::new(&busybox).arg("--list-full"),
+        "busybox-static",
+    )?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = root.join(applet);
+        if applet == "bin/busybox" || link.exists() {
+            continue;
+        }
+        let depth = applet.matches('/').count();
+        let target = format!("{}bin/busybox", "../".repeat(depth));
+        std::fs::create_dir_all(link.parent().expect("has parent"))
+            .map_err(tio("create", &link))?;
+        std::os::unix::fs::symlink(&target, &link).map_err(tio("link", &link))?;
+    }
+    // In-guest upgrades build slot images with mkfs.ext4.
+    copy_with_libs(Path::new("/sbin/mke2fs"), root)?;
+    let alias = root.join("sbin/mkfs.ext4");
+    if alias.symlink_metadata().is_ok() {
+        std::fs::remove_file(&alias).map_err(tio("replace", &alias))?;
+    }
+    std::os::unix::fs::symlink("mke2fs", &alias).map_err(tio("link", &alias))?;
+    if Path::new("/etc/mke2fs.conf").exists() {
+        std::fs::copy("/etc/mke2fs.conf", root.join("etc/mke2fs.conf"))
+            .map_err(tio("copy", Path::new("/etc/mke2fs.conf")))?;
+    }
+    let agent_dest = root.join("usr/bin/bootyard");
+    std::fs::copy(&spec.agent, &agent_dest).map_err(tio("copy", &spec.agent))?;
+    write(
+        &root.join("etc/passwd"),
+        0o644,
+        "root:x:0:0:root:/root:/bin/sh\n",
+    )?;
+    write(&root.join("etc/group"), 0o644, "root:x:0:\n")?;
+    write(&root.join("etc/hostname"), 0o644, "bootyard-test\n")?;
+    let v = &spec.version;
+    write(
+        &root.join("etc/init.d/rcS"),
+        0o755,
+        &format!(
+            "#!/bin/sh\n\
+             mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp\n\
+             mkdir -p /dev/pts && mount -t devpts devpts /dev/pts\n\
+             hostname -F /etc/hostname\n\
+             ip link set lo up\n\
+             # QEMU user networking: the host is 10.0.2.2.\n\
+             if ip link set eth0 up 2>/dev/null; then\n\
+             \x20 ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2\n\
+             fi\n\
+             echo \"BOOTYARD-USERSPACE version={v} flavor=busybox\"\n"
+        ),
+    )?;
+    let assess = if spec.breakage == Some(Breakage::NeverGood) {
+        "# deliberately broken: never runs its boot assessment\n"
+    } else {
+        "::once:/usr/bin/bootyard boot-assess\n"
+    };
+    write(
+        &root.join("etc/inittab"),
+        0o644,
+        &format!(
+            "::sysinit:/etc/init.d/rcS\n{assess}::ctrlaltdel:/sbin/reboot\n::shutdown:/bin/sync\n::shutdown:/bin/umount -a -r\n"
+        ),
+    )?;
+    if spec.breakage == Some(Breakage::Hang) {
+        let init = root.join("sbin/init");
+        std::fs::remove_file(&init).map_err(tio("remove", &init))?;
+        write(
+            &init,
+            0o755,
+            "#!/bin/sh\necho 'BOOTYARD-TEST init hangs (deliberately broken image)'\nwhile :; do sleep 3600; done\n",
+        )?;
+    }
+    release_files(root, spec, "busybox")
+}
+
+/// Writes the root filesystem as a one-layer OCI image into the layout at `layout_dir`,
+/// tagged `tag`; returns the manifest digest.
+pub fn write_oci(
+    root: &Path,
+    layout_dir: &Path,
+    tag: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) -> Result<crate::image::Digest, TestImageError> {
+    use crate::image::layout::Layout;
+    use crate::image::spec::{Compression, Platform};
+    let layout = if layout_dir.join("index.json").exists() {
+        Layout::open(layout_dir)
+    } else {
+        Layout::create(layout_dir)
+    }?;
+    let mut tar = Vec::new();
+    crate::image::dirstream::write_tree(root, &mut tar).map_err(tio("archive", root))?;
+    let desc = crate::image::sample::write_image(
+        &layout,
+        &[(tar, Compression::Zstd)],
+        &Platform::linux_amd64(),
+        labels,
+    )?;
+    let digest = desc.digest;
+    layout.set_tag(desc, tag)?;
+    Ok(digest)
 }

@@ -1,12 +1,9 @@
-use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::boot::assessment::Slot;
-use crate::boot::grubcfg::{env_to_model, model_to_env};
-use crate::boot::grubenv::{GrubEnv, GRUBENV_BYTES};
 
 #[derive(Debug, Args)]
 pub struct BootCompleteArgs {
@@ -44,29 +41,7 @@ pub fn run(a: BootCompleteArgs) -> anyhow::Result<()> {
             parse_slot(v).map_err(anyhow::Error::msg)?
         }
     };
-    let path = a.state_dir.join("grub2/grubenv");
-    let bytes =
-        std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
-    let mut env = GrubEnv::parse(&bytes)
-        .with_context(|| format!("{} is not a GRUB environment block", path.display()))?;
-    let mut model = env_to_model(&env)?;
-    model.running = Some(slot);
-    let before = model.slot(slot).health;
-    model.boot_complete();
-    model_to_env(&model, &mut env)?;
-    let block = env.to_block()?;
-    debug_assert_eq!(block.len(), GRUBENV_BYTES);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("failed to open {}", path.display()))?;
-    f.seek(SeekFrom::Start(0))?;
-    f.write_all(&block)?;
-    f.sync_all()?;
-    let back = env_to_model(&GrubEnv::parse(&std::fs::read(&path)?)?)?;
-    if back.slot(slot).health != model.slot(slot).health {
-        bail!("grubenv read back differently after marking {slot} good");
-    }
+    let (model, before) = crate::agent::health::mark_good(&a.state_dir, slot)?;
     println!(
         "{slot} ({}) marked good (was {:?})",
         model.slot(slot).version.as_deref().unwrap_or("?"),
