@@ -8,7 +8,9 @@ pub mod demo;
 pub mod install;
 pub mod pull;
 pub mod push;
+pub mod rollback;
 pub mod sample;
+pub mod scenario;
 pub mod status;
 pub mod upgrade;
 
@@ -38,6 +40,11 @@ pub enum Command {
     Install(install::InstallArgs),
     /// Upgrade an installed disk to a new image (transition, rotate, arm the tries counter)
     Upgrade(upgrade::UpgradeArgs),
+    /// Run scenario files against real boots in QEMU
+    #[command(subcommand)]
+    Scenario(scenario::ScenarioCommand),
+    /// Switch this node back to the previous image (the good passive slot boots next)
+    Rollback(rollback::RollbackArgs),
     /// Show the A/B slots, their versions and states, and why the last boot went where it did
     Status(status::StatusArgs),
     /// Mark the running slot good once its health checks pass (run on the node)
@@ -71,6 +78,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Install(a) => install::run(a),
         Command::Upgrade(a) => upgrade::run(a),
         Command::Status(a) => status::run(a),
+        Command::Rollback(a) => rollback::run(a),
+        Command::Scenario(c) => scenario::run_cmd(c),
         Command::BootComplete(a) => boot_complete::run(a),
         Command::BootAssess(a) => boot_assess::run(a),
         Command::BuildTestImage(a) => build_test_image::run(a),

@@ -13,6 +13,8 @@ pub mod disk;
 pub mod image;
 pub mod install;
 pub mod localreg;
+pub mod rollback;
+pub mod scenario;
 pub mod testimage;
 pub mod testkit;
 pub mod tool;

@@ -148,7 +148,24 @@ pub const INITRD_MODULES: &[&str] = &[
     "loop",
     "overlay",
     "softdog",
+    "qemu_fw_cfg",
 ];
+
+/// Where a test image looks for the harness's commands (QEMU `-fw_cfg name=...`).
+pub const HOOK_FW_CFG: &str = "opt/bootyard/run";
+
+/// The test-image hook: runs the script the harness passed through fw_cfg (if any), says
+/// how it went, and powers off. Test images only: a real OS has no such back door.
+const HOOK: &str = r#"#!/bin/sh
+f=/sys/firmware/qemu_fw_cfg/by_name/opt/bootyard/run/raw
+if [ -r "$f" ]; then
+  echo "BOOTYARD-HOOK-START"
+  sh "$f"
+  echo "BOOTYARD-HOOK-DONE rc=$?"
+  sync
+  poweroff -f
+fi
+"#;
 
 /// The initrd: bootyard as `/init` (the boot stage) and the kernel modules it loads.
 /// `Breakage::Panic` leaves `/init` out, so the kernel panics looking for a root.
@@ -323,6 +340,14 @@ fn busybox_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageErro
         std::fs::copy("/etc/mke2fs.conf", root.join("etc/mke2fs.conf"))
             .map_err(tio("copy", Path::new("/etc/mke2fs.conf")))?;
     }
+    // The agent's registry client wants the system's CA certificates, even for plain HTTP.
+    let ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if ca.exists() {
+        let dest = root.join("etc/ssl/certs/ca-certificates.crt");
+        std::fs::create_dir_all(dest.parent().expect("has parent"))
+            .map_err(tio("create", &dest))?;
+        std::fs::copy(ca, &dest).map_err(tio("copy", ca))?;
+    }
     let agent_dest = root.join("usr/bin/bootyard");
     std::fs::copy(&spec.agent, &agent_dest).map_err(tio("copy", &spec.agent))?;
     write(
@@ -349,16 +374,18 @@ fn busybox_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageErro
              echo \"BOOTYARD-USERSPACE version={v} flavor=busybox\"\n"
         ),
     )?;
+    // Assessment runs to its end before the hook, so a harness's command sees a proven boot.
     let assess = if spec.breakage == Some(Breakage::NeverGood) {
         "# deliberately broken: never runs its boot assessment\n"
     } else {
-        "::once:/usr/bin/bootyard boot-assess\n"
+        "::wait:/usr/bin/bootyard boot-assess\n"
     };
+    write(&root.join("usr/libexec/bootyard-test-hook"), 0o755, HOOK)?;
     write(
         &root.join("etc/inittab"),
         0o644,
         &format!(
-            "::sysinit:/etc/init.d/rcS\n{assess}::ctrlaltdel:/sbin/reboot\n::shutdown:/bin/sync\n::shutdown:/bin/umount -a -r\n"
+            "::sysinit:/etc/init.d/rcS\n{assess}::once:/usr/libexec/bootyard-test-hook\n::ctrlaltdel:/sbin/reboot\n::shutdown:/bin/sync\n::shutdown:/bin/umount -a -r\n"
         ),
     )?;
     if spec.breakage == Some(Breakage::Hang) {

@@ -1,11 +1,14 @@
-//! `bootyard upgrade --disk`: upgrade an installed disk image from the host, without booting
-//! or mounting it, for preparing scenarios fast. The steps and their order are the agent's:
+//! `bootyard upgrade`: on a running node (COS_STATE mounted at /run/cos/state), or with
+//! `--disk` on an installed disk image from the host, without booting or mounting it, for
+//! preparing scenarios fast. Both run the same steps in the same order:
 //! write `transition.img`; rotate `active.img` to `passive.img` (not when the node last ran
 //! from passive: then the failed active is dropped instead); arm the tries counter in
 //! grubenv; rename `transition.img` to `active.img`. At every step some good slot stays
 //! bootable: between the renames there is no `active.img`, and GRUB falls back to passive.
-//! The COS_STATE filesystem is edited with debugfs; grubenv is rewritten in place, in its own
-//! block, as GRUB's `save_env` does.
+//! On a disk image the COS_STATE filesystem is edited with debugfs; on a node with plain
+//! file operations, each step made durable in place (fsync, then an ext4 journal checkpoint,
+//! because GRUB does not replay the journal). grubenv is always rewritten in place, in its
+//! own block, as GRUB's `save_env` does.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +44,10 @@ pub enum UpgradeError {
     Assessment(#[from] AssessmentError),
     #[error("debugfs failed ({what}): {stderr}")]
     Debugfs { what: String, stderr: String },
+    #[error(transparent)]
+    Sys(#[from] crate::agent::sys::SysError),
+    #[error(transparent)]
+    Mark(#[from] crate::agent::health::MarkError),
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -58,6 +65,7 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> UpgradeEr
 #[derive(Debug, Clone, Serialize)]
 pub struct UpgradeReport {
     pub schema_version: u32,
+    /// The disk image, or the mounted COS_STATE on a node.
     pub disk: PathBuf,
     pub version: String,
     /// The slot the node last ran from, which decided whether active rotated to passive.
@@ -164,18 +172,33 @@ pub enum Step {
     UnlinkTransition,
 }
 
-/// A prepared upgrade: the new slot image is built and the plan made; nothing on the disk
-/// has changed yet.
+/// Where an upgrade writes: COS_STATE inside a disk image (edited with debugfs), or
+/// COS_STATE mounted on the running node.
+enum Target {
+    Disk {
+        file: std::fs::File,
+        fs: StateFs,
+        env_at: u64,
+        /// The new slot image, built in `prepare`.
+        transition: PathBuf,
+    },
+    Mounted {
+        state: PathBuf,
+        /// The new image's root filesystem; WriteTransition builds the slot image from it
+        /// directly on COS_STATE.
+        rootfs: PathBuf,
+    },
+}
+
+/// A prepared upgrade: the new image is fetched and the plan made; nothing on the disk has
+/// changed yet.
 pub struct DiskUpgrade {
-    file: std::fs::File,
-    fs: StateFs,
-    env_at: u64,
+    target: Target,
     env: GrubEnv,
     model: crate::boot::assessment::BootModel,
     from_slot: Slot,
     rotate: bool,
     version: String,
-    transition: PathBuf,
     _work: tempfile::TempDir,
     started: Instant,
 }
@@ -234,18 +257,74 @@ impl DiskUpgrade {
             },
         )?;
         std::fs::remove_dir_all(&rootfs).map_err(io("remove", &rootfs))?;
+        Self::plan(
+            Target::Disk {
+                file,
+                fs,
+                env_at,
+                transition,
+            },
+            env,
+            model,
+            from_slot,
+            version,
+            work,
+            started,
+        )
+    }
+
+    /// An upgrade of the running node: COS_STATE mounted at `state`, running from
+    /// `from_slot`; the image is fetched and unpacked under `work_parent` (COS_PERSISTENT:
+    /// slot images do not fit in memory).
+    pub fn prepare_mounted(
+        source: &Source,
+        state: &Path,
+        from_slot: Slot,
+        work_parent: &Path,
+        pull_opts: &PullOptions,
+    ) -> Result<Self, UpgradeError> {
+        let started = Instant::now();
+        let (env, mut model) = crate::agent::health::read_model(state)?;
+        model.running = Some(from_slot);
+        std::fs::create_dir_all(work_parent).map_err(io("create", work_parent))?;
+        let work = tempfile::Builder::new()
+            .prefix(".bootyard-upgrade-")
+            .tempdir_in(work_parent)
+            .map_err(io("create work directory in", work_parent))?;
+        let rootfs = work.path().join("rootfs");
+        let version = unpack_bootable(source, &rootfs, pull_opts)?;
+        Self::plan(
+            Target::Mounted {
+                state: state.to_path_buf(),
+                rootfs,
+            },
+            env,
+            model,
+            from_slot,
+            version,
+            work,
+            started,
+        )
+    }
+
+    fn plan(
+        target: Target,
+        env: GrubEnv,
+        mut model: crate::boot::assessment::BootModel,
+        from_slot: Slot,
+        version: String,
+        work: tempfile::TempDir,
+        started: Instant,
+    ) -> Result<Self, UpgradeError> {
         let rotate = from_slot == Slot::Active;
         model.upgrade(&version)?;
         Ok(Self {
-            file,
-            fs,
-            env_at,
+            target,
             env,
             model,
             from_slot,
             rotate,
             version,
-            transition,
             _work: work,
             started,
         })
@@ -272,7 +351,22 @@ impl DiskUpgrade {
     }
 
     pub fn apply(&mut self, step: Step) -> Result<(), UpgradeError> {
-        let fs = &self.fs;
+        match &self.target {
+            Target::Disk { .. } => self.apply_disk(step),
+            Target::Mounted { .. } => self.apply_mounted(step),
+        }
+    }
+
+    fn apply_disk(&mut self, step: Step) -> Result<(), UpgradeError> {
+        let Target::Disk {
+            file,
+            fs,
+            env_at,
+            transition,
+        } = &self.target
+        else {
+            unreachable!("apply dispatches on the target")
+        };
         match step {
             Step::RemoveStaleTransition if fs.exists("/cOS/transition.img") => {
                 fs.step("remove a stale transition.img", &["rm /cOS/transition.img"])
@@ -281,7 +375,7 @@ impl DiskUpgrade {
                 "write transition.img",
                 &[&format!(
                     "write {} /cOS/transition.img",
-                    self.transition.display()
+                    transition.display()
                 )],
             ),
             Step::RemoveOldPassive if fs.exists("/cOS/passive.img") => {
@@ -309,10 +403,9 @@ impl DiskUpgrade {
             // Armed while there is no active.img: a cut before the rename boots passive.
             Step::ArmCounter => {
                 grubcfg::model_to_env(&self.model, &mut self.env)?;
-                self.file
-                    .write_all_at(&self.env.to_block()?, self.env_at)
+                file.write_all_at(&self.env.to_block()?, *env_at)
                     .map_err(io("write grubenv in", &fs.disk))?;
-                self.file.sync_all().map_err(io("sync", &fs.disk))
+                file.sync_all().map_err(io("sync", &fs.disk))
             }
             Step::LinkTransitionAsActive => fs.step(
                 "rename transition.img to active.img",
@@ -335,14 +428,85 @@ impl DiskUpgrade {
         }
     }
 
+    /// On a node: plain file operations, each made durable in place before the next.
+    fn apply_mounted(&mut self, step: Step) -> Result<(), UpgradeError> {
+        let Target::Mounted { state, rootfs } = &self.target else {
+            unreachable!("apply dispatches on the target")
+        };
+        let cos = state.join("cOS");
+        let p = |name: &str| cos.join(name);
+        let remove = |name: &str| -> Result<(), UpgradeError> {
+            match std::fs::remove_file(p(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io("remove", &p(name))(e))
+                }
+                _ => Ok(()),
+            }
+        };
+        let link = |from: &str, to: &str| -> Result<(), UpgradeError> {
+            std::fs::hard_link(p(from), p(to)).map_err(io("link", &p(to)))
+        };
+        match step {
+            Step::RemoveStaleTransition => {
+                remove("transition.img")?;
+                // A slot image cut off while being built (build_slot's temp files).
+                for e in std::fs::read_dir(&cos).map_err(io("read", &cos))? {
+                    let e = e.map_err(io("read", &cos))?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(".slot-") && name.ends_with(".img") {
+                        remove(&name)?;
+                    }
+                }
+            }
+            Step::WriteTransition => {
+                build_slot(
+                    rootfs,
+                    &p("transition.img"),
+                    &SlotOptions {
+                        label: "COS_ACTIVE".into(),
+                        ..Default::default()
+                    },
+                )?;
+            }
+            Step::RemoveOldPassive => remove("passive.img")?,
+            Step::LinkActiveAsPassive => link("active.img", "passive.img")?,
+            Step::UnlinkActive => remove("active.img")?,
+            Step::RemoveFailedActive => remove("active.img")?,
+            Step::ArmCounter => {
+                crate::agent::health::write_model(state, &mut self.env, &self.model)?;
+            }
+            Step::LinkTransitionAsActive => link("transition.img", "active.img")?,
+            Step::UnlinkTransition => remove("transition.img")?,
+        }
+        crate::agent::sys::durable(&cos)?;
+        Ok(())
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        match &self.target {
+            Target::Disk { fs, .. } => fs.exists(path),
+            Target::Mounted { state, .. } => state.join(path.trim_start_matches('/')).exists(),
+        }
+    }
+
     /// Reads everything back: the files GRUB will look for and the state it will act on.
     pub fn verify(&self) -> Result<UpgradeReport, UpgradeError> {
-        let back = grubcfg::env_to_model(&read_env_at(&self.file, self.env_at, &self.fs.disk)?)?;
+        let (back, disk) = match &self.target {
+            Target::Disk {
+                file, fs, env_at, ..
+            } => (
+                grubcfg::env_to_model(&read_env_at(file, *env_at, &fs.disk)?)?,
+                fs.disk.clone(),
+            ),
+            Target::Mounted { state, .. } => {
+                (crate::agent::health::read_model(state)?.1, state.clone())
+            }
+        };
         if back.active != self.model.active
             || back.passive != self.model.passive
-            || !self.fs.exists("/cOS/active.img")
-            || !self.fs.exists("/cOS/passive.img")
-            || self.fs.exists("/cOS/transition.img")
+            || !self.exists("/cOS/active.img")
+            || !self.exists("/cOS/passive.img")
+            || self.exists("/cOS/transition.img")
         {
             return Err(UpgradeError::Debugfs {
                 what: "verify the upgraded disk".into(),
@@ -351,7 +515,7 @@ impl DiskUpgrade {
         }
         Ok(UpgradeReport {
             schema_version: 1,
-            disk: self.fs.disk.clone(),
+            disk,
             version: self.version.clone(),
             from_slot: self.from_slot,
             rotated: self.rotate,
@@ -362,6 +526,23 @@ impl DiskUpgrade {
     }
 }
 
+/// The boot model a disk image's grubenv holds, read from the host.
+pub fn read_disk_model(disk: &Path) -> Result<crate::boot::assessment::BootModel, UpgradeError> {
+    let file = std::fs::File::open(disk).map_err(io("open", disk))?;
+    let table = gpt::read(&file)?;
+    let state = table
+        .partitions
+        .iter()
+        .find(|p| p.name == "COS_STATE")
+        .ok_or_else(|| UpgradeError::NoStatePartition(disk.to_path_buf()))?;
+    let fs = StateFs {
+        disk: disk.to_path_buf(),
+        offset: state.offset_bytes(),
+    };
+    let env_at = fs.block_offset("/grub2/grubenv")?;
+    Ok(grubcfg::env_to_model(&read_env_at(&file, env_at, disk)?)?)
+}
+
 fn read_env_at(file: &std::fs::File, at: u64, disk: &Path) -> Result<GrubEnv, UpgradeError> {
     let mut block = vec![0u8; GRUBENV_BYTES];
     file.read_exact_at(&mut block, at)
@@ -369,14 +550,24 @@ fn read_env_at(file: &std::fs::File, at: u64, disk: &Path) -> Result<GrubEnv, Up
     Ok(GrubEnv::parse(&block)?)
 }
 
+/// Runs every step; `on_step` hears of each before it starts (the node prints them, so a
+/// harness can cut the power at a chosen one).
+pub fn run_steps(
+    mut u: DiskUpgrade,
+    mut on_step: impl FnMut(usize, usize, Step),
+) -> Result<UpgradeReport, UpgradeError> {
+    let steps = u.steps();
+    for (i, step) in steps.iter().enumerate() {
+        on_step(i + 1, steps.len(), *step);
+        u.apply(*step)?;
+    }
+    u.verify()
+}
+
 pub fn upgrade_disk(
     source: &Source,
     disk: &Path,
     pull_opts: &PullOptions,
 ) -> Result<UpgradeReport, UpgradeError> {
-    let mut u = DiskUpgrade::prepare(source, disk, pull_opts)?;
-    for step in u.steps() {
-        u.apply(step)?;
-    }
-    u.verify()
+    run_steps(DiskUpgrade::prepare(source, disk, pull_opts)?, |_, _, _| {})
 }

@@ -1,5 +1,6 @@
-//! Scenario files (`scenarios/*.toml`): a name, and phases that must each be reached before a
-//! deadline, recognised by a marker on the machine's console.
+//! Scenario files (`scenarios/*.toml`): a name; the test OS images a run builds; the steps it
+//! takes (install, boot, upgrade, rollback, status); and the phases every boot must reach
+//! before their deadlines, recognised by a marker on the machine's console.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -16,8 +17,89 @@ pub struct ScenarioFile {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Test OS flavors the scenario runs on (`busybox`, `debian`); one run per flavor.
+    #[serde(default = "default_flavors")]
+    pub flavors: Vec<String>,
+    /// Boot attempts a newly written slot gets.
+    #[serde(default = "default_tries")]
+    pub tries: u8,
+    /// Seconds an unproven boot may run before the node's watchdog resets it.
+    #[serde(default = "default_watchdog_sec")]
+    pub watchdog_sec: u32,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    #[serde(default, rename = "image")]
+    pub images: Vec<ImageSpec>,
+    #[serde(default, rename = "step")]
+    pub steps: Vec<StepSpec>,
     #[serde(rename = "phase")]
     pub phases: Vec<PhaseSpec>,
+}
+
+fn default_flavors() -> Vec<String> {
+    vec!["busybox".into()]
+}
+fn default_tries() -> u8 {
+    3
+}
+fn default_watchdog_sec() -> u32 {
+    60
+}
+fn default_memory_mib() -> u32 {
+    512
+}
+
+pub const FLAVORS: &[&str] = &["busybox", "debian"];
+pub const BREAKAGES: &[&str] = &["panic", "hang", "never-good", "health-fails"];
+
+/// A test OS image the run builds, by the version it calls itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub version: String,
+    /// Make it deliberately bad: one of [`BREAKAGES`].
+    #[serde(default)]
+    pub breakage: Option<String>,
+}
+
+/// Where an upgrade runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeFrom {
+    /// `bootyard upgrade` inside the booted node, pulling from the harness's registry.
+    #[default]
+    Node,
+    /// `bootyard upgrade --disk` on the host, for preparing a state fast.
+    Host,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StepSpec {
+    /// Install an image onto a fresh disk.
+    Install { image: String },
+    /// Power on `times` times; every boot is checked against the boot-assessment model.
+    Boot {
+        #[serde(default = "one")]
+        times: u32,
+    },
+    /// Upgrade to an image (a boot in itself when it runs on the node).
+    Upgrade {
+        image: String,
+        #[serde(default)]
+        from: UpgradeFrom,
+    },
+    /// Manual rollback on the node (a boot in itself).
+    Rollback,
+    /// Read the slots back from the disk; they must match the model.
+    Status {
+        #[serde(default)]
+        why_contains: Option<String>,
+    },
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -70,6 +152,59 @@ impl ScenarioFile {
         }
         if f.phases.is_empty() {
             return invalid("has no [[phase]]".into());
+        }
+        for fl in &f.flavors {
+            if !FLAVORS.contains(&fl.as_str()) {
+                return invalid(format!("flavor {fl:?} is not one of {FLAVORS:?}"));
+            }
+        }
+        if f.tries == 0 || f.tries > 9 {
+            return invalid(format!("tries {} is not in 1..=9", f.tries));
+        }
+        let mut versions = BTreeSet::new();
+        for i in &f.images {
+            if i.version.is_empty()
+                || !i
+                    .version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return invalid(format!(
+                    "image version {:?} must be letters, digits, '.', '_' or '-' (it becomes a tag)",
+                    i.version
+                ));
+            }
+            if !versions.insert(i.version.as_str()) {
+                return invalid(format!("image {:?} appears twice", i.version));
+            }
+            if let Some(b) = &i.breakage {
+                if !BREAKAGES.contains(&b.as_str()) {
+                    return invalid(format!(
+                        "image {:?}: breakage {b:?} is not one of {BREAKAGES:?}",
+                        i.version
+                    ));
+                }
+            }
+        }
+        for (n, st) in f.steps.iter().enumerate() {
+            let image = match st {
+                StepSpec::Install { image } | StepSpec::Upgrade { image, .. } => Some(image),
+                StepSpec::Boot { times: 0 } => {
+                    return invalid(format!("step {}: boot times must be at least 1", n + 1))
+                }
+                _ => None,
+            };
+            if let Some(image) = image {
+                if !versions.contains(image.as_str()) {
+                    return invalid(format!(
+                        "step {}: image {image:?} is not one of the [[image]]s",
+                        n + 1
+                    ));
+                }
+            }
+            if n == 0 && !f.steps.is_empty() && !matches!(st, StepSpec::Install { .. }) {
+                return invalid("the first step must install an image".into());
+            }
         }
         let mut seen = BTreeSet::new();
         for p in &f.phases {

@@ -7,6 +7,7 @@
 //! This crate does not depend on the bootyard agent.
 
 pub mod bootsector;
+pub mod bootwatch;
 pub mod file;
 pub mod phase;
 pub mod qemu;

@@ -87,6 +87,12 @@ pub struct MachineSpec {
     /// QEMU user networking (`-nic user`), with the guest reaching the host's loopback at
     /// 10.0.2.2.
     pub user_net: bool,
+    /// Files handed to the guest through QEMU's fw_cfg (`opt/...` names), readable under
+    /// /sys/firmware/qemu_fw_cfg/by_name/ in the guest.
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// Have SeaBIOS mirror its screen to the serial console, so the firmware phase shows
+    /// in the console (GRUB's screen output then shows twice).
+    pub firmware_serial: bool,
     /// Where the console log, QMP socket and QEMU's own stderr go.
     pub workdir: PathBuf,
 }
@@ -105,6 +111,8 @@ impl MachineSpec {
             drives: Vec::new(),
             devices: Vec::new(),
             user_net: false,
+            fw_cfg: Vec::new(),
+            firmware_serial: false,
             workdir: workdir.to_path_buf(),
         }
     }
@@ -115,6 +123,11 @@ impl MachineSpec {
 
     pub fn qmp_socket(&self) -> PathBuf {
         self.workdir.join(format!("{}.qmp", self.name))
+    }
+
+    /// SeaBIOS reads `etc/sercon-port` as a little-endian integer: COM1's I/O port.
+    fn sercon_file(&self) -> PathBuf {
+        self.workdir.join("sercon-port.bin")
     }
 
     /// The full command line, for the launch event and for a person to rerun by hand.
@@ -166,7 +179,25 @@ impl MachineSpec {
             a.extend(["-device".into(), d.clone()]);
         }
         if self.user_net {
-            a.extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
+            // No option ROM: iPXE's banner costs seconds per boot and nothing netboots.
+            a.extend([
+                "-netdev".into(),
+                "user,id=net0".into(),
+                "-device".into(),
+                "virtio-net-pci,netdev=net0,romfile=".into(),
+            ]);
+        }
+        if self.firmware_serial {
+            a.extend([
+                "-fw_cfg".into(),
+                format!("name=etc/sercon-port,file={}", self.sercon_file().display()),
+            ]);
+        }
+        for (name, file) in &self.fw_cfg {
+            a.extend([
+                "-fw_cfg".into(),
+                format!("name={name},file={}", file.display()),
+            ]);
         }
         a
     }
@@ -229,6 +260,10 @@ impl Machine {
             move |source| QemuError::Io { op, path, source }
         };
         std::fs::create_dir_all(&spec.workdir).map_err(io("create", &spec.workdir))?;
+        if spec.firmware_serial {
+            std::fs::write(spec.sercon_file(), 0x3f8u16.to_le_bytes())
+                .map_err(io("write", &spec.sercon_file()))?;
+        }
         // A stale socket from an earlier run would make bind fail; if there is none, fine.
         let _ = std::fs::remove_file(spec.qmp_socket());
         let qmp_listener =

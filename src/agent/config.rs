@@ -69,7 +69,6 @@ impl Default for HealthConfig {
     }
 }
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}")]

@@ -150,7 +150,9 @@ impl Default for GrubCfgOptions {
     fn default() -> Self {
         Self {
             grubenv: "/grub2/grubenv".into(),
-            cmdline: "panic=5".into(),
+            // A panicking kernel reboots after a second: the console keeps the message, and
+            // the tries counter (not a person at the screen) decides what happens next.
+            cmdline: "panic=1".into(),
         }
     }
 }

@@ -36,6 +36,22 @@ struct Report {
     uptime_ms: Option<u64>,
 }
 
+/// The slot this node runs from: the stage's boot record, else bootyard.slot= on the
+/// kernel command line.
+pub fn running_slot(root: &std::path::Path) -> anyhow::Result<Slot> {
+    if let Ok(rec) = health::check_userspace(root, None) {
+        return Ok(rec.slot);
+    }
+    std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| {
+            c.split_whitespace()
+                .find_map(|w| w.strip_prefix("bootyard.slot="))
+                .and_then(parse_slot)
+        })
+        .context("cannot tell which slot this node runs from: no boot record at /run/bootyard/boot.json and no bootyard.slot= on the kernel command line (not booted by bootyard?)")
+}
+
 fn uptime_ms() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/uptime").ok()?;
     let secs: f64 = s.split_whitespace().next()?.parse().ok()?;

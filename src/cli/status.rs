@@ -1,20 +1,19 @@
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
 use crate::boot::assessment::{BootModel, BootReason};
-use crate::boot::grubcfg::env_to_model;
-use crate::boot::grubenv::{GrubEnv, GRUBENV_BYTES};
-use crate::disk::gpt;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Installed disk image to inspect from the host
+    /// Installed disk image to inspect from the host; without it, this node
     #[arg(long)]
-    pub disk: PathBuf,
+    pub disk: Option<PathBuf>,
+    /// On a node: where COS_STATE is mounted
+    #[arg(long, default_value = crate::agent::stage::STATE_DIR)]
+    pub state_dir: PathBuf,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -25,9 +24,13 @@ struct Status {
     schema_version: u32,
     slots: BootModel,
     why: String,
+    /// On a node: what the boot stage recorded about this boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<crate::agent::stage::BootRecord>,
 }
 
-fn explain(m: &BootModel) -> String {
+/// Why the last boot went where it did, in words.
+pub fn explain(m: &BootModel) -> String {
     match &m.last_boot {
         None => "not booted since install or upgrade".into(),
         Some((slot, BootReason::ActiveGood)) => format!("booted {slot}: the active image is good"),
@@ -44,42 +47,21 @@ fn explain(m: &BootModel) -> String {
     }
 }
 
-/// Finds grubenv on COS_STATE with debugfs and reads it.
-fn read_env(disk: &std::path::Path) -> anyhow::Result<GrubEnv> {
-    let f =
-        std::fs::File::open(disk).with_context(|| format!("failed to open {}", disk.display()))?;
-    let table = gpt::read(&f)?;
-    let state = table
-        .partitions
-        .iter()
-        .find(|p| p.name == "COS_STATE")
-        .ok_or_else(|| anyhow!("{} has no COS_STATE partition", disk.display()))?;
-    let out = std::process::Command::new("debugfs")
-        .arg("-R")
-        .arg("bmap /grub2/grubenv 0")
-        .arg(format!(
-            "{}?offset={}",
-            disk.display(),
-            state.offset_bytes()
-        ))
-        .output()
-        .context("failed to run debugfs (e2fsprogs)")?;
-    let block: u64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| {
-            anyhow!(
-                "COS_STATE has no /grub2/grubenv: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-        })?;
-    let mut buf = vec![0u8; GRUBENV_BYTES];
-    f.read_exact_at(&mut buf, state.offset_bytes() + block * 4096)?;
-    Ok(GrubEnv::parse(&buf)?)
-}
-
 pub fn run(a: StatusArgs) -> anyhow::Result<()> {
-    let model = env_to_model(&read_env(&a.disk)?)?;
+    let (mut model, boot) = match &a.disk {
+        Some(disk) => (crate::upgrade::read_disk_model(disk)?, None),
+        None => {
+            let (_, model) = crate::agent::health::read_model(&a.state_dir).with_context(|| {
+                format!(
+                    "no boot state at {} (not a bootyard node? use --disk for a disk image)",
+                    a.state_dir.display()
+                )
+            })?;
+            let boot = crate::agent::health::check_userspace(std::path::Path::new("/"), None).ok();
+            (model, boot)
+        }
+    };
+    model.running = boot.as_ref().map(|b| b.slot);
     let why = explain(&model);
     if a.json {
         println!(
@@ -87,7 +69,8 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&Status {
                 schema_version: 1,
                 slots: model,
-                why
+                why,
+                boot,
             })?
         );
     } else {

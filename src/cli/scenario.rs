@@ -1,0 +1,145 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+
+use bootyard_scenarios::qemu::{choose_accel, Accel};
+use bootyard_scenarios::ScenarioFile;
+
+use crate::scenario::{default_workdir, run, RunOptions};
+use crate::testimage::Flavor;
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run a scenario file: build its test images, install, boot, upgrade, roll back in QEMU
+    Run(ScenarioRunArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AccelArg {
+    /// KVM if a probe guest runs under it within 5 s, else TCG
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Args)]
+pub struct ScenarioRunArgs {
+    /// Scenario file (scenarios/*.toml)
+    pub file: PathBuf,
+    /// Run only this flavor [default: every flavor the file lists]
+    #[arg(long, value_enum)]
+    pub flavor: Option<Flavor>,
+    /// Directory for images, disks, console logs [default: target/scenarios/NAME-FLAVOR]
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Statically linked bootyard for the test images [default: $BOOTYARD_GUEST_AGENT, else this binary]
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    /// Cache for Debian packages [default: ~/.cache/bootyard/deb]
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelArg,
+    /// Print the reports as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_cmd(cmd: ScenarioCommand) -> anyhow::Result<()> {
+    let ScenarioCommand::Run(a) = cmd;
+    let file = ScenarioFile::load(&a.file)?;
+    if file.steps.is_empty() {
+        bail!("{} has no [[step]]s to run", a.file.display());
+    }
+    let flavors: Vec<Flavor> = match a.flavor {
+        Some(f) => vec![f],
+        None => file
+            .flavors
+            .iter()
+            .map(|f| Flavor::from_str(f, true).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let agent = match a
+        .agent
+        .or_else(|| std::env::var_os("BOOTYARD_GUEST_AGENT").map(PathBuf::from))
+    {
+        Some(p) => p,
+        None => std::env::current_exe().context("cannot find this binary")?,
+    };
+    let cache = a
+        .cache
+        .unwrap_or_else(crate::cli::build_test_image::default_cache);
+    let mut failed = Vec::new();
+    let mut reports = Vec::new();
+    for flavor in flavors {
+        let workdir = a
+            .workdir
+            .clone()
+            .map(|w| w.join(format!("{flavor:?}").to_lowercase()))
+            .unwrap_or_else(|| default_workdir(&file.name, flavor));
+        if workdir.exists() {
+            std::fs::remove_dir_all(&workdir)
+                .with_context(|| format!("cannot clear {}", workdir.display()))?;
+        }
+        std::fs::create_dir_all(&workdir)?;
+        let accel = match a.accel {
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Tcg => Accel::Tcg,
+            AccelArg::Auto => {
+                let c = choose_accel(
+                    "qemu-system-x86_64",
+                    &workdir,
+                    std::time::Duration::from_secs(5),
+                );
+                if !a.json {
+                    eprintln!("accelerator: {:?} ({})", c.accel, c.reason);
+                }
+                c.accel
+            }
+        };
+        let opts = RunOptions {
+            flavor,
+            workdir: workdir.clone(),
+            agent: agent.clone(),
+            cache: cache.clone(),
+            accel,
+        };
+        let r = run(&file, &opts)?;
+        if !a.json {
+            for b in &r.boots {
+                eprintln!(
+                    "boot {:>2} {:<20} {}:{} -> {:?} in {} ms",
+                    b.n,
+                    b.purpose,
+                    b.slot.as_deref().unwrap_or("?"),
+                    b.version.as_deref().unwrap_or("?"),
+                    b.outcome,
+                    b.ms
+                );
+            }
+            println!(
+                "{} {} [{flavor:?}] in {:.1} s (images {:.1} s){}",
+                if r.passed { "PASS" } else { "FAIL" },
+                r.scenario,
+                r.ms as f64 / 1000.0,
+                r.build_ms as f64 / 1000.0,
+                r.failure
+                    .as_deref()
+                    .map(|f| format!(": {f}"))
+                    .unwrap_or_default()
+            );
+        }
+        if !r.passed {
+            failed.push(format!("{flavor:?}"));
+        }
+        reports.push(r);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    if !failed.is_empty() {
+        bail!("scenario {} failed on {}", file.name, failed.join(", "));
+    }
+    Ok(())
+}

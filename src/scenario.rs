@@ -1,0 +1,569 @@
+//! Running scenario files against real boots: test OS images are built and served from a
+//! local registry, a disk is installed, and every power-on is a QEMU process whose console
+//! is read live. The harness keeps its own boot-assessment model and checks every boot
+//! against it: the slot GRUB picked, the version that came up, and how the boot ended (a
+//! healthy image must complete; a broken one must fail the way its breakage says).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bootyard_scenarios::bootwatch::{BootWatch, Outcome};
+use bootyard_scenarios::file::{StepSpec, UpgradeFrom};
+use bootyard_scenarios::qemu::{Accel, Drive, Machine, MachineSpec};
+use bootyard_scenarios::{PhaseEvent, PhaseTracker, ScenarioFile};
+use serde::Serialize;
+
+use crate::boot::assessment::{BootModel, Slot};
+use crate::image::pull::PullOptions;
+use crate::image::Source;
+use crate::localreg::LocalRegistry;
+use crate::testimage::{Breakage, Flavor, TestImageSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioRunError {
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub struct RunOptions {
+    pub flavor: Flavor,
+    /// Where images, disks and console logs go.
+    pub workdir: PathBuf,
+    /// The static agent the test images carry.
+    pub agent: PathBuf,
+    pub cache: PathBuf,
+    pub accel: Accel,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    pub n: u32,
+    pub purpose: String,
+    pub expected_slot: Slot,
+    pub expected_version: String,
+    pub expected_outcome: Outcome,
+    pub slot: Option<String>,
+    pub version: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub hook_rc: Option<i32>,
+    /// Upgrade or rollback steps the node announced, with when (ms since QEMU start).
+    pub steps: Vec<PhaseReport>,
+    pub phases: Vec<PhaseReport>,
+    /// QEMU start to the end of the boot (its exit).
+    pub ms: u64,
+    pub console_log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub n: usize,
+    pub step: String,
+    pub ms: u64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub schema_version: u32,
+    pub scenario: String,
+    pub flavor: Flavor,
+    pub accel: String,
+    pub passed: bool,
+    pub failure: Option<String>,
+    /// Wall time of the whole run, image builds included.
+    pub ms: u64,
+    /// Of which building and pushing the test images.
+    pub build_ms: u64,
+    pub steps: Vec<StepReport>,
+    pub boots: Vec<BootReport>,
+    pub final_model: Option<BootModel>,
+    pub workdir: PathBuf,
+}
+
+fn breakage_of(name: &str) -> Option<Breakage> {
+    match name {
+        "panic" => Some(Breakage::Panic),
+        "hang" => Some(Breakage::Hang),
+        "never-good" => Some(Breakage::NeverGood),
+        "health-fails" => Some(Breakage::HealthFails),
+        _ => None,
+    }
+}
+
+/// One run of a scenario on one flavor.
+pub struct Run<'a> {
+    file: &'a ScenarioFile,
+    opts: &'a RunOptions,
+    registry: LocalRegistry,
+    /// version -> (host-side source, breakage name)
+    images: BTreeMap<String, (Source, Option<String>)>,
+    disk: PathBuf,
+    model: Option<BootModel>,
+    boots: Vec<BootReport>,
+    repo: String,
+}
+
+impl<'a> Run<'a> {
+    fn fail(msg: impl Into<String>) -> ScenarioRunError {
+        ScenarioRunError::Failed(msg.into())
+    }
+
+    fn model(&mut self) -> Result<&mut BootModel, ScenarioRunError> {
+        self.model
+            .as_mut()
+            .ok_or_else(|| Self::fail("no disk installed yet"))
+    }
+
+    /// The reference the node pulls from: the host's loopback is 10.0.2.2 under QEMU user
+    /// networking.
+    fn guest_ref(&self, version: &str) -> String {
+        format!(
+            "10.0.2.2:{}/{}:{version}",
+            self.registry.addr().port(),
+            self.repo
+        )
+    }
+
+    fn guest_registry(&self) -> String {
+        format!("10.0.2.2:{}", self.registry.addr().port())
+    }
+
+    fn build_images(&mut self) -> Result<(), ScenarioRunError> {
+        let layout = self.opts.workdir.join("images");
+        for img in &self.file.images {
+            let spec = TestImageSpec {
+                flavor: self.opts.flavor,
+                version: img.version.clone(),
+                breakage: img.breakage.as_deref().and_then(breakage_of),
+                watchdog_sec: self.file.watchdog_sec,
+                agent: self.opts.agent.clone(),
+                cache: self.opts.cache.clone(),
+            };
+            let root = self.opts.workdir.join(format!("rootfs-{}", img.version));
+            if root.exists() {
+                std::fs::remove_dir_all(&root).map_err(anyhow::Error::from)?;
+            }
+            crate::testimage::build_rootfs(&spec, &root).map_err(anyhow::Error::from)?;
+            crate::testimage::write_oci(&root, &layout, &img.version, BTreeMap::new())
+                .map_err(anyhow::Error::from)?;
+            std::fs::remove_dir_all(&root).map_err(anyhow::Error::from)?;
+            let l = crate::image::layout::Layout::open(&layout).map_err(anyhow::Error::from)?;
+            let top = l.find(Some(&img.version)).map_err(anyhow::Error::from)?;
+            let dest = format!("{}/{}:{}", self.registry.host(), self.repo, img.version);
+            let Source::Registry(reference) = dest.parse().map_err(anyhow::Error::from)? else {
+                return Err(Self::fail(format!("{dest} is not a registry reference")));
+            };
+            crate::image::registry::push(
+                &l,
+                &top,
+                &reference,
+                &crate::image::registry::RegistryOptions {
+                    insecure: vec![self.registry.host()],
+                    ..Default::default()
+                },
+            )
+            .map_err(anyhow::Error::from)?;
+            self.images.insert(
+                img.version.clone(),
+                (
+                    Source::Layout {
+                        dir: layout.clone(),
+                        tag: Some(img.version.clone()),
+                    },
+                    img.breakage.clone(),
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Powers the node on once and reads the boot to its end (QEMU exits: the node powers
+    /// off after the hook, or resets, which `-no-reboot` turns into an exit). `hook` is the
+    /// shell script the test image runs after its boot assessment; `cut` cuts the power
+    /// (QMP `quit`) as soon as the node announces that step.
+    fn power_on(
+        &mut self,
+        purpose: &str,
+        hook: &str,
+        cut: Option<&str>,
+    ) -> Result<BootReport, ScenarioRunError> {
+        let n = self.boots.len() as u32 + 1;
+        let model = self.model()?;
+        let expected_slot = model
+            .boot()
+            .ok_or_else(|| Self::fail("the model says nothing is bootable"))?;
+        let expected_version = model
+            .slot(expected_slot)
+            .version
+            .clone()
+            .unwrap_or_default();
+        let breakage = self
+            .images
+            .get(&expected_version)
+            .and_then(|(_, b)| b.clone());
+        let expected_outcome = Outcome::expected_for(breakage.as_deref());
+
+        let name = format!("boot{n:02}");
+        let hook_path = self.opts.workdir.join(format!("{name}.hook.sh"));
+        std::fs::write(&hook_path, hook).map_err(anyhow::Error::from)?;
+        let mut spec = MachineSpec::new(&name, &self.opts.workdir);
+        spec.accel = self.opts.accel;
+        spec.memory_mib = self.file.memory_mib;
+        spec.user_net = true;
+        spec.firmware_serial = true;
+        spec.fw_cfg
+            .push((crate::testimage::HOOK_FW_CFG.into(), hook_path));
+        spec.drives.push(Drive {
+            path: self.disk.clone(),
+            format: "raw".into(),
+            interface: "virtio".into(),
+        });
+        let console_log = spec.console_log();
+        let mut m = Machine::launch(spec).map_err(anyhow::Error::from)?;
+        let mut qmp = if cut.is_some() {
+            Some(
+                m.qmp(Duration::from_secs(10))
+                    .map_err(anyhow::Error::from)?,
+            )
+        } else {
+            None
+        };
+        let started = Instant::now();
+        // Every boot ends within the watchdog's time plus room for the slowest healthy boot.
+        let deadline = started + Duration::from_secs(u64::from(self.file.watchdog_sec) + 240);
+        let mut watch = BootWatch::default();
+        let mut tracker = (expected_outcome == Outcome::Complete)
+            .then(|| PhaseTracker::new(self.file.phases.clone(), 0));
+        let mut phases = Vec::new();
+        let mut steps = Vec::new();
+        let mut phase_failure = None;
+        let mut cut_done = false;
+        loop {
+            let wait_until = match tracker.as_ref().and_then(|t| t.poll_timeout()) {
+                Some(ms) => (started + Duration::from_millis(ms)).min(deadline),
+                None => deadline,
+            };
+            match m.next_line(wait_until, "the boot to end") {
+                Ok(line) => {
+                    let before = watch.steps.len();
+                    watch.line(&line.text);
+                    for st in &watch.steps[before..] {
+                        steps.push(PhaseReport {
+                            name: st.clone(),
+                            at_ms: line.at_ms,
+                        });
+                    }
+                    if line.text.contains("BOOTYARD-HOOK-") {
+                        phases.push(PhaseReport {
+                            name: line.text.trim().to_string(),
+                            at_ms: line.at_ms,
+                        });
+                    }
+                    if let Some(t) = tracker.as_mut() {
+                        for ev in t.handle_line(line.at_ms, &line.text) {
+                            if let PhaseEvent::Passed { phase, at_ms, .. } = ev {
+                                phases.push(PhaseReport { name: phase, at_ms });
+                            }
+                        }
+                    }
+                    if let (Some(step), false) = (cut, cut_done) {
+                        if watch.steps.iter().any(|s| s.ends_with(&format!(" {step}"))) {
+                            if let Some(q) = qmp.as_mut() {
+                                // Power cut: QEMU stops at once, nothing is flushed.
+                                let _ = q.execute("quit", None);
+                            }
+                            cut_done = true;
+                        }
+                    }
+                }
+                Err(bootyard_scenarios::qemu::QemuError::Exited { .. }) => break,
+                Err(e) => {
+                    let now = started.elapsed().as_millis() as u64;
+                    if let Some(t) = tracker.as_mut() {
+                        for ev in t.handle_timeout(now) {
+                            if let PhaseEvent::TimedOut {
+                                phase, deadline_ms, ..
+                            } = ev
+                            {
+                                phase_failure = Some(format!(
+                                    "phase {phase} not reached within {deadline_ms} ms"
+                                ));
+                            }
+                        }
+                    }
+                    if phase_failure.is_some() || Instant::now() >= deadline {
+                        m.kill();
+                        let why = phase_failure.unwrap_or_else(|| e.to_string());
+                        return Err(Self::fail(format!(
+                            "boot {n} ({purpose}): {why}; console: {}",
+                            console_log.display()
+                        )));
+                    }
+                }
+            }
+        }
+        if let Some(t) = tracker.as_ref().filter(|t| !t.done()) {
+            if expected_outcome == Outcome::Complete && watch.outcome == Some(Outcome::Complete) {
+                return Err(Self::fail(format!(
+                    "boot {n} ({purpose}): phase {} was never seen; console: {}",
+                    t.current().unwrap_or("?"),
+                    console_log.display()
+                )));
+            }
+        }
+        let report = BootReport {
+            n,
+            purpose: purpose.into(),
+            expected_slot,
+            expected_version: expected_version.clone(),
+            expected_outcome,
+            slot: watch.slot.clone(),
+            version: watch.version.clone(),
+            outcome: watch.outcome,
+            hook_rc: watch.hook_rc,
+            steps,
+            phases,
+            ms: started.elapsed().as_millis() as u64,
+            console_log: console_log.clone(),
+        };
+        self.boots.push(report.clone());
+        if cut_done {
+            return Ok(report);
+        }
+        let disagree = |what: String| {
+            Self::fail(format!(
+                "boot {n} ({purpose}) disagrees with the model: {what}; console: {}",
+                console_log.display()
+            ))
+        };
+        if watch.slot.as_deref() != Some(expected_slot.to_string().as_str()) {
+            return Err(disagree(format!(
+                "GRUB booted {:?}, the model says {expected_slot}",
+                watch.slot
+            )));
+        }
+        // A kernel that panics before the stage never says its version.
+        if let Some(v) = &watch.version {
+            if *v != expected_version {
+                return Err(disagree(format!(
+                    "version {v} came up, the model says {expected_version}"
+                )));
+            }
+        }
+        if watch.outcome != Some(expected_outcome) {
+            return Err(disagree(format!(
+                "the boot ended {:?}{}, expected {expected_outcome:?}",
+                watch.outcome,
+                watch
+                    .failure_line
+                    .as_deref()
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default()
+            )));
+        }
+        if expected_outcome == Outcome::Complete {
+            self.model()?.boot_complete();
+        }
+        Ok(report)
+    }
+
+    /// The slots as the disk has them must be the model's.
+    fn check_disk(&mut self, why_contains: Option<&str>) -> Result<String, ScenarioRunError> {
+        let disk_model =
+            crate::upgrade::read_disk_model(&self.disk).map_err(anyhow::Error::from)?;
+        let model = self.model()?.clone();
+        for (name, a, b) in [
+            ("active", &disk_model.active, &model.active),
+            ("passive", &disk_model.passive, &model.passive),
+        ] {
+            if a != b {
+                return Err(Self::fail(format!(
+                    "the disk's {name} slot is {a:?}, the model's {b:?}"
+                )));
+            }
+        }
+        let why = crate::cli::status::explain(&disk_model);
+        if let Some(w) = why_contains {
+            if !why.contains(w) {
+                return Err(Self::fail(format!(
+                    "status says {why:?}, expected it to mention {w:?}"
+                )));
+            }
+        }
+        Ok(why)
+    }
+
+    fn step(&mut self, st: &StepSpec) -> Result<String, ScenarioRunError> {
+        match st {
+            StepSpec::Install { image } => {
+                let (source, _) = self.images[image].clone();
+                if self.disk.exists() {
+                    std::fs::remove_file(&self.disk).map_err(anyhow::Error::from)?;
+                }
+                let mut o = crate::install::InstallOptions::new(
+                    self.disk.clone(),
+                    PullOptions::new(self.opts.workdir.join("cache")),
+                );
+                o.tries = self.file.tries;
+                o.persistent_bytes = 512 << 20;
+                let r = crate::install::install(&source, &o).map_err(anyhow::Error::from)?;
+                self.model = Some(
+                    BootModel::installed(&r.version, self.file.tries)
+                        .map_err(anyhow::Error::from)?,
+                );
+                Ok(format!("installed {} ({} bytes)", r.version, r.size_bytes))
+            }
+            StepSpec::Boot { times } => {
+                let mut seen = Vec::new();
+                for _ in 0..*times {
+                    let b = self.power_on("boot", "true\n", None)?;
+                    seen.push(format!(
+                        "{}:{}:{:?}",
+                        b.expected_slot, b.expected_version, b.expected_outcome
+                    ));
+                }
+                Ok(seen.join(" "))
+            }
+            StepSpec::Upgrade { image, from } => match from {
+                UpgradeFrom::Host => {
+                    let (source, _) = self.images[image].clone();
+                    let r = crate::upgrade::upgrade_disk(
+                        &source,
+                        &self.disk,
+                        &PullOptions::new(self.opts.workdir.join("cache")),
+                    )
+                    .map_err(anyhow::Error::from)?;
+                    // Offline, the node "runs" from where it last booted.
+                    let m = self.model()?;
+                    m.running = Some(r.from_slot);
+                    m.upgrade(image).map_err(anyhow::Error::from)?;
+                    Ok(format!("host upgrade to {image} from {}", r.from_slot))
+                }
+                UpgradeFrom::Node => {
+                    let hook = format!(
+                        "bootyard upgrade --image {} --insecure-registry {}\n",
+                        self.guest_ref(image),
+                        self.guest_registry()
+                    );
+                    let b = self.power_on(&format!("upgrade to {image}"), &hook, None)?;
+                    if b.hook_rc != Some(0) {
+                        return Err(Self::fail(format!(
+                            "the upgrade to {image} on the node failed (rc {:?}); console: {}",
+                            b.hook_rc,
+                            b.console_log.display()
+                        )));
+                    }
+                    self.model()?.upgrade(image).map_err(anyhow::Error::from)?;
+                    Ok(format!(
+                        "node upgrade to {image}: {}",
+                        b.steps
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            },
+            StepSpec::Rollback => {
+                let b = self.power_on("manual rollback", "bootyard rollback\n", None)?;
+                if b.hook_rc != Some(0) {
+                    return Err(Self::fail(format!(
+                        "rollback on the node failed (rc {:?}); console: {}",
+                        b.hook_rc,
+                        b.console_log.display()
+                    )));
+                }
+                self.model()?.rollback().map_err(anyhow::Error::from)?;
+                Ok(format!(
+                    "rollback: {}",
+                    b.steps
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            StepSpec::Status { why_contains } => self.check_disk(why_contains.as_deref()),
+        }
+    }
+}
+
+/// Runs `file` on one flavor; the report says what happened, pass or fail.
+pub fn run(file: &ScenarioFile, opts: &RunOptions) -> Result<RunReport, ScenarioRunError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.workdir).map_err(anyhow::Error::from)?;
+    let registry = LocalRegistry::start(None).map_err(anyhow::Error::from)?;
+    let flavor = match opts.flavor {
+        Flavor::Busybox => "busybox",
+        Flavor::Debian => "debian",
+    };
+    let mut r = Run {
+        file,
+        opts,
+        registry,
+        images: BTreeMap::new(),
+        disk: opts.workdir.join("disk.img"),
+        model: None,
+        boots: Vec::new(),
+        repo: format!("bootyard-test/{flavor}"),
+    };
+    let mut report = RunReport {
+        schema_version: 1,
+        scenario: file.name.clone(),
+        flavor: opts.flavor,
+        accel: format!("{:?}", opts.accel).to_lowercase(),
+        passed: false,
+        failure: None,
+        ms: 0,
+        build_ms: 0,
+        steps: Vec::new(),
+        boots: Vec::new(),
+        final_model: None,
+        workdir: opts.workdir.clone(),
+    };
+    let result = (|| -> Result<(), ScenarioRunError> {
+        r.build_images()?;
+        report.build_ms = started.elapsed().as_millis() as u64;
+        for (i, st) in file.steps.iter().enumerate() {
+            let t = Instant::now();
+            let detail = r.step(st)?;
+            report.steps.push(StepReport {
+                n: i + 1,
+                step: format!("{st:?}"),
+                ms: t.elapsed().as_millis() as u64,
+                detail,
+            });
+        }
+        // Whatever the steps were, the disk must end where the model says.
+        if r.model.is_some() {
+            r.check_disk(None)?;
+        }
+        Ok(())
+    })();
+    report.passed = result.is_ok();
+    report.failure = result.err().map(|e| e.to_string());
+    report.boots = r.boots.clone();
+    report.final_model = r.model.clone();
+    report.ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Default place for run artifacts.
+pub fn default_workdir(name: &str, flavor: Flavor) -> PathBuf {
+    Path::new("target/scenarios").join(format!(
+        "{name}-{}",
+        match flavor {
+            Flavor::Busybox => "busybox",
+            Flavor::Debian => "debian",
+        }
+    ))
+}
