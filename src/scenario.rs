@@ -113,6 +113,57 @@ pub struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
+    /// Starts the registry and builds and serves the scenario's images.
+    pub fn start(file: &'a ScenarioFile, opts: &'a RunOptions) -> Result<Self, ScenarioRunError> {
+        std::fs::create_dir_all(&opts.workdir).map_err(anyhow::Error::from)?;
+        let registry = LocalRegistry::start(None).map_err(anyhow::Error::from)?;
+        let flavor = match opts.flavor {
+            Flavor::Busybox => "busybox",
+            Flavor::Debian => "debian",
+        };
+        let mut r = Run {
+            file,
+            opts,
+            registry,
+            images: BTreeMap::new(),
+            disk: opts.workdir.join("disk.img"),
+            model: None,
+            boots: Vec::new(),
+            repo: format!("bootyard-test/{flavor}"),
+        };
+        r.build_images()?;
+        Ok(r)
+    }
+
+    pub fn disk(&self) -> &Path {
+        &self.disk
+    }
+
+    pub fn boots(&self) -> &[BootReport] {
+        &self.boots
+    }
+
+    pub fn current_model(&self) -> Option<&BootModel> {
+        self.model.as_ref()
+    }
+
+    /// Takes the model from the disk, for when the harness cannot know where the node
+    /// got to (a power cut); the next boots are checked against it.
+    pub fn resync_from_disk(&mut self) -> Result<BootModel, ScenarioRunError> {
+        let m = crate::upgrade::read_disk_model(&self.disk).map_err(anyhow::Error::from)?;
+        self.model = Some(m.clone());
+        Ok(m)
+    }
+
+    /// The node-side command that upgrades to `version` from the harness's registry.
+    pub fn upgrade_command(&self, version: &str) -> String {
+        format!(
+            "bootyard upgrade --image {} --insecure-registry {}",
+            self.guest_ref(version),
+            self.guest_registry()
+        )
+    }
+
     fn fail(msg: impl Into<String>) -> ScenarioRunError {
         ScenarioRunError::Failed(msg.into())
     }
@@ -190,7 +241,7 @@ impl<'a> Run<'a> {
     /// off after the hook, or resets, which `-no-reboot` turns into an exit). `hook` is the
     /// shell script the test image runs after its boot assessment; `cut` cuts the power
     /// (QMP `quit`) as soon as the node announces that step.
-    fn power_on(
+    pub fn power_on(
         &mut self,
         purpose: &str,
         hook: &str,
@@ -276,7 +327,11 @@ impl<'a> Run<'a> {
                         }
                     }
                     if let (Some(step), false) = (cut, cut_done) {
-                        if watch.steps.iter().any(|s| s.ends_with(&format!(" {step}"))) {
+                        if watch
+                            .steps
+                            .iter()
+                            .any(|s| s.split_whitespace().any(|w| w == step))
+                        {
                             if let Some(q) = qmp.as_mut() {
                                 // Power cut: QEMU stops at once, nothing is flushed.
                                 let _ = q.execute("quit", None);
@@ -402,7 +457,7 @@ impl<'a> Run<'a> {
         Ok(why)
     }
 
-    fn step(&mut self, st: &StepSpec) -> Result<String, ScenarioRunError> {
+    pub fn step(&mut self, st: &StepSpec) -> Result<String, ScenarioRunError> {
         match st {
             StepSpec::Install { image } => {
                 let (source, _) = self.images[image].clone();
@@ -449,11 +504,7 @@ impl<'a> Run<'a> {
                     Ok(format!("host upgrade to {image} from {}", r.from_slot))
                 }
                 UpgradeFrom::Node => {
-                    let hook = format!(
-                        "bootyard upgrade --image {} --insecure-registry {}\n",
-                        self.guest_ref(image),
-                        self.guest_registry()
-                    );
+                    let hook = format!("{}\n", self.upgrade_command(image));
                     let b = self.power_on(&format!("upgrade to {image}"), &hook, None)?;
                     if b.hook_rc != Some(0) {
                         return Err(Self::fail(format!(
@@ -500,22 +551,6 @@ impl<'a> Run<'a> {
 /// Runs `file` on one flavor; the report says what happened, pass or fail.
 pub fn run(file: &ScenarioFile, opts: &RunOptions) -> Result<RunReport, ScenarioRunError> {
     let started = Instant::now();
-    std::fs::create_dir_all(&opts.workdir).map_err(anyhow::Error::from)?;
-    let registry = LocalRegistry::start(None).map_err(anyhow::Error::from)?;
-    let flavor = match opts.flavor {
-        Flavor::Busybox => "busybox",
-        Flavor::Debian => "debian",
-    };
-    let mut r = Run {
-        file,
-        opts,
-        registry,
-        images: BTreeMap::new(),
-        disk: opts.workdir.join("disk.img"),
-        model: None,
-        boots: Vec::new(),
-        repo: format!("bootyard-test/{flavor}"),
-    };
     let mut report = RunReport {
         schema_version: 1,
         scenario: file.name.clone(),
@@ -530,9 +565,16 @@ pub fn run(file: &ScenarioFile, opts: &RunOptions) -> Result<RunReport, Scenario
         final_model: None,
         workdir: opts.workdir.clone(),
     };
+    let mut r = match Run::start(file, opts) {
+        Ok(r) => r,
+        Err(e) => {
+            report.failure = Some(format!("{:#}", anyhow::Error::from(e)));
+            report.ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+    };
+    report.build_ms = started.elapsed().as_millis() as u64;
     let result = (|| -> Result<(), ScenarioRunError> {
-        r.build_images()?;
-        report.build_ms = started.elapsed().as_millis() as u64;
         for (i, st) in file.steps.iter().enumerate() {
             let t = Instant::now();
             let detail = r.step(st)?;
@@ -550,7 +592,9 @@ pub fn run(file: &ScenarioFile, opts: &RunOptions) -> Result<RunReport, Scenario
         Ok(())
     })();
     report.passed = result.is_ok();
-    report.failure = result.err().map(|e| e.to_string());
+    report.failure = result
+        .err()
+        .map(|e| format!("{:#}", anyhow::Error::from(e)));
     report.boots = r.boots.clone();
     report.final_model = r.model.clone();
     report.ms = started.elapsed().as_millis() as u64;

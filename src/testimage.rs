@@ -91,8 +91,6 @@ pub enum TestImageError {
     Kmod(#[from] crate::agent::kmod::KmodError),
     #[error("{0} is not a statically linked x86-64 executable: the guest has no matching libc (build one with `./x guest-agent`)")]
     AgentNotStatic(PathBuf),
-    #[error("the {0} flavor is not built yet")]
-    FlavorNotBuilt(&'static str),
     #[error(transparent)]
     Tool(#[from] crate::tool::ToolError),
     #[error("failed to write the OCI layout")]
@@ -156,16 +154,20 @@ pub const HOOK_FW_CFG: &str = "opt/bootyard/run";
 
 /// The test-image hook: runs the script the harness passed through fw_cfg (if any), says
 /// how it went, and powers off. Test images only: a real OS has no such back door.
-const HOOK: &str = r#"#!/bin/sh
+fn hook(poweroff: &str) -> String {
+    format!(
+        r#"#!/bin/sh
 f=/sys/firmware/qemu_fw_cfg/by_name/opt/bootyard/run/raw
 if [ -r "$f" ]; then
-  echo "BOOTYARD-HOOK-START"
-  sh "$f"
-  echo "BOOTYARD-HOOK-DONE rc=$?"
+  echo "BOOTYARD-HOOK-START" >/dev/console
+  sh "$f" >/dev/console 2>&1
+  echo "BOOTYARD-HOOK-DONE rc=$?" >/dev/console
   sync
-  poweroff -f
+  {poweroff}
 fi
-"#;
+"#
+    )
+}
 
 /// The initrd: bootyard as `/init` (the boot stage) and the kernel modules it loads.
 /// `Breakage::Panic` leaves `/init` out, so the kernel panics looking for a root.
@@ -283,7 +285,7 @@ pub fn build_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageEr
     let initrd = stage_initrd(&spec.agent, &kernel, spec.breakage)?;
     match spec.flavor {
         Flavor::Busybox => busybox_rootfs(spec, root)?,
-        Flavor::Debian => return Err(TestImageError::FlavorNotBuilt("debian")),
+        Flavor::Debian => debian_rootfs(spec, root)?,
     }
     let boot = root.join("boot");
     std::fs::create_dir_all(&boot).map_err(tio("create", &boot))?;
@@ -380,7 +382,11 @@ fn busybox_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageErro
     } else {
         "::wait:/usr/bin/bootyard boot-assess\n"
     };
-    write(&root.join("usr/libexec/bootyard-test-hook"), 0o755, HOOK)?;
+    write(
+        &root.join("usr/libexec/bootyard-test-hook"),
+        0o755,
+        &hook("poweroff -f"),
+    )?;
     write(
         &root.join("etc/inittab"),
         0o644,
@@ -398,6 +404,150 @@ fn busybox_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageErro
         )?;
     }
     release_files(root, spec, "busybox")
+}
+
+/// Debian packages of the `debian` flavor's base, beyond `minbase`.
+const DEBIAN_PACKAGES: &str = "systemd-sysv,udev,iproute2,ca-certificates";
+const DEBIAN_SUITE: &str = "bookworm";
+
+/// The Debian base root filesystem as a tarball, built once with mmdebstrap and cached.
+fn debian_base(cache: &Path) -> Result<PathBuf, TestImageError> {
+    let tar = cache.join(format!(
+        "debian-{DEBIAN_SUITE}-{}.tar",
+        crate::image::Digest::of(DEBIAN_PACKAGES.as_bytes())
+            .to_string()
+            .trim_start_matches("sha256:")
+            .get(..12)
+            .unwrap_or_default()
+    ));
+    if tar.exists() {
+        return Ok(tar);
+    }
+    std::fs::create_dir_all(cache).map_err(tio("create", cache))?;
+    // A private partial file: two builds at once both finish, and the rename is atomic.
+    let partial = tempfile::Builder::new()
+        .prefix(".debian-")
+        .suffix(".tar")
+        .tempfile_in(cache)
+        .map_err(tio("create a temp file in", cache))?
+        .into_temp_path();
+    let mirror = std::env::var("BOOTYARD_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    crate::tool::run(
+        std::process::Command::new("mmdebstrap")
+            .args([
+                "--quiet",
+                "--mode=root",
+                "--variant=minbase",
+                &format!("--include={DEBIAN_PACKAGES}"),
+                "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--format=tar",
+                DEBIAN_SUITE,
+            ])
+            .arg(&partial)
+            .arg(&mirror),
+        "mmdebstrap",
+    )?;
+    partial.persist(&tar).map_err(|e| TestImageError::Io {
+        op: "move into place",
+        path: tar.clone(),
+        source: e.error,
+    })?;
+    Ok(tar)
+}
+
+fn enable(root: &Path, unit: &str, target: &str) -> Result<(), TestImageError> {
+    let dir = root.join(format!("etc/systemd/system/{target}.wants"));
+    std::fs::create_dir_all(&dir).map_err(tio("create", &dir))?;
+    let link = dir.join(unit);
+    if link.symlink_metadata().is_ok() {
+        std::fs::remove_file(&link).map_err(tio("replace", &link))?;
+    }
+    let target_path = if root.join("etc/systemd/system").join(unit).exists() {
+        format!("/etc/systemd/system/{unit}")
+    } else {
+        format!("/lib/systemd/system/{unit}")
+    };
+    std::os::unix::fs::symlink(target_path, &link).map_err(tio("link", &link))
+}
+
+fn mask(root: &Path, unit: &str) -> Result<(), TestImageError> {
+    let link = root.join("etc/systemd/system").join(unit);
+    std::fs::create_dir_all(link.parent().expect("has parent")).map_err(tio("create", &link))?;
+    if link.symlink_metadata().is_ok() {
+        std::fs::remove_file(&link).map_err(tio("replace", &link))?;
+    }
+    std::os::unix::fs::symlink("/dev/null", &link).map_err(tio("link", &link))
+}
+
+/// Debian bookworm with systemd, booted by the same stage; the agent runs as units.
+fn debian_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageError> {
+    let base = debian_base(&spec.cache)?;
+    std::fs::create_dir_all(root).map_err(tio("create", root))?;
+    crate::tool::run(
+        std::process::Command::new("tar")
+            .args(["-x", "-p", "--numeric-owner", "-f"])
+            .arg(&base)
+            .arg("-C")
+            .arg(root),
+        "tar",
+    )?;
+    let agent_dest = root.join("usr/bin/bootyard");
+    std::fs::copy(&spec.agent, &agent_dest).map_err(tio("copy", &spec.agent))?;
+    write(&root.join("etc/hostname"), 0o644, "bootyard-test\n")?;
+    // Empty: systemd makes a transient machine id each boot of the read-only image.
+    write(&root.join("etc/machine-id"), 0o444, "")?;
+    write(
+        &root.join("etc/systemd/network/10-qemu.network"),
+        0o644,
+        "# QEMU user networking: the host is 10.0.2.2.\n[Match]\nName=en* eth*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n",
+    )?;
+    enable(root, "systemd-networkd.service", "multi-user.target")?;
+    // Nobody logs in on the test console; gettys would only add noise to it.
+    mask(root, "serial-getty@ttyS0.service")?;
+    mask(root, "getty@tty1.service")?;
+    let v = &spec.version;
+    write(
+        &root.join("etc/systemd/system/bootyard-userspace.service"),
+        0o644,
+        &format!(
+            "[Unit]\nDescription=Tell the console that userspace is up\nDefaultDependencies=no\nAfter=local-fs.target\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo BOOTYARD-USERSPACE version={v} flavor=debian >/dev/console'\n\n[Install]\nWantedBy=sysinit.target\n"
+        ),
+    )?;
+    enable(root, "bootyard-userspace.service", "sysinit.target")?;
+    write(
+        &root.join("etc/systemd/system/bootyard-boot-assess.service"),
+        0o644,
+        "[Unit]\nDescription=bootyard boot assessment: health checks, then mark this slot good\nAfter=basic.target network.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/bin/bootyard boot-assess\nStandardOutput=journal+console\nStandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n",
+    )?;
+    if spec.breakage != Some(Breakage::NeverGood) {
+        enable(root, "bootyard-boot-assess.service", "multi-user.target")?;
+    }
+    write(
+        &root.join("usr/libexec/bootyard-test-hook"),
+        0o755,
+        &hook("systemctl poweroff --force --force"),
+    )?;
+    write(
+        &root.join("etc/systemd/system/bootyard-test-hook.service"),
+        0o644,
+        "[Unit]\nDescription=bootyard test hook (test images only)\nAfter=bootyard-boot-assess.service systemd-networkd.service\n\n[Service]\nType=oneshot\nExecStart=/usr/libexec/bootyard-test-hook\n\n[Install]\nWantedBy=multi-user.target\n",
+    )?;
+    enable(root, "bootyard-test-hook.service", "multi-user.target")?;
+    if spec.breakage == Some(Breakage::Hang) {
+        let init = root.join("sbin/init");
+        if init.symlink_metadata().is_ok() {
+            std::fs::remove_file(&init).map_err(tio("remove", &init))?;
+        }
+        write(
+            &init,
+            0o755,
+            "#!/bin/sh\necho 'BOOTYARD-TEST init hangs (deliberately broken image)'\nwhile :; do sleep 3600; done\n",
+        )?;
+    }
+    release_files(root, spec, "debian")
 }
 
 /// Writes the root filesystem as a one-layer OCI image into the layout at `layout_dir`,

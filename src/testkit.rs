@@ -37,3 +37,28 @@ pub fn require_root(test: &str) -> bool {
     eprintln!("SKIPPED {test}: needs root");
     false
 }
+
+/// The static bootyard that test OS images carry: `$BOOTYARD_GUEST_AGENT` (set by `./x test`),
+/// else where `./x guest-agent` builds it. Same CI rule as the tools.
+pub fn require_guest_agent(test: &str) -> Option<PathBuf> {
+    let p = std::env::var_os("BOOTYARD_GUEST_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/x86_64-unknown-linux-gnu/guest/bootyard")
+        });
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: no static guest agent at {}; `./x test` builds it",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: no static guest agent at {} (run ./x guest-agent)",
+        p.display()
+    );
+    None
+}

@@ -49,6 +49,7 @@ pub fn run(a: UpgradeArgs) -> anyhow::Result<()> {
             let cache = work.join("cache");
             let mut pull = PullOptions::new(cache.clone());
             pull.registry.insecure = a.insecure_registry;
+            console_line(&format!("bootyard-upgrade: step fetch {source}"));
             let result = DiskUpgrade::prepare_mounted(&source, &a.state_dir, slot, &work, &pull)
                 .and_then(|u| {
                     run_steps(u, |i, n, step| {
