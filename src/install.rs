@@ -20,7 +20,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::boot::assessment::{AssessmentError, BootModel, TRIES_DEFAULT};
-use crate::boot::grub::{build_core_image, embed_bios, GrubError, I386_PC_DIR};
+use crate::boot::grub::{
+    build_core_image, build_efi_image, build_esp, embed_bios, GrubError, ESP_LABEL, I386_PC_DIR,
+};
 use crate::boot::grubcfg::{self, GrubCfgOptions, EARLY_CFG, PREFIX};
 use crate::boot::grubenv::{GrubEnv, GrubEnvError};
 use crate::disk::gpt::{self, GptError, Guid, PartitionSpec};
@@ -30,6 +32,8 @@ use crate::image::Source;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
+    #[error("failed to write the EFI system partition")]
+    Fill(#[from] crate::disk::fill::FillError),
     #[error(transparent)]
     Image(#[from] BootableImageError),
     #[error("{0} exists (pass --force to replace it)")]
@@ -110,6 +114,8 @@ pub struct InstallReport {
 
 const MIB: u64 = 1 << 20;
 const BIOS_BYTES: u64 = MIB;
+/// FAT32 wants at least 65525 clusters: 64 MiB of 512-byte sectors, with room to spare.
+const ESP_BYTES: u64 = 64 * MIB;
 /// Room on COS_STATE beyond active and passive: transition.img during an upgrade, GRUB.
 const STATE_SLACK_BYTES: u64 = 128 * MIB;
 
@@ -249,7 +255,8 @@ pub fn install(source: &Source, opts: &InstallOptions) -> Result<InstallReport, 
     let state_bytes =
         (2 * slot.size_bytes + STATE_SLACK_BYTES + slot.size_bytes).div_ceil(MIB) * MIB;
     let recovery_bytes = (slot.size_bytes + 64 * MIB).div_ceil(MIB) * MIB;
-    let fixed = MIB + BIOS_BYTES + opts.oem_bytes + state_bytes + recovery_bytes + 2 * MIB;
+    let fixed =
+        MIB + BIOS_BYTES + ESP_BYTES + opts.oem_bytes + state_bytes + recovery_bytes + 2 * MIB;
     let size_bytes = if is_block {
         let f = std::fs::File::open(&opts.disk).map_err(io("open", &opts.disk))?;
         gpt::size_of(&f).map_err(io("size", &opts.disk))?
@@ -272,6 +279,7 @@ pub fn install(source: &Source, opts: &InstallOptions) -> Result<InstallReport, 
     };
     let specs = vec![
         part("BIOS", Guid::BIOS_BOOT, Some(BIOS_BYTES)),
+        part(ESP_LABEL, Guid::EFI_SYSTEM, Some(ESP_BYTES)),
         part("COS_OEM", Guid::LINUX_DATA, Some(opts.oem_bytes)),
         part("COS_STATE", Guid::LINUX_DATA, Some(state_bytes)),
         part("COS_RECOVERY", Guid::LINUX_DATA, Some(recovery_bytes)),
@@ -335,8 +343,20 @@ pub fn install(source: &Source, opts: &InstallOptions) -> Result<InstallReport, 
         None,
     )?;
 
-    // 6. GRUB.
+    // 6. GRUB, for BIOS and for EFI, both reading the same grub.cfg and grubenv.
     let core = build_core_image(work.path(), PREFIX, EARLY_CFG)?;
+    let esp = build_esp(
+        work.path(),
+        ESP_BYTES,
+        &build_efi_image(work.path(), PREFIX, EARLY_CFG)?,
+    )?;
+    {
+        let disk = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .map_err(io("open", &target))?;
+        crate::disk::fill::copy_into_partition(&disk, p(ESP_LABEL), &esp)?;
+    }
     {
         let disk = std::fs::OpenOptions::new()
             .read(true)

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bootyard_scenarios::bootwatch::{BootWatch, Outcome};
-use bootyard_scenarios::file::{StepSpec, UpgradeFrom};
+use bootyard_scenarios::file::{Firmware, StepSpec, UpgradeFrom};
 use bootyard_scenarios::qemu::{Accel, Drive, Machine, MachineSpec};
 use bootyard_scenarios::{PhaseEvent, PhaseTracker, ScenarioFile};
 use serde::Serialize;
@@ -27,6 +27,9 @@ pub enum ScenarioRunError {
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
+
+/// Debian's OVMF build (package ovmf), for EFI boots.
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 pub struct RunOptions {
     pub flavor: Flavor,
@@ -271,6 +274,9 @@ impl<'a> Run<'a> {
         spec.memory_mib = self.file.memory_mib;
         spec.user_net = true;
         spec.firmware_serial = true;
+        if self.file.firmware == Firmware::Efi {
+            spec.bios = Some(OVMF.into());
+        }
         spec.fw_cfg
             .push((crate::testimage::HOOK_FW_CFG.into(), hook_path));
         spec.drives.push(Drive {

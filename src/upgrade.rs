@@ -540,7 +540,9 @@ pub fn read_disk_model(disk: &Path) -> Result<crate::boot::assessment::BootModel
         offset: state.offset_bytes(),
     };
     let env_at = fs.block_offset("/grub2/grubenv")?;
-    Ok(grubcfg::env_to_model(&read_env_at(&file, env_at, disk)?)?)
+    let mut model = grubcfg::env_to_model(&read_env_at(&file, env_at, disk)?)?;
+    model.active_missing = !fs.exists("/cOS/active.img");
+    Ok(model)
 }
 
 fn read_env_at(file: &std::fs::File, at: u64, disk: &Path) -> Result<GrubEnv, UpgradeError> {

@@ -28,6 +28,9 @@ pub struct ScenarioFile {
     pub watchdog_sec: u32,
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
+    /// `bios` (SeaBIOS) or `efi` (OVMF); installed disks boot either way.
+    #[serde(default)]
+    pub firmware: Firmware,
     #[serde(default, rename = "image")]
     pub images: Vec<ImageSpec>,
     #[serde(default, rename = "step")]
@@ -60,6 +63,14 @@ pub struct ImageSpec {
     /// Make it deliberately bad: one of [`BREAKAGES`].
     #[serde(default)]
     pub breakage: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Firmware {
+    #[default]
+    Bios,
+    Efi,
 }
 
 /// Where an upgrade runs.

@@ -93,6 +93,8 @@ pub struct MachineSpec {
     /// Have SeaBIOS mirror its screen to the serial console, so the firmware phase shows
     /// in the console (GRUB's screen output then shows twice).
     pub firmware_serial: bool,
+    /// Firmware image for `-bios` (OVMF for EFI); `None` is QEMU's SeaBIOS.
+    pub bios: Option<PathBuf>,
     /// Where the console log, QMP socket and QEMU's own stderr go.
     pub workdir: PathBuf,
 }
@@ -113,6 +115,7 @@ impl MachineSpec {
             user_net: false,
             fw_cfg: Vec::new(),
             firmware_serial: false,
+            bios: None,
             workdir: workdir.to_path_buf(),
         }
     }
@@ -155,6 +158,9 @@ impl MachineSpec {
             // QEMU connects to our listener at startup, so nobody polls for a socket to appear.
             format!("unix:{}", self.qmp_socket().display()),
         ]);
+        if let Some(b) = &self.bios {
+            a.extend(["-bios".into(), b.display().to_string()]);
+        }
         if let Some(k) = &self.kernel {
             a.extend(["-kernel".into(), k.display().to_string()]);
         }

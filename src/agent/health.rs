@@ -52,7 +52,8 @@ pub fn read_model(state_dir: &Path) -> Result<(GrubEnv, BootModel), MarkError> {
         path: path.clone(),
         source,
     })?;
-    let model = env_to_model(&env).map_err(|source| MarkError::Model { path, source })?;
+    let mut model = env_to_model(&env).map_err(|source| MarkError::Model { path, source })?;
+    model.active_missing = !state_dir.join("cOS/active.img").exists();
     Ok((env, model))
 }
 

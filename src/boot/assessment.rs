@@ -108,6 +108,10 @@ pub struct BootModel {
     /// The slot the running system was booted from, under its current name: a rollback
     /// renames the slot the node is running from.
     pub running: Option<Slot>,
+    /// `active.img` is not on COS_STATE (an upgrade cut off between its two renames).
+    /// GRUB still spends the attempt, then finds nothing to boot and falls back.
+    #[serde(default)]
+    pub active_missing: bool,
 }
 
 impl BootModel {
@@ -127,6 +131,7 @@ impl BootModel {
             tries,
             last_boot: None,
             running: None,
+            active_missing: false,
         })
     }
 
@@ -171,6 +176,11 @@ impl BootModel {
                 (self.fallback()?, reason)
             }
         };
+        let (slot, reason) = if slot == Slot::Active && self.active_missing {
+            (self.fallback()?, BootReason::ActiveNotBootable)
+        } else {
+            (slot, reason)
+        };
         let reason = if slot == Slot::Recovery {
             BootReason::NoGoodSlot
         } else {
@@ -207,6 +217,7 @@ impl BootModel {
     /// Writes `version` as the new active slot, from the running system (or, before the
     /// first boot, from the installer).
     pub fn upgrade(&mut self, version: &str) -> Result<(), AssessmentError> {
+        self.active_missing = false;
         let new = SlotState {
             health: Health::Trying { left: self.tries },
             version: Some(version.to_string()),
@@ -273,6 +284,21 @@ impl Default for SlotState {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_missing_active_image_spends_the_attempt_and_falls_back() {
+        let mut m = BootModel::installed("v1", 2).unwrap();
+        m.upgrade("v2").unwrap();
+        m.active_missing = true;
+        assert_eq!(m.boot(), Some(Slot::Passive));
+        assert_eq!(m.active.health, Health::Trying { left: 1 });
+        assert_eq!(
+            m.last_boot,
+            Some((Slot::Passive, BootReason::ActiveNotBootable))
+        );
+        m.upgrade("v3").unwrap();
+        assert!(!m.active_missing);
+    }
 
     #[test]
     fn failed_upgrade_falls_back_after_exactly_tries_attempts() {

@@ -1,7 +1,10 @@
-//! GRUB for BIOS on a GPT disk image, without `grub-install` or root: `grub-mkimage` builds
+//! GRUB on a GPT disk image, without `grub-install` or root. BIOS: `grub-mkimage` builds
 //! core.img, and we embed it ourselves (grub-bios-setup refuses image files). boot.img's code
 //! goes into the MBR with the LBA of core.img patched in; core.img goes into the BIOS boot
 //! partition with the blocklist in its first sector patched to load the rest of itself.
+//! EFI: `grub-mkimage` builds `BOOTX64.EFI` with the same embedded configuration, and
+//! `mkfs.fat` + mtools put it on a FAT32 EFI system partition at the removable-media path
+//! firmware boots without any NVRAM entry.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -37,6 +40,38 @@ pub const CORE_MODULES: &[&str] = &[
     "cat",
     "true",
 ];
+
+/// Where Debian's grub-efi-amd64-bin puts the x86_64-efi platform files.
+pub const X86_64_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
+
+/// The EFI image's modules: the BIOS set with EFI's disk access instead of the BIOS one,
+/// FAT for the ESP, and the EFI framebuffer for kernels that want one.
+pub const EFI_MODULES: &[&str] = &[
+    "part_gpt",
+    "ext2",
+    "fat",
+    "search",
+    "search_label",
+    "search_fs_file",
+    "normal",
+    "configfile",
+    "loopback",
+    "linux",
+    "loadenv",
+    "test",
+    "echo",
+    "serial",
+    "terminal",
+    "halt",
+    "reboot",
+    "sleep",
+    "cat",
+    "true",
+    "efi_gop",
+];
+
+/// The ESP's filesystem label, as Kairos names it.
+pub const ESP_LABEL: &str = "COS_GRUB";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrubError {
@@ -86,6 +121,63 @@ pub fn build_core_image(
         "grub-pc-bin",
     )?;
     std::fs::read(&out).map_err(io("read", &out))
+}
+
+/// Builds `BOOTX64.EFI` with `early_cfg` embedded and `prefix` for modules and grub.cfg.
+pub fn build_efi_image(
+    workdir: &Path,
+    prefix: &str,
+    early_cfg: &str,
+) -> Result<Vec<u8>, GrubError> {
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GrubError::Io { op, path, source }
+    };
+    let cfg = workdir.join("early-efi.cfg");
+    std::fs::write(&cfg, early_cfg).map_err(io("write", &cfg))?;
+    let out = workdir.join("BOOTX64.EFI");
+    crate::tool::run(
+        Command::new("grub-mkimage")
+            .args(["-O", "x86_64-efi", "-d", X86_64_EFI_DIR, "-p", prefix, "-c"])
+            .arg(&cfg)
+            .arg("-o")
+            .arg(&out)
+            .args(EFI_MODULES),
+        "grub-efi-amd64-bin",
+    )?;
+    std::fs::read(&out).map_err(io("read", &out))
+}
+
+/// A FAT32 EFI system partition image of `size_bytes` holding `EFI/BOOT/BOOTX64.EFI`.
+pub fn build_esp(workdir: &Path, size_bytes: u64, bootx64: &[u8]) -> Result<PathBuf, GrubError> {
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GrubError::Io { op, path, source }
+    };
+    let esp = workdir.join("esp.img");
+    let efi = workdir.join("BOOTX64.EFI.copy");
+    std::fs::write(&efi, bootx64).map_err(io("write", &efi))?;
+    let _ = std::fs::remove_file(&esp);
+    crate::tool::run(
+        Command::new("mkfs.fat")
+            .args(["-F", "32", "-n", ESP_LABEL, "-C"])
+            .arg(&esp)
+            .arg((size_bytes / 1024).to_string()),
+        "dosfstools",
+    )?;
+    let img = esp.display().to_string();
+    crate::tool::run(
+        Command::new("mmd").args(["-i", &img, "::/EFI", "::/EFI/BOOT"]),
+        "mtools",
+    )?;
+    crate::tool::run(
+        Command::new("mcopy")
+            .args(["-i", &img])
+            .arg(&efi)
+            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+        "mtools",
+    )?;
+    Ok(esp)
 }
 
 /// Offsets inside boot.img and core.img's first sector (GRUB's i386-pc boot.S/diskboot.S).

@@ -16,6 +16,9 @@ pub const VAR_RECOVERY_STATE: &str = "bootyard_recovery_state";
 pub const VAR_TRIES: &str = "bootyard_tries";
 pub const VAR_LAST_SLOT: &str = "bootyard_last_slot";
 pub const VAR_LAST_REASON: &str = "bootyard_last_reason";
+/// Attempts the active slot had left after the last trying boot: the attempt number
+/// survives the slot being marked good (which clears the counter).
+pub const VAR_LAST_LEFT: &str = "bootyard_last_left";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvModelError {
@@ -102,7 +105,11 @@ pub fn env_to_model(env: &GrubEnv) -> Result<BootModel, EnvModelError> {
     let reason = match (env.get(VAR_LAST_REASON), last_slot) {
         (Some("active_good"), _) => Some(BootReason::ActiveGood),
         (Some("active_trying"), _) => Some(BootReason::ActiveTrying {
-            attempt: tries.saturating_sub(left),
+            attempt: tries.saturating_sub(
+                env.get(VAR_LAST_LEFT)
+                    .and_then(|v| v.parse::<u8>().ok())
+                    .unwrap_or(left),
+            ),
             of: tries,
         }),
         (Some("active_failed"), _) => Some(BootReason::ActiveFailed {
@@ -128,6 +135,7 @@ pub fn env_to_model(env: &GrubEnv) -> Result<BootModel, EnvModelError> {
         tries,
         last_boot: last_slot.zip(reason),
         running: None,
+        active_missing: false,
     })
 }
 
@@ -170,14 +178,14 @@ pub fn render(opts: &GrubCfgOptions) -> String {
     ));
     for left in (1..=TRIES_MAX).rev() {
         let kw = if left == TRIES_MAX { "if" } else { "elif" };
-        s.push_str(&format!("  {kw} [ \"${{{VAR_ACTIVE_TRIES}}}\" = \"{left}\" ]; then\n    set {VAR_ACTIVE_TRIES}={}\n    set slot=active\n    set {VAR_LAST_REASON}=active_trying\n", left - 1));
+        s.push_str(&format!("  {kw} [ \"${{{VAR_ACTIVE_TRIES}}}\" = \"{left}\" ]; then\n    set {VAR_ACTIVE_TRIES}={}\n    set {VAR_LAST_LEFT}={}\n    set slot=active\n    set {VAR_LAST_REASON}=active_trying\n", left - 1, left - 1));
     }
     s.push_str(&format!("  else\n    set {VAR_ACTIVE_STATE}=bad\n    set {VAR_LAST_REASON}=active_failed\n  fi\nelse\n  if [ \"${{{VAR_LAST_REASON}}}\" != \"active_failed\" ]; then\n    set {VAR_LAST_REASON}=active_not_bootable\n  fi\nfi\n"));
     // A missing slot file (an upgrade cut off between its renames) is not bootable.
     s.push_str(&format!("if [ \"$slot\" = \"active\" ]; then\n  if [ -f ($root)/cOS/active.img ]; then\n    true\n  else\n    set slot=\"\"\n    set {VAR_LAST_REASON}=active_not_bootable\n  fi\nfi\n"));
     s.push_str(&format!("if [ -z \"$slot\" ]; then\n  if [ \"${{{VAR_PASSIVE_STATE}}}\" = \"good\" ]; then\n    set slot=passive\n  else\n    set slot=recovery\n    set {VAR_LAST_REASON}=no_good_slot\n  fi\nfi\n"));
     s.push_str(&format!("set {VAR_LAST_SLOT}=$slot\n"));
-    s.push_str(&format!("save_env --file ($root){} {VAR_ACTIVE_STATE} {VAR_ACTIVE_TRIES} {VAR_LAST_SLOT} {VAR_LAST_REASON}\n", opts.grubenv));
+    s.push_str(&format!("save_env --file ($root){} {VAR_ACTIVE_STATE} {VAR_ACTIVE_TRIES} {VAR_LAST_SLOT} {VAR_LAST_REASON} {VAR_LAST_LEFT}\n", opts.grubenv));
     s.push_str("echo \"bootyard: booting slot $slot\"\n");
     // Recovery lives on its own partition.
     s.push_str("set imgroot=$root\nif [ \"$slot\" = \"recovery\" ]; then\n  search --no-floppy --label COS_RECOVERY --set imgroot\nfi\n");
@@ -216,6 +224,27 @@ mod tests {
                 .active,
             m.active
         );
+    }
+
+    #[test]
+    fn the_attempt_number_survives_marking_the_slot_good() {
+        let mut m = BootModel::installed("v1", 3).unwrap();
+        m.upgrade("v2").unwrap();
+        let mut env = GrubEnv::new();
+        model_to_env(&m, &mut env).unwrap();
+        // What grub.cfg does on the first trying boot: 3 -> 2 left.
+        env.set(VAR_ACTIVE_TRIES, "2").unwrap();
+        env.set(VAR_LAST_LEFT, "2").unwrap();
+        env.set(VAR_LAST_SLOT, "active").unwrap();
+        env.set(VAR_LAST_REASON, "active_trying").unwrap();
+        let mut back = env_to_model(&env).unwrap();
+        let first = Some((Slot::Active, BootReason::ActiveTrying { attempt: 1, of: 3 }));
+        assert_eq!(back.last_boot, first);
+        back.running = Some(Slot::Active);
+        back.boot_complete();
+        model_to_env(&back, &mut env).unwrap();
+        assert_eq!(env.get(VAR_ACTIVE_TRIES), Some("0"));
+        assert_eq!(env_to_model(&env).unwrap().last_boot, first);
     }
 
     #[test]

@@ -1,0 +1,105 @@
+//! The same installed disk boots under EFI (OVMF): GRUB EFI from the ESP reads the same
+//! grub.cfg and grubenv, an upgrade on the node works, and the new slot proves itself. Each
+//! boot is checked against the boot-assessment model by the scenario runner.
+
+#[path = "support/boot.rs"]
+mod support;
+
+use bootyard::scenario::{Run, RunOptions, OVMF};
+use bootyard::testimage::Flavor;
+use bootyard::testkit::{require_guest_agent, require_tool};
+use bootyard_scenarios::file::{StepSpec, UpgradeFrom};
+use bootyard_scenarios::qemu::Accel;
+use bootyard_scenarios::ScenarioFile;
+use support::{asset_cache, boot_tools};
+
+const SCENARIO: &str = r#"
+schema = 1
+name = "efi-upgrade"
+firmware = "efi"
+tries = 2
+[[image]]
+version = "v1"
+[[image]]
+version = "v2"
+[[phase]]
+name = "firmware"
+deadline_s = 60
+marker = "BdsDxe: starting"
+[[phase]]
+name = "bootloader"
+deadline_s = 60
+marker = "bootyard: booting slot"
+[[phase]]
+name = "kernel"
+deadline_s = 60
+marker = "Linux version"
+[[phase]]
+name = "stage"
+deadline_s = 90
+marker = "BOOTYARD-STAGE "
+[[phase]]
+name = "boot-complete"
+deadline_s = 180
+marker = "BOOTYARD-BOOT-COMPLETE"
+"#;
+
+#[test]
+fn qemu_efi_install_boot_and_node_upgrade() {
+    let test = "qemu_efi_install_boot_and_node_upgrade";
+    if !boot_tools(test)
+        || !require_tool(test, "mkfs.fat", "dosfstools")
+        || !require_tool(test, "mcopy", "mtools")
+    {
+        return;
+    }
+    if !std::path::Path::new(OVMF).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: {OVMF} is missing in CI (Debian package ovmf)"
+        );
+        eprintln!("SKIPPED {test}: {OVMF} missing (apt-get install ovmf)");
+        return;
+    }
+    let Some(agent) = require_guest_agent(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let file = ScenarioFile::parse(SCENARIO, "efi-upgrade").unwrap();
+    let opts = RunOptions {
+        flavor: Flavor::Busybox,
+        workdir: tmp.path().join("run"),
+        agent,
+        cache: asset_cache(),
+        accel: Accel::Tcg,
+    };
+    let mut run = Run::start(&file, &opts).unwrap();
+    for step in [
+        StepSpec::Install { image: "v1".into() },
+        StepSpec::Upgrade {
+            image: "v2".into(),
+            from: UpgradeFrom::Node,
+        },
+        StepSpec::Boot { times: 1 },
+        StepSpec::Status {
+            why_contains: Some("trying the new image, attempt 1 of 2".into()),
+        },
+    ] {
+        run.step(&step).unwrap_or_else(|e| panic!("{step:?}: {e}"));
+    }
+    let last = run.boots().last().unwrap();
+    assert_eq!(
+        (last.version.as_deref(), last.phases.len() >= 5),
+        (Some("v2"), true),
+        "{:?}",
+        last.phases
+    );
+    eprintln!(
+        "EFI: QEMU start to boot-complete {} ms",
+        last.phases
+            .iter()
+            .find(|p| p.name == "boot-complete")
+            .unwrap()
+            .at_ms
+    );
+}
