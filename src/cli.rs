@@ -38,7 +38,7 @@ pub enum Command {
     Image(ImageCommand),
     /// Install an OS image onto a disk: GPT, A/B slots, GRUB with boot assessment
     Install(install::InstallArgs),
-    /// Upgrade an installed disk to a new image (transition, rotate, arm the tries counter)
+    /// Upgrade this node, or an installed disk, to a new image (transition, rotate, arm the tries counter)
     Upgrade(upgrade::UpgradeArgs),
     /// Run scenario files against real boots in QEMU
     #[command(subcommand)]

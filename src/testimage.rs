@@ -216,6 +216,40 @@ pub fn stage_initrd(
     c.finish().map_err(w)?.finish().map_err(w)
 }
 
+/// Puts the kernel's modules for `INITRD_MODULES` under `/lib/modules/<version>` of the image
+/// (the image contract: exactly one kernel there), with the package's module lists and the
+/// indexes `depmod` makes for modprobe.
+fn install_modules(root: &Path, kernel: &crate::debpkg::Kernel) -> Result<(), TestImageError> {
+    let index = crate::agent::kmod::ModuleIndex::scan(&kernel.modules)?;
+    let dest = root.join("lib/modules").join(&kernel.version);
+    for m in index.closure(INITRD_MODULES)? {
+        let rel = m
+            .strip_prefix(&kernel.modules)
+            .expect("found under the modules dir");
+        let to = dest.join(rel);
+        std::fs::create_dir_all(to.parent().expect("has parent")).map_err(tio("create", &to))?;
+        std::fs::copy(&m, &to).map_err(tio("copy", &m))?;
+    }
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        let from = kernel.modules.join(f);
+        if from.exists() {
+            std::fs::copy(&from, dest.join(f)).map_err(tio("copy", &from))?;
+        }
+    }
+    crate::tool::run(
+        std::process::Command::new("depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(&kernel.version),
+        "kmod",
+    )?;
+    Ok(())
+}
+
 /// Copies a host executable and the shared libraries `ldd` says it needs (with the
 /// dynamic loader) into `root`, at the same paths.
 fn copy_with_libs(bin: &Path, root: &Path) -> Result<(), TestImageError> {
@@ -291,6 +325,7 @@ pub fn build_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageEr
     std::fs::create_dir_all(&boot).map_err(tio("create", &boot))?;
     std::fs::copy(&kernel.vmlinuz, boot.join("vmlinuz")).map_err(tio("copy", &kernel.vmlinuz))?;
     std::fs::write(boot.join("initrd"), initrd).map_err(tio("write", &boot))?;
+    install_modules(root, &kernel)?;
     Ok(())
 }
 

@@ -48,6 +48,10 @@ fn help_texts() {
         &["image", "pull", "--help"],
         &["image", "build-slot", "--help"],
         &["image", "push", "--help"],
+        &["upgrade", "--help"],
+        &["rollback", "--help"],
+        &["build-test-image", "--help"],
+        &["scenario", "run", "--help"],
     ] {
         let o = bootyard(args);
         assert!(o.status.success());

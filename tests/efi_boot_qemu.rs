@@ -11,7 +11,7 @@ use bootyard::testkit::{require_guest_agent, require_tool};
 use bootyard_scenarios::file::{StepSpec, UpgradeFrom};
 use bootyard_scenarios::qemu::Accel;
 use bootyard_scenarios::ScenarioFile;
-use support::{asset_cache, boot_tools};
+use support::{asset_cache, boot_tools, run_dir};
 
 const SCENARIO: &str = r#"
 schema = 1
@@ -64,11 +64,11 @@ fn qemu_efi_install_boot_and_node_upgrade() {
     let Some(agent) = require_guest_agent(test) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_dir("efi-upgrade");
     let file = ScenarioFile::parse(SCENARIO, "efi-upgrade").unwrap();
     let opts = RunOptions {
         flavor: Flavor::Busybox,
-        workdir: tmp.path().join("run"),
+        workdir: dir.join("run"),
         agent,
         cache: asset_cache(),
         accel: Accel::Tcg,
@@ -102,4 +102,6 @@ fn qemu_efi_install_boot_and_node_upgrade() {
             .unwrap()
             .at_ms
     );
+    drop(run);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

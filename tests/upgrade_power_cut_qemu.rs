@@ -21,7 +21,7 @@ use bootyard::testkit::{require_guest_agent, require_root};
 use bootyard_scenarios::file::{StepSpec, UpgradeFrom};
 use bootyard_scenarios::qemu::Accel;
 use bootyard_scenarios::ScenarioFile;
-use support::{asset_cache, boot_tools};
+use support::{asset_cache, boot_tools, run_dir};
 
 const SCENARIO: &str = r#"
 schema = 1
@@ -132,11 +132,11 @@ fn qemu_power_cut_at_every_upgrade_step_boots_a_good_slot() {
     let Some(agent) = require_guest_agent(test) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_dir("upgrade-power-cut");
     let file = ScenarioFile::parse(SCENARIO, "upgrade-power-cut").unwrap();
     let opts = RunOptions {
         flavor: Flavor::Busybox,
-        workdir: tmp.path().join("run"),
+        workdir: dir.join("run"),
         agent,
         cache: asset_cache(),
         accel: Accel::Tcg,
@@ -145,7 +145,7 @@ fn qemu_power_cut_at_every_upgrade_step_boots_a_good_slot() {
 
     // From the active slot: v1 installed and good.
     run.step(&StepSpec::Install { image: "v1".into() }).unwrap();
-    let from_active = tmp.path().join("from-active.img");
+    let from_active = dir.join("from-active.img");
     std::fs::copy(run.disk(), &from_active).unwrap();
     // From the passive slot: an upgrade to v3 panicked through its try; the next power-on
     // runs v1 from passive.
@@ -155,7 +155,7 @@ fn qemu_power_cut_at_every_upgrade_step_boots_a_good_slot() {
     })
     .unwrap();
     run.step(&StepSpec::Boot { times: 1 }).unwrap();
-    let from_passive = tmp.path().join("from-passive.img");
+    let from_passive = dir.join("from-passive.img");
     std::fs::copy(run.disk(), &from_passive).unwrap();
 
     let mut cases = 0;

@@ -135,3 +135,17 @@ pub fn boot(dir: &Path, disk: &Path, name: &str) -> Booted {
         init,
     }
 }
+
+/// A fresh work directory under target/test-runs/: unlike a temp dir it survives a failing
+/// test, so the console logs and disks named in the failure are there to read. Tests
+/// remove it when they pass.
+pub fn run_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-runs")
+        .join(name);
+    if d.exists() {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
