@@ -48,6 +48,8 @@ pub enum UpgradeError {
     Sys(#[from] crate::agent::sys::SysError),
     #[error(transparent)]
     Mark(#[from] crate::agent::health::MarkError),
+    #[error("failed to resolve an interrupted rollback")]
+    Rollback(#[from] Box<crate::rollback::RollbackError>),
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -284,6 +286,8 @@ impl DiskUpgrade {
         pull_opts: &PullOptions,
     ) -> Result<Self, UpgradeError> {
         let started = Instant::now();
+        // Never rotate names a cut-off rollback left half swapped.
+        crate::rollback::resume_interrupted(state).map_err(Box::new)?;
         let (env, mut model) = crate::agent::health::read_model(state)?;
         model.running = Some(from_slot);
         std::fs::create_dir_all(work_parent).map_err(io("create", work_parent))?;

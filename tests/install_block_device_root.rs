@@ -78,7 +78,7 @@ fn install_onto_a_loop_block_device_root() {
     for p in table
         .partitions
         .iter()
-        .filter(|p| p.name.starts_with("COS_"))
+        .filter(|p| p.name.starts_with("COS_") && p.name != "COS_GRUB")
     {
         let o = Command::new("e2fsck")
             .arg("-fn")
@@ -92,6 +92,24 @@ fn install_onto_a_loop_block_device_root() {
             String::from_utf8_lossy(&o.stdout)
         );
     }
+    // The EFI system partition is FAT, with GRUB at the removable-media path.
+    let esp = table
+        .partitions
+        .iter()
+        .find(|p| p.name == "COS_GRUB")
+        .unwrap();
+    let o = Command::new("mdir")
+        .arg("-i")
+        .arg(format!("{}@@{}", backing.display(), esp.offset_bytes()))
+        .arg("::/EFI/BOOT")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("BOOTX64"),
+        "ESP: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let status = bootyard_json(&["status", "--disk", &backing.display().to_string()]);
     assert_eq!(status["slots"]["active"]["version"], "b1");
     assert_eq!(status["slots"]["active"]["health"]["state"], "good");

@@ -32,6 +32,9 @@ pub fn run(a: RollbackArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
+        if let Some(how) = r.resumed {
+            println!("an interrupted rollback was found: {how:?}");
+        }
         println!(
             "rolled back: {} boots next; {} is passive",
             r.active_version.as_deref().unwrap_or("?"),

@@ -108,13 +108,21 @@ pub fn run_cmd(cmd: ScenarioCommand) -> anyhow::Result<()> {
         let r = run(&file, &opts)?;
         if !a.json {
             for b in &r.boots {
+                let complete = b
+                    .phases
+                    .iter()
+                    .find(|p| p.name == "boot-complete")
+                    .map(|p| format!(", boot-complete at {} ms", p.at_ms))
+                    .unwrap_or_default();
                 eprintln!(
-                    "boot {:>2} {:<20} {}:{} -> {:?} in {} ms",
+                    "boot {:>2} {:<20} {}:{} -> {} in {} ms{complete}",
                     b.n,
                     b.purpose,
                     b.slot.as_deref().unwrap_or("?"),
                     b.version.as_deref().unwrap_or("?"),
-                    b.outcome,
+                    b.outcome
+                        .map(|o| format!("{o:?}").to_lowercase())
+                        .unwrap_or_else(|| "no outcome".into()),
                     b.ms
                 );
             }
