@@ -280,6 +280,19 @@ fn copy_with_libs(bin: &Path, root: &Path) -> Result<(), TestImageError> {
     Ok(())
 }
 
+/// `Breakage::Hang`: /sbin/init says so and never gets anywhere.
+fn hanging_init(root: &Path) -> Result<(), TestImageError> {
+    let init = root.join("sbin/init");
+    if init.symlink_metadata().is_ok() {
+        std::fs::remove_file(&init).map_err(tio("remove", &init))?;
+    }
+    write(
+        &init,
+        0o755,
+        "#!/bin/sh\necho 'BOOTYARD-TEST init hangs (deliberately broken image)'\nwhile :; do sleep 3600; done\n",
+    )
+}
+
 fn write(path: &Path, mode: u32, text: &str) -> Result<(), TestImageError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(path.parent().expect("has parent")).map_err(tio("create", path))?;
@@ -430,13 +443,7 @@ fn busybox_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageErro
         ),
     )?;
     if spec.breakage == Some(Breakage::Hang) {
-        let init = root.join("sbin/init");
-        std::fs::remove_file(&init).map_err(tio("remove", &init))?;
-        write(
-            &init,
-            0o755,
-            "#!/bin/sh\necho 'BOOTYARD-TEST init hangs (deliberately broken image)'\nwhile :; do sleep 3600; done\n",
-        )?;
+        hanging_init(root)?;
     }
     release_files(root, spec, "busybox")
 }
@@ -572,15 +579,7 @@ fn debian_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageError
     )?;
     enable(root, "bootyard-test-hook.service", "multi-user.target")?;
     if spec.breakage == Some(Breakage::Hang) {
-        let init = root.join("sbin/init");
-        if init.symlink_metadata().is_ok() {
-            std::fs::remove_file(&init).map_err(tio("remove", &init))?;
-        }
-        write(
-            &init,
-            0o755,
-            "#!/bin/sh\necho 'BOOTYARD-TEST init hangs (deliberately broken image)'\nwhile :; do sleep 3600; done\n",
-        )?;
+        hanging_init(root)?;
     }
     release_files(root, spec, "debian")
 }

@@ -212,24 +212,13 @@ impl DiskUpgrade {
         pull_opts: &PullOptions,
     ) -> Result<Self, UpgradeError> {
         let started = Instant::now();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(disk)
-            .map_err(io("open", disk))?;
-        let table = gpt::read(&file)?;
-        let state = table
-            .partitions
-            .iter()
-            .find(|p| p.name == "COS_STATE")
-            .ok_or_else(|| UpgradeError::NoStatePartition(disk.to_path_buf()))?;
-        let fs = StateFs {
-            disk: disk.to_path_buf(),
-            offset: state.offset_bytes(),
-        };
-        let env_at = fs.block_offset("/grub2/grubenv")?;
-        let env = read_env_at(&file, env_at, disk)?;
-        let mut model = grubcfg::env_to_model(&env)?;
+        let OpenDisk {
+            file,
+            fs,
+            env_at,
+            env,
+            mut model,
+        } = open_disk(disk, true)?;
         // Offline, the node "runs" from where it last booted (never booted: active).
         let from_slot = model
             .last_boot
@@ -532,7 +521,25 @@ impl DiskUpgrade {
 
 /// The boot model a disk image's grubenv holds, read from the host.
 pub fn read_disk_model(disk: &Path) -> Result<crate::boot::assessment::BootModel, UpgradeError> {
-    let file = std::fs::File::open(disk).map_err(io("open", disk))?;
+    Ok(open_disk(disk, false)?.model)
+}
+
+/// An installed disk image, opened: its COS_STATE, where grubenv's block is, grubenv, and
+/// the model it holds (including whether `active.img` is there at all).
+struct OpenDisk {
+    file: std::fs::File,
+    fs: StateFs,
+    env_at: u64,
+    env: GrubEnv,
+    model: crate::boot::assessment::BootModel,
+}
+
+fn open_disk(disk: &Path, write: bool) -> Result<OpenDisk, UpgradeError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(disk)
+        .map_err(io("open", disk))?;
     let table = gpt::read(&file)?;
     let state = table
         .partitions
@@ -544,9 +551,16 @@ pub fn read_disk_model(disk: &Path) -> Result<crate::boot::assessment::BootModel
         offset: state.offset_bytes(),
     };
     let env_at = fs.block_offset("/grub2/grubenv")?;
-    let mut model = grubcfg::env_to_model(&read_env_at(&file, env_at, disk)?)?;
+    let env = read_env_at(&file, env_at, disk)?;
+    let mut model = grubcfg::env_to_model(&env)?;
     model.active_missing = !fs.exists("/cOS/active.img");
-    Ok(model)
+    Ok(OpenDisk {
+        file,
+        fs,
+        env_at,
+        env,
+        model,
+    })
 }
 
 fn read_env_at(file: &std::fs::File, at: u64, disk: &Path) -> Result<GrubEnv, UpgradeError> {

@@ -5,13 +5,11 @@
 #[path = "support/boot.rs"]
 mod support;
 
-use bootyard::scenario::{Run, RunOptions, OVMF};
-use bootyard::testimage::Flavor;
-use bootyard::testkit::{require_guest_agent, require_tool};
+use bootyard::scenario::{Run, OVMF};
+use bootyard::testkit::require_tool;
 use bootyard_scenarios::file::{StepSpec, UpgradeFrom};
-use bootyard_scenarios::qemu::Accel;
 use bootyard_scenarios::ScenarioFile;
-use support::{asset_cache, boot_tools, run_dir};
+use support::{run_dir, scenario_options};
 
 const SCENARIO: &str = r#"
 schema = 1
@@ -47,10 +45,7 @@ marker = "BOOTYARD-BOOT-COMPLETE"
 #[test]
 fn qemu_efi_install_boot_and_node_upgrade() {
     let test = "qemu_efi_install_boot_and_node_upgrade";
-    if !boot_tools(test)
-        || !require_tool(test, "mkfs.fat", "dosfstools")
-        || !require_tool(test, "mcopy", "mtools")
-    {
+    if !require_tool(test, "mkfs.fat", "dosfstools") || !require_tool(test, "mcopy", "mtools") {
         return;
     }
     if !std::path::Path::new(OVMF).exists() {
@@ -61,18 +56,11 @@ fn qemu_efi_install_boot_and_node_upgrade() {
         eprintln!("SKIPPED {test}: {OVMF} missing (apt-get install ovmf)");
         return;
     }
-    let Some(agent) = require_guest_agent(test) else {
+    let dir = run_dir("efi-upgrade");
+    let Some(opts) = scenario_options(test, &dir) else {
         return;
     };
-    let dir = run_dir("efi-upgrade");
     let file = ScenarioFile::parse(SCENARIO, "efi-upgrade").unwrap();
-    let opts = RunOptions {
-        flavor: Flavor::Busybox,
-        workdir: dir.join("run"),
-        agent,
-        cache: asset_cache(),
-        accel: Accel::Tcg,
-    };
     let mut run = Run::start(&file, &opts).unwrap();
     for step in [
         StepSpec::Install { image: "v1".into() },

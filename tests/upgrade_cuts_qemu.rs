@@ -6,33 +6,13 @@
 #[path = "support/boot.rs"]
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 
 use bootyard::disk::gpt;
 use bootyard::image::pull::PullOptions;
 use bootyard::image::Source;
 use bootyard::upgrade::DiskUpgrade;
-use support::{boot, boot_tools, bootyard_json, Images};
-
-fn fsck_clean(disk: &Path, partition: &str) {
-    let table = gpt::read(&std::fs::File::open(disk).unwrap()).unwrap();
-    let p = table
-        .partitions
-        .iter()
-        .find(|p| p.name == partition)
-        .unwrap();
-    let o = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(format!("{}?offset={}", disk.display(), p.offset_bytes()))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "e2fsck {partition}: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
+use support::{boot, boot_tools, bootyard_json, fsck_clean, Images};
 
 #[test]
 fn qemu_every_upgrade_cut_point_boots_a_good_slot() {
@@ -123,8 +103,8 @@ fn qemu_every_upgrade_cut_point_boots_a_good_slot() {
                 init.text
             );
         }
-        fsck_clean(&disk, "COS_STATE");
-        fsck_clean(&disk, "COS_PERSISTENT");
+        fsck_clean(&disk, "COS_STATE", &format!("cut after {after}"));
+        fsck_clean(&disk, "COS_PERSISTENT", &format!("cut after {after}"));
         let marker = Command::new("debugfs")
             .arg("-R")
             .arg("cat /marker")

@@ -11,17 +11,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use bootyard::boot::assessment::Health;
-use bootyard::disk::gpt;
-use bootyard::scenario::{Run, RunOptions};
-use bootyard::testimage::Flavor;
-use bootyard::testkit::{require_guest_agent, require_root};
+use bootyard::scenario::Run;
+use bootyard::testkit::require_root;
 use bootyard_scenarios::file::{StepSpec, UpgradeFrom};
-use bootyard_scenarios::qemu::Accel;
 use bootyard_scenarios::ScenarioFile;
-use support::{asset_cache, boot_tools, run_dir};
+use support::{fsck_clean, run_dir, scenario_options};
 
 const SCENARIO: &str = r#"
 schema = 1
@@ -52,25 +48,6 @@ marker = "BOOTYARD-BOOT-COMPLETE"
 const CANARY: &str = "echo bootyard-canary > /run/cos/persistent/canary && sync";
 /// Checks the canary, then leaves both partitions clean for e2fsck on the host.
 const CHECK: &str = "test \"$(cat /run/cos/persistent/canary)\" = bootyard-canary || exit 3\numount /run/cos/persistent || exit 4\nmount -o remount,ro /run/cos/state || exit 5\n";
-
-fn fsck_clean(disk: &Path, partition: &str, case: &str) {
-    let table = gpt::read(&std::fs::File::open(disk).unwrap()).unwrap();
-    let p = table
-        .partitions
-        .iter()
-        .find(|p| p.name == partition)
-        .unwrap();
-    let o = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(format!("{}?offset={}", disk.display(), p.offset_bytes()))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{case}: e2fsck {partition}: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
 
 fn cut_and_recover(run: &mut Run, pristine: &Path, cut: &str, case: &str) {
     std::fs::copy(pristine, run.disk()).unwrap();
@@ -126,21 +103,14 @@ fn cut_and_recover(run: &mut Run, pristine: &Path, cut: &str, case: &str) {
 #[test]
 fn qemu_power_cut_at_every_upgrade_step_boots_a_good_slot() {
     let test = "qemu_power_cut_at_every_upgrade_step_boots_a_good_slot";
-    if !boot_tools(test) || !require_root(test) {
+    if !require_root(test) {
         return;
     }
-    let Some(agent) = require_guest_agent(test) else {
+    let dir = run_dir("upgrade-power-cut");
+    let Some(opts) = scenario_options(test, &dir) else {
         return;
     };
-    let dir = run_dir("upgrade-power-cut");
     let file = ScenarioFile::parse(SCENARIO, "upgrade-power-cut").unwrap();
-    let opts = RunOptions {
-        flavor: Flavor::Busybox,
-        workdir: dir.join("run"),
-        agent,
-        cache: asset_cache(),
-        accel: Accel::Tcg,
-    };
     let mut run = Run::start(&file, &opts).unwrap();
 
     // From the active slot: v1 installed and good.

@@ -16,10 +16,9 @@ use crate::disk::gpt::{Gpt, Guid, SECTOR};
 /// Where Debian's grub-pc-bin puts the i386-pc platform files.
 pub const I386_PC_DIR: &str = "/usr/lib/grub/i386-pc";
 
-/// Modules core.img carries so it can find COS_STATE, read ext4, loop-mount slot images,
-/// keep an environment block and boot Linux, talking on the serial console.
-pub const CORE_MODULES: &[&str] = &[
-    "biosdisk",
+/// Modules both GRUB images carry so they can find COS_STATE, read ext4, loop-mount slot
+/// images, keep an environment block and boot Linux, talking on the serial console.
+const COMMON_MODULES: &[&str] = &[
     "part_gpt",
     "ext2",
     "search",
@@ -40,35 +39,20 @@ pub const CORE_MODULES: &[&str] = &[
     "cat",
     "true",
 ];
+
+/// core.img's modules: the common set and BIOS disk access.
+pub fn core_modules() -> Vec<&'static str> {
+    [&["biosdisk"], COMMON_MODULES].concat()
+}
+
+/// BOOTX64.EFI's modules: the common set (EFI disk access is built in), FAT for the ESP, and
+/// the EFI framebuffer for kernels that want one.
+pub fn efi_modules() -> Vec<&'static str> {
+    [COMMON_MODULES, &["fat", "efi_gop"]].concat()
+}
 
 /// Where Debian's grub-efi-amd64-bin puts the x86_64-efi platform files.
 pub const X86_64_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
-
-/// The EFI image's modules: the BIOS set with EFI's disk access instead of the BIOS one,
-/// FAT for the ESP, and the EFI framebuffer for kernels that want one.
-pub const EFI_MODULES: &[&str] = &[
-    "part_gpt",
-    "ext2",
-    "fat",
-    "search",
-    "search_label",
-    "search_fs_file",
-    "normal",
-    "configfile",
-    "loopback",
-    "linux",
-    "loadenv",
-    "test",
-    "echo",
-    "serial",
-    "terminal",
-    "halt",
-    "reboot",
-    "sleep",
-    "cat",
-    "true",
-    "efi_gop",
-];
 
 /// The ESP's filesystem label, as Kairos names it.
 pub const ESP_LABEL: &str = "COS_GRUB";
@@ -117,7 +101,7 @@ pub fn build_core_image(
             .arg(&cfg)
             .arg("-o")
             .arg(&out)
-            .args(CORE_MODULES),
+            .args(core_modules()),
         "grub-pc-bin",
     )?;
     std::fs::read(&out).map_err(io("read", &out))
@@ -142,7 +126,7 @@ pub fn build_efi_image(
             .arg(&cfg)
             .arg("-o")
             .arg(&out)
-            .args(EFI_MODULES),
+            .args(efi_modules()),
         "grub-efi-amd64-bin",
     )?;
     std::fs::read(&out).map_err(io("read", &out))

@@ -149,3 +149,39 @@ pub fn run_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// e2fsck -fn on one partition of a disk image must find nothing to fix.
+pub fn fsck_clean(disk: &Path, partition: &str, context: &str) {
+    let table = bootyard::disk::gpt::read(&std::fs::File::open(disk).unwrap()).unwrap();
+    let p = table
+        .partitions
+        .iter()
+        .find(|p| p.name == partition)
+        .unwrap();
+    let o = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(format!("{}?offset={}", disk.display(), p.offset_bytes()))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{context}: e2fsck {partition}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+/// Options for a scenario run of the busybox flavor under TCG in `dir`, or `None` (after
+/// saying why) when QEMU's tools or the static guest agent are missing here.
+pub fn scenario_options(test: &str, dir: &Path) -> Option<bootyard::scenario::RunOptions> {
+    if !boot_tools(test) {
+        return None;
+    }
+    let agent = bootyard::testkit::require_guest_agent(test)?;
+    Some(bootyard::scenario::RunOptions {
+        flavor: bootyard::testimage::Flavor::Busybox,
+        workdir: dir.join("run"),
+        agent,
+        cache: asset_cache(),
+        accel: bootyard_scenarios::qemu::Accel::Tcg,
+    })
+}
