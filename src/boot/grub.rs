@@ -81,55 +81,78 @@ pub enum GrubError {
     },
 }
 
-/// Builds core.img with `early_cfg` embedded (it runs before any filesystem is read) and
-/// `prefix` as where GRUB looks for its modules and grub.cfg.
+/// A GRUB platform image grub-mkimage can build.
+struct Platform {
+    format: &'static str,
+    dir: &'static str,
+    package: &'static str,
+    out: &'static str,
+}
+
+/// Runs grub-mkimage for `platform` with `early_cfg` embedded (it runs before any
+/// filesystem is read) and `prefix` as where GRUB looks for its modules and grub.cfg.
+fn mkimage(
+    workdir: &Path,
+    platform: &Platform,
+    modules: &[&str],
+    prefix: &str,
+    early_cfg: &str,
+) -> Result<Vec<u8>, GrubError> {
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GrubError::Io { op, path, source }
+    };
+    let cfg = workdir.join(format!("{}.cfg", platform.out));
+    std::fs::write(&cfg, early_cfg).map_err(io("write", &cfg))?;
+    let out = workdir.join(platform.out);
+    crate::tool::run(
+        Command::new("grub-mkimage")
+            .args([
+                "-O",
+                platform.format,
+                "-d",
+                platform.dir,
+                "-p",
+                prefix,
+                "-c",
+            ])
+            .arg(&cfg)
+            .arg("-o")
+            .arg(&out)
+            .args(modules),
+        platform.package,
+    )?;
+    std::fs::read(&out).map_err(io("read", &out))
+}
+
+/// core.img for BIOS.
 pub fn build_core_image(
     workdir: &Path,
     prefix: &str,
     early_cfg: &str,
 ) -> Result<Vec<u8>, GrubError> {
-    let io = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| GrubError::Io { op, path, source }
+    let platform = Platform {
+        format: "i386-pc",
+        dir: I386_PC_DIR,
+        package: "grub-pc-bin",
+        out: "core.img",
     };
-    let cfg = workdir.join("early.cfg");
-    std::fs::write(&cfg, early_cfg).map_err(io("write", &cfg))?;
-    let out = workdir.join("core.img");
-    crate::tool::run(
-        Command::new("grub-mkimage")
-            .args(["-O", "i386-pc", "-d", I386_PC_DIR, "-p", prefix, "-c"])
-            .arg(&cfg)
-            .arg("-o")
-            .arg(&out)
-            .args(core_modules()),
-        "grub-pc-bin",
-    )?;
-    std::fs::read(&out).map_err(io("read", &out))
+    mkimage(workdir, &platform, &core_modules(), prefix, early_cfg)
 }
 
-/// Builds `BOOTX64.EFI` with `early_cfg` embedded and `prefix` for modules and grub.cfg.
+/// `BOOTX64.EFI` for EFI.
 pub fn build_efi_image(
     workdir: &Path,
     prefix: &str,
     early_cfg: &str,
 ) -> Result<Vec<u8>, GrubError> {
-    let io = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| GrubError::Io { op, path, source }
+    let platform = Platform {
+        format: "x86_64-efi",
+        dir: X86_64_EFI_DIR,
+        package: "grub-efi-amd64-bin",
+        out: "BOOTX64.EFI",
     };
-    let cfg = workdir.join("early-efi.cfg");
-    std::fs::write(&cfg, early_cfg).map_err(io("write", &cfg))?;
-    let out = workdir.join("BOOTX64.EFI");
-    crate::tool::run(
-        Command::new("grub-mkimage")
-            .args(["-O", "x86_64-efi", "-d", X86_64_EFI_DIR, "-p", prefix, "-c"])
-            .arg(&cfg)
-            .arg("-o")
-            .arg(&out)
-            .args(efi_modules()),
-        "grub-efi-amd64-bin",
-    )?;
-    std::fs::read(&out).map_err(io("read", &out))
+    mkimage(workdir, &platform, &efi_modules(), prefix, early_cfg)
 }
 
 /// A FAT32 EFI system partition image of `size_bytes` holding `EFI/BOOT/BOOTX64.EFI`.
