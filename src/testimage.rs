@@ -424,11 +424,13 @@ fn busybox_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageErro
              echo \"BOOTYARD-USERSPACE version={v} flavor=busybox\"\n"
         ),
     )?;
-    // Assessment runs to its end before the hook, so a harness's command sees a proven boot.
+    // Assessment runs to its end before the hook, so a harness's command sees a proven boot;
+    // an image that never proves itself runs neither (nothing powers it off: the watchdog
+    // must end the boot).
     let assess = if spec.breakage == Some(Breakage::NeverGood) {
-        "# deliberately broken: never runs its boot assessment\n"
+        "# deliberately broken: never runs its boot assessment (nor the test hook)\n"
     } else {
-        "::wait:/usr/bin/bootyard boot-assess\n"
+        "::wait:/usr/bin/bootyard boot-assess\n::once:/usr/libexec/bootyard-test-hook\n"
     };
     write(
         &root.join("usr/libexec/bootyard-test-hook"),
@@ -439,7 +441,7 @@ fn busybox_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageErro
         &root.join("etc/inittab"),
         0o644,
         &format!(
-            "::sysinit:/etc/init.d/rcS\n{assess}::once:/usr/libexec/bootyard-test-hook\n::ctrlaltdel:/sbin/reboot\n::shutdown:/bin/sync\n::shutdown:/bin/umount -a -r\n"
+            "::sysinit:/etc/init.d/rcS\n{assess}::ctrlaltdel:/sbin/reboot\n::shutdown:/bin/sync\n::shutdown:/bin/umount -a -r\n"
         ),
     )?;
     if spec.breakage == Some(Breakage::Hang) {
@@ -577,7 +579,9 @@ fn debian_rootfs(spec: &TestImageSpec, root: &Path) -> Result<(), TestImageError
         0o644,
         "[Unit]\nDescription=bootyard test hook (test images only)\nAfter=bootyard-boot-assess.service systemd-networkd.service\n\n[Service]\nType=oneshot\nExecStart=/usr/libexec/bootyard-test-hook\n\n[Install]\nWantedBy=multi-user.target\n",
     )?;
-    enable(root, "bootyard-test-hook.service", "multi-user.target")?;
+    if spec.breakage != Some(Breakage::NeverGood) {
+        enable(root, "bootyard-test-hook.service", "multi-user.target")?;
+    }
     if spec.breakage == Some(Breakage::Hang) {
         hanging_init(root)?;
     }

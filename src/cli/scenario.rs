@@ -121,7 +121,8 @@ pub fn run_cmd(cmd: ScenarioCommand) -> anyhow::Result<()> {
                     b.slot.as_deref().unwrap_or("?"),
                     b.version.as_deref().unwrap_or("?"),
                     b.outcome
-                        .map(|o| format!("{o:?}").to_lowercase())
+                        .and_then(|o| serde_json::to_value(o).ok())
+                        .and_then(|v| v.as_str().map(String::from))
                         .unwrap_or_else(|| "no outcome".into()),
                     b.ms
                 );
