@@ -13,6 +13,7 @@ pub mod disk;
 pub mod image;
 pub mod install;
 pub mod localreg;
+pub mod mesh;
 pub mod rollback;
 pub mod scenario;
 pub mod testimage;

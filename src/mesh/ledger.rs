@@ -1,0 +1,416 @@
+//! The ledger: a replicated map every node of a mesh converges on. Each entry is written and
+//! signed (ed25519) by its owner and lives under `(owner, key)`, so only the owner can write
+//! it: an entry whose signature does not check out is refused, whoever relays it. Merging
+//! is a join on a per-entry order (higher version wins; equal versions, which only an
+//! equivocating owner produces, are decided by the larger digest), so it is commutative,
+//! associative and idempotent: replicas that have seen the same entries hold the same map,
+//! whatever the order. Deletion is a tombstone (an entry with no value) that wins like any
+//! newer version. Replicas compare [`Ledger::head`] and exchange what the other lacks
+//! ([`Ledger::versions`], [`Ledger::newer_than`]): anti-entropy.
+//!
+//! Pure: no clock, no IO. Signature checks go through a [`Verifier`], so a simulator can
+//! memoize the same check across thousands of simulated nodes (the check still happens).
+
+use std::collections::{BTreeMap, HashMap};
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+pub type PeerKey = [u8; 32];
+
+/// Longest key accepted.
+pub const KEY_BYTES_MAX: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub owner: PeerKey,
+    pub key: String,
+    pub version: u64,
+    /// `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    #[serde(with = "sig_bytes")]
+    pub sig: [u8; 64],
+}
+
+mod sig_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(sig))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let s = String::deserialize(d)?;
+        let v = hex::decode(&s).map_err(serde::de::Error::custom)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("a signature is 64 bytes"))
+    }
+}
+
+fn signed_bytes(owner: &PeerKey, key: &str, version: u64, value: Option<&[u8]>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64 + key.len() + value.map_or(0, <[u8]>::len));
+    b.extend_from_slice(b"bootyard/ledger/v1");
+    b.extend_from_slice(owner);
+    b.extend_from_slice(&(key.len() as u64).to_be_bytes());
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(&version.to_be_bytes());
+    match value {
+        None => b.push(0),
+        Some(v) => {
+            b.push(1);
+            b.extend_from_slice(&(v.len() as u64).to_be_bytes());
+            b.extend_from_slice(v);
+        }
+    }
+    b
+}
+
+impl Entry {
+    /// A new entry (or tombstone, with `value: None`) signed by `signer`.
+    pub fn signed(signer: &SigningKey, key: &str, version: u64, value: Option<Vec<u8>>) -> Self {
+        let owner = signer.verifying_key().to_bytes();
+        let sig = signer
+            .sign(&signed_bytes(&owner, key, version, value.as_deref()))
+            .to_bytes();
+        Self {
+            owner,
+            key: key.to_string(),
+            version,
+            value,
+            sig,
+        }
+    }
+
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        signed_bytes(&self.owner, &self.key, self.version, self.value.as_deref())
+    }
+
+    /// Orders two entries for the same `(owner, key)`: the larger wins a merge.
+    fn rank(&self) -> (u64, [u8; 32]) {
+        (
+            self.version,
+            Sha256::digest([self.signed_bytes().as_slice(), &self.sig].concat()).into(),
+        )
+    }
+}
+
+/// Checks signatures. Implementations may remember results; they may not skip the check.
+pub trait Verifier {
+    fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool;
+}
+
+/// Checks every signature.
+#[derive(Debug, Default)]
+pub struct Ed25519;
+
+impl Verifier for Ed25519 {
+    fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool {
+        let Ok(key) = VerifyingKey::from_bytes(owner) else {
+            return false;
+        };
+        key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig))
+            .is_ok()
+    }
+}
+
+/// Remembers each (owner, message, signature) verdict: the simulator shares one across
+/// simulated nodes, which all check the same entries.
+#[derive(Debug, Default)]
+pub struct MemoVerifier {
+    seen: HashMap<[u8; 32], bool>,
+    pub checks: u64,
+    pub hits: u64,
+}
+
+impl Verifier for MemoVerifier {
+    fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool {
+        let mut h = Sha256::new();
+        h.update(owner);
+        h.update(sig);
+        h.update(msg);
+        let id: [u8; 32] = h.finalize().into();
+        if let Some(v) = self.seen.get(&id) {
+            self.hits += 1;
+            return *v;
+        }
+        self.checks += 1;
+        let v = Ed25519.verify(owner, msg, sig);
+        self.seen.insert(id, v);
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Applied {
+    /// The entry is new or newer: the map changed.
+    Changed,
+    /// The ledger already had it or something newer.
+    Stale,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("entry {key:?} is not signed by its owner")]
+    BadSignature { key: String },
+    #[error("entry key is {0} bytes; at most {KEY_BYTES_MAX}")]
+    KeyTooLong(usize),
+    #[error("entry {key:?} carries {bytes} bytes; at most {max}")]
+    ValueTooLarge {
+        key: String,
+        bytes: usize,
+        max: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ledger {
+    entries: BTreeMap<(PeerKey, String), Entry>,
+    value_bytes_max: usize,
+}
+
+impl Ledger {
+    /// An empty ledger refusing values over `value_bytes_max` (the token's max_message_size).
+    pub fn new(value_bytes_max: usize) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            value_bytes_max,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The live value under `(owner, key)`; tombstoned or unknown entries have none.
+    pub fn get(&self, owner: &PeerKey, key: &str) -> Option<&[u8]> {
+        self.entries
+            .get(&(*owner, key.to_string()))
+            .and_then(|e| e.value.as_deref())
+    }
+
+    pub fn entry(&self, owner: &PeerKey, key: &str) -> Option<&Entry> {
+        self.entries.get(&(*owner, key.to_string()))
+    }
+
+    /// Live entries, in (owner, key) order.
+    pub fn live(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values().filter(|e| e.value.is_some())
+    }
+
+    /// Checks and merges one entry.
+    pub fn apply(&mut self, e: Entry, v: &mut dyn Verifier) -> Result<Applied, LedgerError> {
+        if e.key.len() > KEY_BYTES_MAX {
+            return Err(LedgerError::KeyTooLong(e.key.len()));
+        }
+        if let Some(bytes) = e.value.as_ref().map(Vec::len) {
+            if bytes > self.value_bytes_max {
+                return Err(LedgerError::ValueTooLarge {
+                    key: e.key,
+                    bytes,
+                    max: self.value_bytes_max,
+                });
+            }
+        }
+        let id = (e.owner, e.key.clone());
+        if let Some(have) = self.entries.get(&id) {
+            if have.rank() >= e.rank() {
+                return Ok(Applied::Stale);
+            }
+        }
+        if !v.verify(&e.owner, &e.signed_bytes(), &e.sig) {
+            return Err(LedgerError::BadSignature { key: e.key });
+        }
+        self.entries.insert(id, e);
+        Ok(Applied::Changed)
+    }
+
+    /// Merges everything `other` holds (already verified there, verified again here).
+    pub fn merge(&mut self, other: &Ledger, v: &mut dyn Verifier) -> usize {
+        other
+            .entries
+            .values()
+            .filter(|e| matches!(self.apply((*e).clone(), v), Ok(Applied::Changed)))
+            .count()
+    }
+
+    /// A digest of the whole map: equal heads, equal ledgers.
+    pub fn head(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for e in self.entries.values() {
+            h.update(e.rank().1);
+        }
+        h.finalize().into()
+    }
+
+    /// What this replica holds (each entry's version and digest), for a peer to answer
+    /// with what ranks higher.
+    pub fn versions(&self) -> Vec<Version> {
+        self.entries
+            .values()
+            .map(|e| {
+                let (version, digest) = e.rank();
+                Version {
+                    owner: e.owner,
+                    key: e.key.clone(),
+                    version,
+                    digest,
+                }
+            })
+            .collect()
+    }
+
+    /// Entries that rank above what `theirs` holds, or that they lack. An equivocating
+    /// owner's two entries with one version differ in digest, so they are sent too.
+    pub fn newer_than(&self, theirs: &[Version]) -> Vec<Entry> {
+        let known: BTreeMap<(&PeerKey, &str), (u64, [u8; 32])> = theirs
+            .iter()
+            .map(|v| ((&v.owner, v.key.as_str()), (v.version, v.digest)))
+            .collect();
+        self.entries
+            .values()
+            .filter(|e| {
+                known
+                    .get(&(&e.owner, e.key.as_str()))
+                    .is_none_or(|theirs| e.rank() > *theirs)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// One line of an anti-entropy summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub owner: PeerKey,
+    pub key: String,
+    pub version: u64,
+    pub digest: [u8; 32],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn signer(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    #[test]
+    fn owners_write_their_own_entries_only() {
+        let (a, b) = (signer(1), signer(2));
+        let mut l = Ledger::new(1024);
+        let mut v = Ed25519;
+        let e = Entry::signed(&a, "role", 1, Some(b"master".to_vec()));
+        assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Changed));
+        assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Stale));
+        // b re-signs a's entry under a's name: refused.
+        let mut forged = Entry::signed(&b, "role", 2, Some(b"worker".to_vec()));
+        forged.owner = a.verifying_key().to_bytes();
+        assert_eq!(
+            l.apply(forged, &mut v),
+            Err(LedgerError::BadSignature { key: "role".into() })
+        );
+        // A tampered value breaks the signature.
+        let mut tampered = Entry::signed(&a, "role", 3, Some(b"master".to_vec()));
+        tampered.value = Some(b"worker".to_vec());
+        assert!(l.apply(tampered, &mut v).is_err());
+        assert_eq!(
+            l.get(&a.verifying_key().to_bytes(), "role"),
+            Some(&b"master"[..])
+        );
+        // A tombstone deletes.
+        let t = Entry::signed(&a, "role", 4, None);
+        assert_eq!(l.apply(t, &mut v), Ok(Applied::Changed));
+        assert_eq!(l.get(&a.verifying_key().to_bytes(), "role"), None);
+        assert_eq!(l.live().count(), 0);
+        let big = Entry::signed(&a, "blob", 5, Some(vec![0; 2048]));
+        assert!(matches!(
+            l.apply(big, &mut v),
+            Err(LedgerError::ValueTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn the_memo_verifier_checks_each_signature_once() {
+        let a = signer(3);
+        let e = Entry::signed(&a, "k", 1, Some(b"v".to_vec()));
+        let mut memo = MemoVerifier::default();
+        for _ in 0..5 {
+            let mut l = Ledger::new(1024);
+            l.apply(e.clone(), &mut memo).unwrap();
+        }
+        assert_eq!((memo.checks, memo.hits), (1, 4));
+    }
+
+    /// Signed entries over 3 owners and 3 keys, with colliding versions and tombstones.
+    fn entries() -> impl Strategy<Value = Vec<Entry>> {
+        let signers: Vec<SigningKey> = (1..=3).map(signer).collect();
+        proptest::collection::vec(
+            (0usize..3, 0usize..3, 0u64..4, proptest::option::of(0u8..4)),
+            0..24,
+        )
+        .prop_map(move |specs| {
+            specs
+                .into_iter()
+                .map(|(o, k, ver, val)| {
+                    Entry::signed(&signers[o], &format!("k{k}"), ver, val.map(|x| vec![x]))
+                })
+                .collect()
+        })
+    }
+
+    fn ledger(es: &[Entry], v: &mut MemoVerifier) -> Ledger {
+        let mut l = Ledger::new(16);
+        for e in es {
+            let _ = l.apply(e.clone(), v);
+        }
+        l
+    }
+
+    fn merged(a: &Ledger, b: &Ledger, v: &mut MemoVerifier) -> Ledger {
+        let mut m = a.clone();
+        m.merge(b, v);
+        m
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative_associative_idempotent(
+            a in entries(), b in entries(), c in entries()
+        ) {
+            let mut v = MemoVerifier::default();
+            let (la, lb, lc) = (ledger(&a, &mut v), ledger(&b, &mut v), ledger(&c, &mut v));
+            prop_assert_eq!(merged(&la, &lb, &mut v), merged(&lb, &la, &mut v));
+            prop_assert_eq!(
+                merged(&merged(&la, &lb, &mut v), &lc, &mut v),
+                merged(&la, &merged(&lb, &lc, &mut v), &mut v)
+            );
+            prop_assert_eq!(merged(&la, &la, &mut v), la.clone());
+            // The order entries arrive in does not matter either.
+            let mut rev = a.clone();
+            rev.reverse();
+            prop_assert_eq!(ledger(&rev, &mut v).head(), la.head());
+        }
+
+        #[test]
+        fn anti_entropy_converges_two_replicas(a in entries(), b in entries()) {
+            let mut v = MemoVerifier::default();
+            let (mut la, mut lb) = (ledger(&a, &mut v), ledger(&b, &mut v));
+            for e in lb.newer_than(&la.versions()) {
+                let _ = la.apply(e, &mut v);
+            }
+            for e in la.newer_than(&lb.versions()) {
+                let _ = lb.apply(e, &mut v);
+            }
+            prop_assert_eq!(la.head(), lb.head());
+            prop_assert_eq!(la, lb);
+        }
+    }
+}
