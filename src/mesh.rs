@@ -3,7 +3,9 @@
 //! deterministic simulator and the libp2p driver both run it.
 //!
 //! - [`token`]: the network token (Kairos format) and what derives from it;
-//! - [`ledger`]: the owner-signed, CRDT-merged map nodes converge on.
+//! - [`ledger`]: the owner-signed, CRDT-merged map nodes converge on;
+//! - [`roles`]: role election (Kairos-compatible mode so far).
 
 pub mod ledger;
+pub mod roles;
 pub mod token;
