@@ -37,6 +37,8 @@ pub enum RollbackError {
     Sys(#[from] SysError),
     #[error("cannot roll back")]
     Assessment(#[from] AssessmentError),
+    #[error("there is no active.img (an upgrade was cut off): upgrade again instead; the node already boots passive")]
+    NoActiveImage,
     #[error("{path} is not a rollback record: {message}")]
     Record { path: PathBuf, message: String },
     #[error("cannot {op} {path}")]
@@ -143,6 +145,9 @@ impl Rollback {
     /// Refuses (nothing good to roll back to) before anything changes.
     pub fn prepare(state: &Path, running: Slot) -> Result<Self, RollbackError> {
         let (env, mut model) = read_model(state)?;
+        if model.active_missing {
+            return Err(RollbackError::NoActiveImage);
+        }
         model.running = Some(running);
         let before = model.clone();
         model.rollback()?;
@@ -239,9 +244,22 @@ pub fn resume_interrupted(state: &Path) -> Result<Option<Resumed>, RollbackError
     let swapped_files = cos.inode("previous.img").is_some()
         && cos.inode("active.img").is_some()
         && cos.inode("active.img") == cos.inode("passive.img");
+    // Compare with the target as grubenv can hold it (a demoted slot's tries are not kept).
+    let mut target_env = GrubEnv::new();
+    crate::boot::grubcfg::model_to_env(&intent.target, &mut target_env).map_err(|e| {
+        RollbackError::Record {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    let target =
+        crate::boot::grubcfg::env_to_model(&target_env).map_err(|e| RollbackError::Record {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
     let done = cos.inode("previous.img").is_none()
-        && now.active == intent.target.active
-        && now.passive == intent.target.passive;
+        && now.active == target.active
+        && now.passive == target.passive;
     let outcome = if swapped_files {
         write_model(state, &mut env, &intent.target)?;
         cos.durable()?;
@@ -361,7 +379,15 @@ mod tests {
 
     #[test]
     fn a_rollback_cut_after_any_step_is_finished_or_undone() {
-        for start in [good_pair(), {
+        let trying = {
+            // Running v1 from passive while v3 still has tries left (rolled back by hand).
+            let mut m = good_pair();
+            m.running = Some(Slot::Active);
+            m.upgrade("v3").unwrap();
+            m.boot();
+            m
+        };
+        for start in [good_pair(), trying, {
             // Running from passive after v2 failed: active is bad.
             let mut m = good_pair();
             m.running = Some(Slot::Active);

@@ -167,6 +167,10 @@ pub enum Step {
     WriteTransition,
     RemoveOldPassive,
     LinkActiveAsPassive,
+    /// grubenv's passive slot becomes the rotated image (good, its version) before
+    /// `active.img` goes: a cut in between boots it under its own name, not an old
+    /// passive's state or version.
+    RecordPassive,
     UnlinkActive,
     RemoveFailedActive,
     ArmCounter,
@@ -198,6 +202,8 @@ pub struct DiskUpgrade {
     target: Target,
     env: GrubEnv,
     model: crate::boot::assessment::BootModel,
+    /// The slots once active is rotated to passive, before the new image is armed.
+    rotated: crate::boot::assessment::BootModel,
     from_slot: Slot,
     rotate: bool,
     version: String,
@@ -310,11 +316,14 @@ impl DiskUpgrade {
         started: Instant,
     ) -> Result<Self, UpgradeError> {
         let rotate = from_slot == Slot::Active;
+        let mut rotated = model.clone();
+        rotated.passive = rotated.active.clone();
         model.upgrade(&version)?;
         Ok(Self {
             target,
             env,
             model,
+            rotated,
             from_slot,
             rotate,
             version,
@@ -330,6 +339,7 @@ impl DiskUpgrade {
             s.extend([
                 Step::RemoveOldPassive,
                 Step::LinkActiveAsPassive,
+                Step::RecordPassive,
                 Step::UnlinkActive,
             ]);
         } else {
@@ -394,8 +404,13 @@ impl DiskUpgrade {
                 fs.step("remove the failed active.img", &["rm /cOS/active.img"])
             }
             // Armed while there is no active.img: a cut before the rename boots passive.
-            Step::ArmCounter => {
-                grubcfg::model_to_env(&self.model, &mut self.env)?;
+            Step::RecordPassive | Step::ArmCounter => {
+                let model = if step == Step::ArmCounter {
+                    &self.model
+                } else {
+                    &self.rotated
+                };
+                grubcfg::model_to_env(model, &mut self.env)?;
                 file.write_all_at(&self.env.to_block()?, *env_at)
                     .map_err(io("write grubenv in", &fs.disk))?;
                 file.sync_all().map_err(io("sync", &fs.disk))
@@ -465,6 +480,9 @@ impl DiskUpgrade {
             Step::LinkActiveAsPassive => link("active.img", "passive.img")?,
             Step::UnlinkActive => remove("active.img")?,
             Step::RemoveFailedActive => remove("active.img")?,
+            Step::RecordPassive => {
+                crate::agent::health::write_model(state, &mut self.env, &self.rotated)?;
+            }
             Step::ArmCounter => {
                 crate::agent::health::write_model(state, &mut self.env, &self.model)?;
             }

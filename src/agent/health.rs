@@ -38,6 +38,12 @@ pub enum MarkError {
     },
     #[error("grubenv read back differently after marking {0} good")]
     ReadBack(Slot),
+    #[error("this boot came up with {booted} from {slot}, which now holds {now}: not marking an image good that never booted")]
+    Rewritten {
+        slot: Slot,
+        booted: String,
+        now: String,
+    },
 }
 
 /// Reads the boot model from grubenv under a mounted COS_STATE.
@@ -89,8 +95,25 @@ pub fn write_model(
 }
 
 /// Marks `slot` good; returns the model after, and the slot's health before.
-pub fn mark_good(state_dir: &Path, slot: Slot) -> Result<(BootModel, Health), MarkError> {
+/// `booted_version` is the version this boot came up with (the stage's record): if the slot
+/// now holds another one (an upgrade or rollback ran during this boot), the image in it has
+/// never booted and must not be called good.
+pub fn mark_good(
+    state_dir: &Path,
+    slot: Slot,
+    booted_version: Option<&str>,
+) -> Result<(BootModel, Health), MarkError> {
     let (mut env, mut model) = read_model(state_dir)?;
+    if let Some(booted) = booted_version {
+        let now = model.slot(slot).version.as_deref();
+        if now != Some(booted) || (slot == Slot::Active && model.active_missing) {
+            return Err(MarkError::Rewritten {
+                slot,
+                booted: booted.to_string(),
+                now: now.unwrap_or("nothing").to_string(),
+            });
+        }
+    }
     model.running = Some(slot);
     let before = model.slot(slot).health;
     model.boot_complete();
@@ -153,46 +176,49 @@ pub fn check_agent(state_dir: &Path, slot: Slot) -> Result<String, String> {
     }
 }
 
-/// Runs one command check with its deadline; a command that overruns is killed.
+/// Runs one command check with its deadline. The check runs in its own process group; when
+/// it overruns, the whole group is killed (children that kept the pipes open included).
 pub fn run_command_check(c: &CommandCheck) -> Result<String, String> {
-    let mut child = std::process::Command::new(&c.command[0])
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new(&c.command[0])
         .args(&c.command[1..])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", c.command[0]))?;
-    let pid = child.id();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let pgid = child.id() as libc::pid_t;
     let (tx, rx) = mpsc::channel();
-    // The waiter owns the child; the deadline is a channel receive, not a poll.
+    // The waiter reads both pipes at once (a full stderr cannot stall it) and reaps the
+    // child; the deadline is a channel receive, not a poll.
     std::thread::spawn(move || {
-        let mut out = String::new();
-        let mut err = String::new();
-        use std::io::Read;
-        if let Some(mut s) = stdout {
-            let _ = s.read_to_string(&mut out);
-        }
-        if let Some(mut s) = stderr {
-            let _ = s.read_to_string(&mut err);
-        }
-        let _ = tx.send((child.wait(), out, err));
+        let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(Duration::from_secs(c.timeout_sec.into())) {
-        Ok((Ok(status), out, _)) if status.success() => Ok(out.trim().to_string()),
-        Ok((Ok(status), out, err)) => Err(format!(
-            "{status}: {}",
-            if err.trim().is_empty() {
-                out.trim()
-            } else {
-                err.trim()
-            }
-        )),
-        Ok((Err(e), _, _)) => Err(format!("cannot wait for {}: {e}", c.command[0])),
+        Ok(Ok(o)) if o.status.success() => {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        }
+        Ok(Ok(o)) => {
+            let (out, err) = (
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+            );
+            Err(format!(
+                "{}: {}",
+                o.status,
+                if err.trim().is_empty() {
+                    out.trim()
+                } else {
+                    err.trim()
+                }
+            ))
+        }
+        Ok(Err(e)) => Err(format!("cannot wait for {}: {e}", c.command[0])),
         Err(_) => {
-            // SAFETY: kill on the pid of a child that has not been reaped (the waiter holds it).
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            // SAFETY: kill(2) on the check's own process group; its leader is not reaped
+            // yet (the waiter holds it), so the group id cannot have been reused.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
             Err(format!("did not finish within {} s", c.timeout_sec))
         }
     }

@@ -134,6 +134,7 @@ pub fn wait_for_label(label: &str, deadline: Duration) -> Result<PathBuf, SysErr
 
 // <linux/loop.h>
 const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LO_FLAGS_READ_ONLY: u32 = 1;
@@ -207,7 +208,13 @@ pub fn loop_attach(image: &Path) -> Result<(PathBuf, File), SysError> {
         info.lo_file_name[..n].copy_from_slice(&name[..n]);
         // SAFETY: LOOP_SET_STATUS64 reads a loop_info64 that lives across the call.
         let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &info) };
-        check(rc, "configure loop device", &dev_path)?;
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            // Not autoclear yet: detach by hand, or the device stays bound.
+            // SAFETY: LOOP_CLR_FD takes no argument.
+            unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD) };
+            return Err(io("configure loop device", &dev_path)(e));
+        }
         return Ok((dev_path, dev));
     }
     Err(io("attach a loop device to", image)(last.unwrap_or_else(
@@ -276,6 +283,16 @@ pub fn durable(dir: &Path) -> Result<(), SysError> {
         }
     }
     Ok(())
+}
+
+/// True when `dir` is on a tmpfs (memory).
+pub fn on_tmpfs(dir: &Path) -> bool {
+    let p = cstr(dir);
+    // SAFETY: statfs fills the struct it is given; all-zero is a valid initial value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a live NUL-terminated path and a struct that outlives the call.
+    let rc = unsafe { libc::statfs(p.as_ptr(), &mut st) };
+    rc == 0 && st.f_type == libc::TMPFS_MAGIC
 }
 
 /// Syncs and reboots at once (no init involved: this is also what pid 1 does when the

@@ -121,7 +121,11 @@ pub fn run(a: BootAssessArgs) -> anyhow::Result<()> {
         }
         bail!("health checks failed: {failed}");
     }
-    let (model, before) = health::mark_good(&a.state_dir, slot)?;
+    let (model, before) = health::mark_good(
+        &a.state_dir,
+        slot,
+        record.as_ref().map(|r| r.version.as_str()),
+    )?;
     if record.as_ref().is_some_and(|r| r.watchdog_sec > 0) {
         sys::watchdog_disarm().context("marked good, but the watchdog could not be stopped")?;
     }

@@ -41,7 +41,13 @@ pub fn run(a: BootCompleteArgs) -> anyhow::Result<()> {
             parse_slot(v).map_err(anyhow::Error::msg)?
         }
     };
-    let (model, before) = crate::agent::health::mark_good(&a.state_dir, slot)?;
+    // On a node booted through the stage, only the version that booted may be called good.
+    let record = crate::agent::health::check_userspace(std::path::Path::new("/"), Some(slot)).ok();
+    let (model, before) = crate::agent::health::mark_good(
+        &a.state_dir,
+        slot,
+        record.as_ref().map(|r| r.version.as_str()),
+    )?;
     println!(
         "{slot} ({}) marked good (was {:?})",
         model.slot(slot).version.as_deref().unwrap_or("?"),

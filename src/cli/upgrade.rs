@@ -45,6 +45,16 @@ pub fn run(a: UpgradeArgs) -> anyhow::Result<()> {
             let work = a
                 .work_dir
                 .unwrap_or_else(|| PathBuf::from(PERSISTENT_DIR).join(".bootyard"));
+            // Slot images do not fit in memory: never unpack onto /run's tmpfs (which is
+            // where the default lands when COS_PERSISTENT is not mounted).
+            std::fs::create_dir_all(&work)
+                .with_context(|| format!("cannot create {}", work.display()))?;
+            if crate::agent::sys::on_tmpfs(&work) {
+                anyhow::bail!(
+                    "{} is in memory (tmpfs): COS_PERSISTENT is not mounted; give --work-dir on a disk",
+                    work.display()
+                );
+            }
             // Blobs are only needed for this upgrade: the cache lives and dies with it.
             let cache = work.join("cache");
             let mut pull = PullOptions::new(cache.clone());
