@@ -6,7 +6,9 @@
 //! the system clock, and has no global state; it does not depend on the bootyard agent.
 
 pub mod kernel;
+pub mod net;
 pub mod rng;
+pub mod swarm;
 pub mod time;
 
 pub use kernel::{Kernel, KernelError};
