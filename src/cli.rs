@@ -11,6 +11,7 @@ pub mod push;
 pub mod rollback;
 pub mod sample;
 pub mod scenario;
+pub mod sim;
 pub mod status;
 pub mod upgrade;
 
@@ -43,6 +44,9 @@ pub enum Command {
     /// Run scenario files against real boots in QEMU
     #[command(subcommand)]
     Scenario(scenario::ScenarioCommand),
+    /// Deterministic mesh simulation: run, replay and sweep scenario files (scenarios/sim/*.toml)
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
     /// Switch this node back to the previous image (the good passive slot boots next)
     Rollback(rollback::RollbackArgs),
     /// Show the A/B slots, their versions and states, and why the last boot went where it did
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::run(a),
         Command::Rollback(a) => rollback::run(a),
         Command::Scenario(c) => scenario::run_cmd(c),
+        Command::Sim(c) => sim::run_cmd(c),
         Command::BootComplete(a) => boot_complete::run(a),
         Command::BootAssess(a) => boot_assess::run(a),
         Command::BuildTestImage(a) => build_test_image::run(a),

@@ -14,6 +14,7 @@ pub mod image;
 pub mod install;
 pub mod localreg;
 pub mod mesh;
+pub mod meshsim;
 pub mod rollback;
 pub mod scenario;
 pub mod testimage;

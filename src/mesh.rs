@@ -4,8 +4,10 @@
 //!
 //! - [`token`]: the network token (Kairos format) and what derives from it;
 //! - [`ledger`]: the owner-signed, CRDT-merged map nodes converge on;
-//! - [`roles`]: role election (Kairos-compatible mode so far).
+//! - [`roles`]: role election, Kairos-compatible mode;
+//! - [`node`]: one node's state machine: discovery, paths, ledger sync, the default election.
 
 pub mod ledger;
+pub mod node;
 pub mod roles;
 pub mod token;

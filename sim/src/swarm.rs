@@ -486,6 +486,10 @@ struct HostState<P> {
     registrations: BTreeMap<u64, Vec<Registration<P>>>,
     autonat_pending: BTreeMap<u64, AutoNatPending>,
     observed: Vec<Addr>,
+    /// For an AutoNAT server: the host it dials back from (another address, so the dial-back
+    /// is a flow the client's NAT has never seen). For that helper: the server it serves.
+    autonat_helper: Option<HostId>,
+    helper_for: Option<HostId>,
 }
 
 impl<P> Default for HostState<P> {
@@ -507,6 +511,8 @@ impl<P> Default for HostState<P> {
             registrations: BTreeMap::new(),
             autonat_pending: BTreeMap::new(),
             observed: Vec::new(),
+            autonat_helper: None,
+            helper_for: None,
         }
     }
 }
@@ -566,6 +572,15 @@ impl<P: Clone + WireSize> Swarm<P> {
         st.rendezvous_server = services.rendezvous;
         st.autonat_server = services.autonat;
         st.dcutr = services.dcutr;
+    }
+
+    /// Makes `helper` (a host on another address, running nothing else) the one `server`
+    /// dials AutoNAT dial-backs from, as AutoNAT v2 asks: a dial-back from the address the
+    /// client already talks to would pass any address-dependent filter and prove nothing.
+    pub fn set_autonat_helper(&mut self, server: HostId, helper: HostId) {
+        self.add_host(helper, Services::default());
+        self.hosts[server.0 as usize].autonat_helper = Some(helper);
+        self.hosts[helper.0 as usize].helper_for = Some(server);
     }
 
     pub fn now(&self) -> Instant {
@@ -1355,8 +1370,9 @@ impl<P: Clone + WireSize> Swarm<P> {
                 self.transmit(h, p, src, Frame::DialBackAck { nonce }, 0)
             }
             Frame::DialBackAck { nonce } => {
-                if let Some(p) = self.hosts[h.0 as usize].autonat_pending.remove(&nonce) {
-                    self.send_on(h, p.conn, Body::AutoNatResp { reachable: true })?;
+                let server = self.hosts[h.0 as usize].helper_for.unwrap_or(h);
+                if let Some(p) = self.hosts[server.0 as usize].autonat_pending.remove(&nonce) {
+                    self.send_on(server, p.conn, Body::AutoNatResp { reachable: true })?;
                 }
                 Ok(())
             }
@@ -1539,7 +1555,8 @@ impl<P: Clone + WireSize> Swarm<P> {
                     },
                 );
                 let p = self.cfg.autonat_port;
-                self.transmit(h, p, addr, Frame::DialBack { to: peer, nonce }, 0)?;
+                let from = self.hosts[h.0 as usize].autonat_helper.unwrap_or(h);
+                self.transmit(from, p, addr, Frame::DialBack { to: peer, nonce }, 0)?;
                 let inc = self.inc(h);
                 self.kernel.schedule_in(
                     self.cfg.autonat_timeout,

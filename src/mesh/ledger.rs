@@ -86,12 +86,9 @@ impl Entry {
         signed_bytes(&self.owner, &self.key, self.version, self.value.as_deref())
     }
 
-    /// Orders two entries for the same `(owner, key)`: the larger wins a merge.
-    fn rank(&self) -> (u64, [u8; 32]) {
-        (
-            self.version,
-            Sha256::digest([self.signed_bytes().as_slice(), &self.sig].concat()).into(),
-        )
+    /// SHA-256 of the signed bytes and the signature: names this exact entry.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest([self.signed_bytes().as_slice(), &self.sig].concat()).into()
     }
 }
 
@@ -166,7 +163,11 @@ pub enum LedgerError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ledger {
-    entries: BTreeMap<(PeerKey, String), Entry>,
+    /// Each entry with its digest, computed once.
+    entries: BTreeMap<(PeerKey, String), (Entry, [u8; 32])>,
+    /// XOR of every entry's digest: the head is a function of the set, kept up to date in
+    /// O(1) per change.
+    xor: [u8; 32],
     value_bytes_max: usize,
 }
 
@@ -175,6 +176,7 @@ impl Ledger {
     pub fn new(value_bytes_max: usize) -> Self {
         Self {
             entries: BTreeMap::new(),
+            xor: [0; 32],
             value_bytes_max,
         }
     }
@@ -191,16 +193,21 @@ impl Ledger {
     pub fn get(&self, owner: &PeerKey, key: &str) -> Option<&[u8]> {
         self.entries
             .get(&(*owner, key.to_string()))
-            .and_then(|e| e.value.as_deref())
+            .and_then(|(e, _)| e.value.as_deref())
     }
 
     pub fn entry(&self, owner: &PeerKey, key: &str) -> Option<&Entry> {
-        self.entries.get(&(*owner, key.to_string()))
+        self.entries.get(&(*owner, key.to_string())).map(|(e, _)| e)
+    }
+
+    /// Every entry (tombstones too), in (owner, key) order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values().map(|(e, _)| e)
     }
 
     /// Live entries, in (owner, key) order.
     pub fn live(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values().filter(|e| e.value.is_some())
+        self.entries().filter(|e| e.value.is_some())
     }
 
     /// Checks and merges one entry.
@@ -218,33 +225,36 @@ impl Ledger {
             }
         }
         let id = (e.owner, e.key.clone());
-        if let Some(have) = self.entries.get(&id) {
-            if have.rank() >= e.rank() {
+        let digest = e.digest();
+        if let Some((have, d)) = self.entries.get(&id) {
+            if (have.version, *d) >= (e.version, digest) {
                 return Ok(Applied::Stale);
             }
         }
         if !v.verify(&e.owner, &e.signed_bytes(), &e.sig) {
             return Err(LedgerError::BadSignature { key: e.key });
         }
-        self.entries.insert(id, e);
+        if let Some((_, old)) = self.entries.insert(id, (e, digest)) {
+            xor_into(&mut self.xor, &old);
+        }
+        xor_into(&mut self.xor, &digest);
         Ok(Applied::Changed)
     }
 
     /// Merges everything `other` holds (already verified there, verified again here).
     pub fn merge(&mut self, other: &Ledger, v: &mut dyn Verifier) -> usize {
         other
-            .entries
-            .values()
+            .entries()
             .filter(|e| matches!(self.apply((*e).clone(), v), Ok(Applied::Changed)))
             .count()
     }
 
-    /// A digest of the whole map: equal heads, equal ledgers.
+    /// A digest of the whole map: equal heads, equal ledgers (a hash over the entry count
+    /// and the XOR of the entries' digests, so it costs O(1)).
     pub fn head(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        for e in self.entries.values() {
-            h.update(e.rank().1);
-        }
+        h.update((self.entries.len() as u64).to_be_bytes());
+        h.update(self.xor);
         h.finalize().into()
     }
 
@@ -253,8 +263,8 @@ impl Ledger {
     pub fn versions(&self) -> Vec<Version> {
         self.entries
             .values()
-            .map(|e| {
-                let (version, digest) = e.rank();
+            .map(|(e, digest)| {
+                let (version, digest) = (e.version, *digest);
                 Version {
                     owner: e.owner,
                     key: e.key.clone(),
@@ -274,13 +284,19 @@ impl Ledger {
             .collect();
         self.entries
             .values()
-            .filter(|e| {
+            .filter(|(e, d)| {
                 known
                     .get(&(&e.owner, e.key.as_str()))
-                    .is_none_or(|theirs| e.rank() > *theirs)
+                    .is_none_or(|theirs| (e.version, *d) > *theirs)
             })
-            .cloned()
+            .map(|(e, _)| e.clone())
             .collect()
+    }
+}
+
+fn xor_into(acc: &mut [u8; 32], d: &[u8; 32]) {
+    for (a, b) in acc.iter_mut().zip(d) {
+        *a ^= b;
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use bootyard_sim::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// FNV-1a, 32 bits.
 pub fn fnv32a(bytes: &[u8]) -> u32 {
@@ -17,7 +17,7 @@ pub fn fnv32a(bytes: &[u8]) -> u32 {
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     ClusterInit,
@@ -25,7 +25,7 @@ pub enum Role {
     Worker,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     pub leader: String,
     pub roles: BTreeMap<String, Role>,

@@ -408,8 +408,18 @@ fn autonat_tells_public_from_private() {
         Mapping::EndpointIndependent,
         Filtering::EndpointIndependent,
     );
+    let restricted = natted(
+        &mut s,
+        Mapping::EndpointIndependent,
+        Filtering::AddressDependent,
+    );
+    let helper = s
+        .net
+        .add_host(RealmId::INTERNET, LinkSpec::default())
+        .unwrap();
+    s.set_autonat_helper(server, helper);
     let sa = s.listen_addr(server);
-    for h in [open, closed, cone] {
+    for h in [open, closed, cone, restricted] {
         s.command(
             h,
             Command::Dial {
@@ -420,7 +430,7 @@ fn autonat_tells_public_from_private() {
         .unwrap();
     }
     run(&mut s, 2);
-    for h in [open, closed, cone] {
+    for h in [open, closed, cone, restricted] {
         s.command(h, Command::AutoNatProbe { server }).unwrap();
     }
     let evs = run(&mut s, 10);
@@ -443,6 +453,14 @@ fn autonat_tells_public_from_private() {
         Event::AutoNat {
             server,
             reachable: true
+        }
+    )));
+    // Address-restricted: the dial-back comes from another address and is filtered.
+    assert!(evs.contains(&(
+        restricted,
+        Event::AutoNat {
+            server,
+            reachable: false
         }
     )));
 }

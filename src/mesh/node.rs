@@ -1,0 +1,1635 @@
+//! One mesh node's coordination logic, sans IO, in the style of quinn-proto: the driver feeds
+//! it what happened (`handle_*(now, ...)`), takes what it wants done (`poll_action`), what
+//! it decided (`poll_event`), and calls [`Node::handle_timeout`] at [`Node::poll_timeout`].
+//! `now` is the node's own clock; all randomness comes from the [`Rng`] it was built with.
+//!
+//! ## What it does
+//! - **Discovery**: dials the bootstrap nodes (rendezvous + relay + AutoNAT servers),
+//!   registers a sealed record under the token's current rendezvous key and discovers others
+//!   there; asks mDNS on the LAN; learns every member's reachability from the ledger.
+//! - **Reachability**: AutoNAT probes through the bootstrap nodes. A node that is not
+//!   reachable reserves a slot on a relay, renews it at 3/4 of its TTL, and picks another
+//!   relay when one refuses or goes away.
+//! - **Paths**: the peers a node wants (all of them in a small mesh; in a large one its two
+//!   successors and predecessors on the ring of ids plus the best by rendezvous hashing, so
+//!   the overlay is connected) are dialed directly when they are public or on the same LAN,
+//!   else through their relay; the side that accepts a relayed connection hole-punches
+//!   (DCUtR); once a direct connection exists the relayed one is closed.
+//! - **Token gate**: every message is sealed (ChaCha20-Poly1305) with the token's sealing key
+//!   for the current window (the previous and next are accepted, for skewed clocks). A peer
+//!   without the token cannot read anything and nothing it sends is accepted; a connection
+//!   whose first message does not open is closed.
+//! - **Ledger**: owner-signed entries merged as a CRDT; new entries are pushed to every
+//!   token peer at once (batched), heads are compared every few seconds, and a differing head
+//!   starts a push-pull exchange of version summaries.
+//! - **Roles**: Kairos-compatible mode, or the default quorum mode (see [`Mode`]).
+//!
+//! ## How it maps to libp2p (for the real driver)
+//! | core | libp2p |
+//! |---|---|
+//! | `Action::Dial` | `Swarm::dial` with `DialOpts::peer_id(..).addresses(..)` (QUIC, port reuse) |
+//! | `Action::DialRelayed` | `Swarm::dial` of `/ip4/../p2p/RELAY/p2p-circuit/p2p/TARGET` |
+//! | `Action::Reserve` | `Swarm::listen_on(/p2p/RELAY/p2p-circuit)`; `relay::client::Event::ReservationReqAccepted` -> `handle_reserved` |
+//! | hole punching | `dcutr::Behaviour` runs by itself; `dcutr::Event` -> `handle_hole_punch` |
+//! | `Action::AutoNatProbe` | `autonat::Behaviour` probes; `autonat::Event::StatusChanged` -> `handle_autonat` |
+//! | `Action::MdnsQuery` | `mdns::tokio::Behaviour` (queries on its own interval); `mdns::Event::Discovered` -> `handle_mdns` |
+//! | `Action::Register` / `Discover` | `rendezvous::client::Behaviour::register` / `discover`; `Event::Discovered` -> `handle_discovered` |
+//! | `Action::Send` | `request_response` (or a raw stream) on protocol `/bootyard/mesh/1`, bytes as given |
+//! | `Action::Close` | `Swarm::close_connection` |
+//! | `handle_connected` / `handle_closed` / `handle_dial_failed` | `SwarmEvent::ConnectionEstablished` (`endpoint` tells relayed from direct; `identify::Event::Received.observed_addr` gives `observed`) / `ConnectionClosed` / `OutgoingConnectionError` |
+//!
+//! Peers are named by [`NetId`], the transport's id (libp2p: the `PeerId`; the simulator:
+//! the host); the ledger names owners by their ed25519 key.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddrV4 as Addr;
+use std::sync::Arc;
+
+use bootyard_sim::{Duration, Instant, Rng};
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::ledger::{Applied, Entry, Ledger, PeerKey, Verifier, Version};
+use super::roles::{fnv32a, kairos_assign, kairos_leader, Assignment, Role};
+use super::token::NetworkToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NetId(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnRef(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PathKind {
+    Direct,
+    Relayed { relay: NetId },
+}
+
+/// How to reach a node: its direct addresses (listen and observed), whether AutoNAT found it
+/// reachable, and the relay it holds a reservation on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Reach {
+    pub direct: Vec<Addr>,
+    pub public: bool,
+    pub relay: Option<(NetId, Addr)>,
+}
+
+/// A bootstrap node: rendezvous server, relay and AutoNAT server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bootstrap {
+    pub net: NetId,
+    pub addr: Addr,
+}
+
+/// How roles are elected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Kairos's algorithm: once `minimum_nodes` are seen, the largest FNV-32a id leads and
+    /// assigns roles at random. Two leaders with different views assign twice (split brain),
+    /// and nothing heals a lost master.
+    Kairos,
+    /// The default. Founding: once `minimum_nodes` members are seen, each votes (a signed
+    /// ledger entry, one per epoch) for the largest FNV-32a id it sees; a candidate with votes
+    /// from a strict majority of the members it names as the electorate writes the cluster
+    /// record (epoch 1: it is the cluster-init master). Later epochs count only the founding
+    /// electorate, so two sides of a partition can never both elect: at most one holds a
+    /// majority. The leader and masters renew leases in the ledger; when the leader's lease
+    /// stops moving, the electorate votes for the best master whose lease is fresh, in a new
+    /// epoch; the leader replaces masters whose leases stop. The highest epoch wins.
+    Quorum,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub net: NetId,
+    pub token: Arc<NetworkToken>,
+    /// Seconds since the Unix epoch at the node's `Instant::ZERO` (token windows are
+    /// wall-clock windows).
+    pub epoch_secs: u64,
+    pub mode: Mode,
+    pub minimum_nodes: usize,
+    pub ha_masters: usize,
+    pub bootstrap: Vec<Bootstrap>,
+    pub mdns: bool,
+    /// Peers a node keeps paths to (all of them, when the mesh is no bigger).
+    pub target_peers: usize,
+    pub k3s_port: u16,
+    pub lease_interval: Duration,
+    pub lease_timeout: Duration,
+    pub discover_interval: Duration,
+    pub head_interval: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(net: NetId, token: Arc<NetworkToken>) -> Self {
+        Self {
+            net,
+            token,
+            epoch_secs: 1_800_000_000,
+            mode: Mode::Quorum,
+            minimum_nodes: 3,
+            ha_masters: 2,
+            bootstrap: Vec::new(),
+            mdns: true,
+            target_peers: 8,
+            k3s_port: 6443,
+            lease_interval: Duration::from_secs(10),
+            lease_timeout: Duration::from_secs(45),
+            discover_interval: Duration::from_secs(30),
+            head_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the node wants its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Dial {
+        peer: NetId,
+        addrs: Vec<Addr>,
+    },
+    DialRelayed {
+        relay: NetId,
+        target: NetId,
+    },
+    Reserve {
+        relay: NetId,
+    },
+    Send {
+        conn: ConnRef,
+        bytes: Vec<u8>,
+    },
+    Close {
+        conn: ConnRef,
+    },
+    MdnsQuery,
+    Register {
+        server: NetId,
+        ns: u64,
+        ttl: Duration,
+        record: Vec<u8>,
+    },
+    Discover {
+        server: NetId,
+        ns: u64,
+        limit: u32,
+    },
+    AutoNatProbe {
+        server: NetId,
+    },
+}
+
+/// The K3s server address and join token every worker needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinData {
+    pub server: String,
+    pub token: String,
+}
+
+/// What the node decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// Start K3s as the cluster-init master (happens at most once per node).
+    ClusterInit,
+    Role {
+        role: Role,
+        epoch: u64,
+    },
+    Join(JoinData),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Member {
+    net: NetId,
+    name: String,
+    reach: Reach,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Vote {
+    epoch: u64,
+    candidate: PeerKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub epoch: u64,
+    pub leader: PeerKey,
+    pub electorate: Vec<PeerKey>,
+    pub masters: Vec<PeerKey>,
+    pub join: JoinData,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Wire {
+    Hello {
+        key: PeerKey,
+        reach: Reach,
+        head: [u8; 32],
+    },
+    Head([u8; 32]),
+    Versions {
+        versions: Vec<Version>,
+        reply: bool,
+    },
+    Entries(Vec<Entry>),
+}
+
+/// A rendezvous record: sealed, so only token holders can read it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    net: NetId,
+    reach: Reach,
+}
+
+const K_MEMBER: &str = "member";
+const K_VOTE: &str = "vote";
+const K_CLUSTER: &str = "cluster";
+const K_LEASE: &str = "lease";
+const K_ROLES: &str = "kairos/roles";
+const K_JOIN: &str = "kairos/join";
+
+/// A message or record larger than this is refused before it is opened.
+pub const SEALED_BYTES_MAX: usize = 4 << 20;
+
+#[derive(Debug, Default)]
+struct Peer {
+    key: Option<PeerKey>,
+    reach: Reach,
+    conns: BTreeMap<ConnRef, PathKind>,
+    /// The conn's first message opened with the token.
+    verified: BTreeSet<ConnRef>,
+    dialing: bool,
+    failures: u32,
+    next_try: Instant,
+    /// Found by mDNS: on our LAN, its listen address works.
+    lan: Option<Addr>,
+    /// Sent something that did not open with our token.
+    foreign: bool,
+    /// The last hole punch with it failed: only a relay connects us.
+    punch_failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Infra {
+    addr: Option<Addr>,
+    conn: Option<ConnRef>,
+    dialing: bool,
+    next_try: Instant,
+    autonat: Option<bool>,
+    registered: Option<(u64, Reach)>,
+    next_discover: Instant,
+    /// Discovery starts eager and backs off to `discover_interval`.
+    discover_gap: Duration,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeStats {
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_refused: u64,
+    pub entries_applied: u64,
+    pub hole_punches: u64,
+    pub hole_punches_ok: u64,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    signer: SigningKey,
+    me: PeerKey,
+    name: String,
+    rng: Rng,
+    ledger: Ledger,
+    peers: BTreeMap<NetId, Peer>,
+    infra: BTreeMap<NetId, Infra>,
+    conn_peer: BTreeMap<ConnRef, NetId>,
+    reach: Reach,
+    relay: Option<(NetId, Instant)>,
+    reserving: Option<NetId>,
+    relay_next_try: Instant,
+    actions: VecDeque<Action>,
+    events: VecDeque<NodeEvent>,
+    /// Entries changed since the last push, with the peer they came from.
+    outbox: Vec<(Entry, Option<NetId>)>,
+    flush_at: Option<Instant>,
+    next_maintenance: Instant,
+    next_head: Instant,
+    next_mdns: Instant,
+    next_lease: Instant,
+    lease_version: u64,
+    /// Per owner of a lease: the version seen and when (our clock) it last moved.
+    leases: BTreeMap<PeerKey, (u64, Instant)>,
+    started: Instant,
+    cluster_init_done: bool,
+    my_role: Option<(Role, u64)>,
+    my_join: Option<JoinData>,
+    /// Epochs we gave up on (their candidate never claimed), and when our vote was cast.
+    vote_cast: Option<(u64, Instant)>,
+    skipped: BTreeSet<PeerKey>,
+    member_version: u64,
+    seal_cache: Option<(u64, [[u8; 32]; 3])>,
+    pub stats: NodeStats,
+}
+
+fn name_of(key: &PeerKey) -> String {
+    hex::encode(&key[..8])
+}
+
+fn secs(cfg: &NodeConfig, now: Instant) -> u64 {
+    cfg.epoch_secs + now.as_micros() / 1_000_000
+}
+
+impl Node {
+    pub fn new(cfg: NodeConfig, signer: SigningKey, mut rng: Rng, now: Instant) -> Self {
+        let me = signer.verifying_key().to_bytes();
+        let infra = cfg
+            .bootstrap
+            .iter()
+            .map(|b| {
+                (
+                    b.net,
+                    Infra {
+                        addr: Some(b.addr),
+                        ..Infra::default()
+                    },
+                )
+            })
+            .collect();
+        let ledger = Ledger::new(cfg.token.max_message_size.min(1 << 20) as usize);
+        let jitter = Duration::from_millis(rng.below(1000));
+        Self {
+            name: name_of(&me),
+            me,
+            signer,
+            rng,
+            ledger,
+            peers: BTreeMap::new(),
+            infra,
+            conn_peer: BTreeMap::new(),
+            reach: Reach::default(),
+            relay: None,
+            reserving: None,
+            relay_next_try: now,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            outbox: Vec::new(),
+            flush_at: None,
+            next_maintenance: now,
+            next_head: now + cfg.head_interval + jitter,
+            next_mdns: now,
+            next_lease: now,
+            lease_version: 0,
+            leases: BTreeMap::new(),
+            started: now,
+            cluster_init_done: false,
+            my_role: None,
+            my_join: None,
+            vote_cast: None,
+            skipped: BTreeSet::new(),
+            member_version: 0,
+            seal_cache: None,
+            stats: NodeStats::default(),
+            cfg,
+        }
+    }
+
+    /// Takes back the ledger a previous run of this node kept on disk (its own votes and
+    /// entries must survive a restart: a node never votes twice in one epoch).
+    pub fn restore(&mut self, ledger: Ledger) {
+        self.ledger = ledger;
+        self.member_version = self
+            .ledger
+            .entry(&self.me, K_MEMBER)
+            .map_or(0, |e| e.version);
+        self.lease_version = self
+            .ledger
+            .entry(&self.me, K_LEASE)
+            .map_or(0, |e| e.version);
+    }
+
+    /// Rough bytes of state this node holds (ledger, peer table), for per-node memory metrics.
+    pub fn approx_bytes(&self) -> usize {
+        let ledger: usize = self
+            .ledger
+            .entries()
+            .map(|e| 2 * e.key.len() + e.value.as_ref().map_or(0, Vec::len) + 32 + 8 + 64 + 32 + 96)
+            .sum();
+        let peers: usize = self
+            .peers
+            .values()
+            .map(|p| 160 + p.reach.direct.len() * 6 + p.conns.len() * 48 + p.verified.len() * 32)
+            .sum();
+        std::mem::size_of::<Self>()
+            + ledger
+            + peers
+            + self.conn_peer.len() * 48
+            + self.outbox.len() * 256
+    }
+
+    pub fn key(&self) -> PeerKey {
+        self.me
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn role(&self) -> Option<(Role, u64)> {
+        self.my_role
+    }
+
+    pub fn join_data(&self) -> Option<&JoinData> {
+        self.my_join.as_ref()
+    }
+
+    pub fn reach(&self) -> &Reach {
+        &self.reach
+    }
+
+    pub fn did_cluster_init(&self) -> bool {
+        self.cluster_init_done
+    }
+
+    /// Members in the ledger, by key.
+    pub fn members(&self) -> BTreeMap<PeerKey, NetId> {
+        self.ledger
+            .live()
+            .filter(|e| e.key == K_MEMBER)
+            .filter_map(|e| {
+                let m: Member = postcard::from_bytes(e.value.as_deref()?).ok()?;
+                Some((e.owner, m.net))
+            })
+            .collect()
+    }
+
+    /// The cluster record this node follows (quorum mode), if any.
+    pub fn cluster(&self) -> Option<Cluster> {
+        self.valid_cluster()
+    }
+
+    /// Peers this node wants a path to, and whether it has one to each.
+    pub fn wanted_paths(&self) -> Vec<(NetId, Option<PathKind>)> {
+        self.wanted()
+            .into_iter()
+            .map(|n| {
+                let best = self.peers.get(&n).and_then(|p| {
+                    p.conns
+                        .iter()
+                        .filter(|(c, _)| p.verified.contains(c))
+                        .map(|(_, k)| *k)
+                        .min()
+                });
+                (n, best)
+            })
+            .collect()
+    }
+
+    /// Every path this node has to a token peer, by peer.
+    pub fn paths(&self) -> BTreeMap<NetId, PathKind> {
+        self.peers
+            .iter()
+            .filter_map(|(n, p)| {
+                p.conns
+                    .iter()
+                    .filter(|(c, _)| p.verified.contains(c))
+                    .map(|(_, k)| *k)
+                    .min()
+                    .map(|k| (*n, k))
+            })
+            .collect()
+    }
+
+    /// One line on what this node knows of `peer` (for diagnostics).
+    pub fn describe_peer(&self, peer: NetId) -> String {
+        match self.peers.get(&peer) {
+            None => "unknown".into(),
+            Some(p) => format!(
+                "key {} reach {:?} conns {:?} verified {} dialing {} failures {} lan {:?} foreign {}",
+                p.key.is_some(), p.reach, p.conns, p.verified.len(), p.dialing, p.failures, p.lan, p.foreign
+            ),
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_maintenance;
+        if let Some(f) = self.flush_at {
+            t = t.min(f);
+        }
+        t
+    }
+
+    // ---- inputs ----
+
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        peer: NetId,
+        path: PathKind,
+        observed: Option<Addr>,
+    ) {
+        self.conn_peer.insert(conn, peer);
+        if let Some(o) = observed {
+            if !self.reach.direct.contains(&o) && self.reach.direct.len() < 8 {
+                self.reach.direct.push(o);
+            }
+        }
+        if let Some(inf) = self.infra.get_mut(&peer) {
+            inf.conn = Some(conn);
+            inf.dialing = false;
+            self.actions
+                .push_back(Action::AutoNatProbe { server: peer });
+            inf.next_discover = now;
+            self.next_maintenance = now;
+            return;
+        }
+        let p = self.peers.entry(peer).or_default();
+        p.conns.insert(conn, path);
+        p.dialing = false;
+        let hello = Wire::Hello {
+            key: self.me,
+            reach: self.reach.clone(),
+            head: self.ledger.head(),
+        };
+        self.send(now, conn, &hello);
+    }
+
+    pub fn handle_closed(&mut self, now: Instant, conn: ConnRef) {
+        let Some(peer) = self.conn_peer.remove(&conn) else {
+            return;
+        };
+        if let Some(inf) = self.infra.get_mut(&peer) {
+            if inf.conn == Some(conn) {
+                inf.conn = None;
+                inf.next_try = now + Duration::from_secs(2);
+                inf.registered = None;
+            }
+            if self.relay.is_some_and(|(r, _)| r == peer) || self.reserving == Some(peer) {
+                self.relay = None;
+                self.reserving = None;
+                self.reach.relay = None;
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.conns.remove(&conn);
+            p.verified.remove(&conn);
+        }
+        self.next_maintenance = self.next_maintenance.min(now + Duration::from_millis(100));
+    }
+
+    pub fn handle_dial_failed(&mut self, now: Instant, peer: NetId) {
+        if let Some(inf) = self.infra.get_mut(&peer) {
+            inf.dialing = false;
+            inf.next_try = now + Duration::from_secs(5);
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.dialing = false;
+            p.failures += 1;
+            p.next_try = now + backoff(p.failures);
+        }
+    }
+
+    pub fn handle_mdns(&mut self, now: Instant, peer: NetId, addr: Addr) {
+        if peer == self.cfg.net || self.infra.contains_key(&peer) {
+            return;
+        }
+        let p = self.peers.entry(peer).or_default();
+        p.lan = Some(addr);
+        if p.failures > 0 {
+            p.next_try = now; // a LAN address is worth a fresh try
+        }
+        self.next_maintenance = now;
+    }
+
+    pub fn handle_discovered(&mut self, now: Instant, records: Vec<(NetId, Vec<u8>)>) {
+        for (net, sealed) in records {
+            if net == self.cfg.net {
+                continue;
+            }
+            let Some(bytes) = self.open(now, &sealed) else {
+                continue; // another mesh's record, or garbage
+            };
+            let Ok(r) = postcard::from_bytes::<Record>(&bytes) else {
+                continue;
+            };
+            if r.net != net {
+                continue;
+            }
+            let p = self.peers.entry(net).or_default();
+            if !p.foreign {
+                p.reach = r.reach;
+            }
+        }
+        self.next_maintenance = now;
+    }
+
+    pub fn handle_reserved(&mut self, now: Instant, relay: NetId, ttl: Duration) {
+        self.reserving = None;
+        let renew = now + Duration::from_micros(ttl.as_micros() / 4 * 3);
+        self.relay = Some((relay, renew));
+        let addr = self.infra.get(&relay).and_then(|i| i.addr);
+        if let Some(addr) = addr {
+            self.reach.relay = Some((relay, addr));
+        }
+        self.next_maintenance = now;
+    }
+
+    pub fn handle_reservation_failed(&mut self, now: Instant, relay: NetId) {
+        if self.reserving == Some(relay) || self.relay.is_some_and(|(r, _)| r == relay) {
+            self.reserving = None;
+            self.relay = None;
+            self.reach.relay = None;
+        }
+        if let Some(i) = self.infra.get_mut(&relay) {
+            i.next_try = now + Duration::from_secs(30);
+        }
+        self.relay_next_try = now + Duration::from_secs(5);
+    }
+
+    pub fn handle_relayed_dial_failed(&mut self, now: Instant, target: NetId) {
+        self.handle_dial_failed(now, target);
+    }
+
+    pub fn handle_hole_punch(&mut self, _now: Instant, peer: NetId, ok: bool) {
+        self.stats.hole_punches += 1;
+        self.stats.hole_punches_ok += u64::from(ok);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.punch_failed = !ok;
+        }
+    }
+
+    pub fn handle_autonat(&mut self, now: Instant, server: NetId, reachable: bool) {
+        if let Some(i) = self.infra.get_mut(&server) {
+            i.autonat = Some(reachable);
+        }
+        let answers: Vec<bool> = self.infra.values().filter_map(|i| i.autonat).collect();
+        let yes = answers.iter().filter(|a| **a).count();
+        self.reach.public = yes * 2 > answers.len();
+        self.next_maintenance = now;
+    }
+
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        bytes: &[u8],
+        verifier: &mut dyn Verifier,
+    ) {
+        let Some(&peer) = self.conn_peer.get(&conn) else {
+            return;
+        };
+        let Some(plain) = self.open(now, bytes) else {
+            self.stats.messages_refused += 1;
+            if let Some(p) = self.peers.get_mut(&peer) {
+                if !p.verified.contains(&conn) {
+                    // Not one of us: stop talking to it.
+                    p.foreign = true;
+                    self.actions.push_back(Action::Close { conn });
+                }
+            }
+            return;
+        };
+        let Ok(msg) = postcard::from_bytes::<Wire>(&plain) else {
+            self.stats.messages_refused += 1;
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.verified.insert(conn);
+        p.foreign = false;
+        p.failures = 0;
+        match msg {
+            Wire::Hello { key, reach, head } => {
+                p.key = Some(key);
+                p.reach = reach;
+                // A direct path makes relayed ones to the same peer redundant.
+                let direct = p
+                    .conns
+                    .iter()
+                    .any(|(c, k)| *k == PathKind::Direct && p.verified.contains(c));
+                if direct {
+                    let relayed: Vec<ConnRef> = p
+                        .conns
+                        .iter()
+                        .filter(|(_, k)| **k != PathKind::Direct)
+                        .map(|(c, _)| *c)
+                        .collect();
+                    for c in relayed {
+                        self.actions.push_back(Action::Close { conn: c });
+                    }
+                }
+                if head != self.ledger.head() {
+                    let versions = self.ledger.versions();
+                    self.send(
+                        now,
+                        conn,
+                        &Wire::Versions {
+                            versions,
+                            reply: false,
+                        },
+                    );
+                }
+            }
+            Wire::Head(head) => {
+                if head != self.ledger.head() {
+                    let versions = self.ledger.versions();
+                    self.send(
+                        now,
+                        conn,
+                        &Wire::Versions {
+                            versions,
+                            reply: false,
+                        },
+                    );
+                }
+            }
+            Wire::Versions { versions, reply } => {
+                let newer = self.ledger.newer_than(&versions);
+                if !newer.is_empty() {
+                    self.send(now, conn, &Wire::Entries(newer));
+                }
+                if !reply {
+                    let mine = self.ledger.versions();
+                    let they_have_more = {
+                        let have: BTreeMap<(&PeerKey, &str), (u64, [u8; 32])> = mine
+                            .iter()
+                            .map(|v| ((&v.owner, v.key.as_str()), (v.version, v.digest)))
+                            .collect();
+                        versions.iter().any(|v| {
+                            have.get(&(&v.owner, v.key.as_str()))
+                                .is_none_or(|h| (v.version, v.digest) > *h)
+                        })
+                    };
+                    if they_have_more {
+                        self.send(
+                            now,
+                            conn,
+                            &Wire::Versions {
+                                versions: mine,
+                                reply: true,
+                            },
+                        );
+                    }
+                }
+            }
+            Wire::Entries(entries) => {
+                let mut changed = false;
+                for e in entries {
+                    if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), verifier) {
+                        self.stats.entries_applied += 1;
+                        self.outbox.push((e, Some(peer)));
+                        changed = true;
+                    }
+                }
+                if changed {
+                    self.ledger_changed(now);
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+        if self.flush_at.is_some_and(|f| f <= now) {
+            self.flush(now);
+        }
+        if now < self.next_maintenance {
+            return;
+        }
+        self.next_maintenance = now + Duration::from_secs(1);
+        self.maintain_infra(now);
+        self.maintain_relay(now);
+        self.publish_member(now, verifier);
+        self.maintain_paths(now);
+        if now >= self.next_head {
+            self.next_head = now + self.cfg.head_interval;
+            let head = self.ledger.head();
+            let conns: Vec<ConnRef> = self.token_conns();
+            for c in conns {
+                self.send(now, c, &Wire::Head(head));
+            }
+        }
+        match self.cfg.mode {
+            Mode::Quorum => self.elect_quorum(now, verifier),
+            Mode::Kairos => self.elect_kairos(now, verifier),
+        }
+        self.follow(now);
+    }
+
+    // ---- internals ----
+
+    fn keys(&mut self, now: Instant) -> [[u8; 32]; 3] {
+        let s = secs(&self.cfg, now);
+        let w = self.cfg.token.otp.crypto.window(s);
+        if let Some((cw, k)) = self.seal_cache {
+            if cw == w {
+                return k;
+            }
+        }
+        let [cur, prev] = self.cfg.token.sealing_keys(s);
+        let next = self
+            .cfg
+            .token
+            .sealing_keys(s + self.cfg.token.otp.crypto.interval)[0];
+        let k = [cur, prev, next];
+        self.seal_cache = Some((w, k));
+        k
+    }
+
+    fn seal(&mut self, now: Instant, plain: &[u8]) -> Vec<u8> {
+        let key = self.keys(now)[0];
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        nonce[8..].copy_from_slice(&(self.rng.next_u64() as u32).to_le_bytes());
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&key));
+        let mut out = nonce.to_vec();
+        out.extend(
+            cipher
+                .encrypt(Nonce::from_slice(&nonce), plain)
+                .expect("in-memory encryption does not fail"),
+        );
+        out
+    }
+
+    fn open(&mut self, now: Instant, sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < 12 + 16 || sealed.len() > SEALED_BYTES_MAX {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at(12);
+        self.keys(now).iter().find_map(|k| {
+            ChaCha20Poly1305::new(Key::from_slice(k))
+                .decrypt(Nonce::from_slice(nonce), body)
+                .ok()
+        })
+    }
+
+    fn send(&mut self, now: Instant, conn: ConnRef, msg: &Wire) {
+        let plain = postcard::to_allocvec(msg).expect("plain data serializes");
+        let bytes = self.seal(now, &plain);
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.actions.push_back(Action::Send { conn, bytes });
+    }
+
+    /// Connections to peers that proved they hold the token, one per peer, best path first.
+    fn token_conns(&self) -> Vec<ConnRef> {
+        self.peers
+            .values()
+            .filter_map(|p| {
+                p.conns
+                    .iter()
+                    .filter(|(c, _)| p.verified.contains(c))
+                    .min_by_key(|(_, k)| **k)
+                    .map(|(c, _)| *c)
+            })
+            .collect()
+    }
+
+    fn ledger_changed(&mut self, now: Instant) {
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now + Duration::from_millis(100));
+        }
+        self.next_maintenance = self.next_maintenance.min(now + Duration::from_millis(100));
+    }
+
+    /// Pushes the entries changed since the last flush to every token peer (not back to where
+    /// they came from).
+    fn flush(&mut self, now: Instant) {
+        self.flush_at = None;
+        let out = std::mem::take(&mut self.outbox);
+        if out.is_empty() {
+            return;
+        }
+        let targets: Vec<(NetId, ConnRef)> = self
+            .peers
+            .iter()
+            .filter_map(|(n, p)| {
+                p.conns
+                    .iter()
+                    .filter(|(c, _)| p.verified.contains(c))
+                    .min_by_key(|(_, k)| **k)
+                    .map(|(c, _)| (*n, *c))
+            })
+            .collect();
+        for (n, c) in targets {
+            let batch: Vec<Entry> = out
+                .iter()
+                .filter(|(_, from)| *from != Some(n))
+                .map(|(e, _)| e.clone())
+                .collect();
+            if !batch.is_empty() {
+                self.send(now, c, &Wire::Entries(batch));
+            }
+        }
+    }
+
+    fn write(
+        &mut self,
+        now: Instant,
+        key: &str,
+        version: u64,
+        value: Vec<u8>,
+        verifier: &mut dyn Verifier,
+    ) {
+        let e = Entry::signed(&self.signer, key, version, Some(value));
+        if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), verifier) {
+            self.outbox.push((e, None));
+            self.ledger_changed(now);
+        }
+    }
+
+    fn ns(&self, now: Instant) -> u64 {
+        let k = self.cfg.token.rendezvous_key(secs(&self.cfg, now));
+        u64::from_be_bytes(k[..8].try_into().expect("8 bytes"))
+    }
+
+    fn maintain_infra(&mut self, now: Instant) {
+        let ns = self.ns(now);
+        let record = postcard::to_allocvec(&Record {
+            net: self.cfg.net,
+            reach: self.reach.clone(),
+        })
+        .expect("serializes");
+        let sealed = self.seal(now, &record);
+        let few_peers = self.peers.values().filter(|p| !p.foreign).count() < self.cfg.target_peers;
+        let interval = if few_peers {
+            self.cfg.discover_interval
+        } else {
+            Duration::from_micros(self.cfg.discover_interval.as_micros() * 10)
+        };
+        let known: Vec<NetId> = self.infra.keys().copied().collect();
+        for n in known {
+            let inf = self.infra.get_mut(&n).expect("listed");
+            match inf.conn {
+                None => {
+                    if !inf.dialing && now >= inf.next_try {
+                        if let Some(a) = inf.addr {
+                            inf.dialing = true;
+                            self.actions.push_back(Action::Dial {
+                                peer: n,
+                                addrs: vec![a],
+                            });
+                        }
+                    }
+                }
+                Some(_) => {
+                    // (Re-)register when our reachability changed or the rendezvous key
+                    // rotated, discover now and then.
+                    if inf.autonat.is_some()
+                        && inf.registered.as_ref() != Some(&(ns, self.reach.clone()))
+                    {
+                        inf.registered = Some((ns, self.reach.clone()));
+                        self.actions.push_back(Action::Register {
+                            server: n,
+                            ns,
+                            ttl: Duration::from_secs(7200),
+                            record: sealed.clone(),
+                        });
+                    }
+                    if now >= inf.next_discover {
+                        inf.discover_gap = if few_peers {
+                            Duration::from_micros(
+                                (inf.discover_gap.as_micros() * 2)
+                                    .clamp(2_000_000, interval.as_micros()),
+                            )
+                        } else {
+                            interval
+                        };
+                        inf.next_discover = now + inf.discover_gap;
+                        self.actions.push_back(Action::Discover {
+                            server: n,
+                            ns,
+                            limit: 64,
+                        });
+                    }
+                }
+            }
+        }
+        if self.cfg.mdns && now >= self.next_mdns {
+            self.next_mdns = now + Duration::from_secs(60);
+            self.actions.push_back(Action::MdnsQuery);
+        }
+    }
+
+    fn maintain_relay(&mut self, now: Instant) {
+        let decided = self.infra.values().any(|i| i.autonat.is_some());
+        if !decided || self.reach.public {
+            return;
+        }
+        if let Some((r, renew)) = self.relay {
+            if now >= renew && self.reserving.is_none() {
+                self.reserving = Some(r);
+                self.actions.push_back(Action::Reserve { relay: r });
+            }
+            return;
+        }
+        if self.reserving.is_some() || now < self.relay_next_try {
+            return;
+        }
+        // A connected relay, picked at random so reservations spread.
+        let connected: Vec<NetId> = self
+            .infra
+            .iter()
+            .filter(|(_, i)| i.conn.is_some() && now >= i.next_try)
+            .map(|(n, _)| *n)
+            .collect();
+        if connected.is_empty() {
+            return;
+        }
+        let r = connected[self.rng.below(connected.len() as u64) as usize];
+        self.reserving = Some(r);
+        self.relay_next_try = now + Duration::from_secs(10);
+        self.actions.push_back(Action::Reserve { relay: r });
+    }
+
+    fn publish_member(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+        let m = Member {
+            net: self.cfg.net,
+            name: self.name.clone(),
+            reach: self.reach.clone(),
+        };
+        let current = self
+            .ledger
+            .get(&self.me, K_MEMBER)
+            .and_then(|b| postcard::from_bytes::<Member>(b).ok());
+        // Publish once reachability is known (or after a grace period with no bootstrap).
+        let known = self.infra.is_empty()
+            || self.infra.values().any(|i| i.autonat.is_some())
+            || now.since(self.started) > Duration::from_secs(10);
+        if known && current.as_ref() != Some(&m) {
+            self.member_version += 1;
+            let v = self.member_version.max(
+                self.ledger
+                    .entry(&self.me, K_MEMBER)
+                    .map_or(0, |e| e.version)
+                    + 1,
+            );
+            self.member_version = v;
+            let bytes = postcard::to_allocvec(&m).expect("serializes");
+            self.write(now, K_MEMBER, v, bytes, verifier);
+        }
+        // Peers learned from the ledger.
+        let members: Vec<(PeerKey, Member)> = self
+            .ledger
+            .live()
+            .filter(|e| e.key == K_MEMBER && e.owner != self.me)
+            .filter_map(|e| {
+                Some((
+                    e.owner,
+                    postcard::from_bytes::<Member>(e.value.as_deref()?).ok()?,
+                ))
+            })
+            .collect();
+        for (key, m) in members {
+            let p = self.peers.entry(m.net).or_default();
+            p.key = Some(key);
+            p.reach = m.reach;
+        }
+    }
+
+    /// The peers this node keeps paths to.
+    fn wanted(&self) -> Vec<NetId> {
+        let candidates: Vec<NetId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                !p.foreign
+                    && (p.key.is_some()
+                        || p.lan.is_some()
+                        || !p.reach.direct.is_empty()
+                        || p.reach.relay.is_some())
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        if candidates.len() <= self.cfg.target_peers {
+            return candidates;
+        }
+        // Ring neighbours by id (two each way), then the best by rendezvous hashing.
+        let mut ring: Vec<NetId> = candidates.clone();
+        ring.push(self.cfg.net);
+        ring.sort();
+        let at = ring
+            .iter()
+            .position(|n| *n == self.cfg.net)
+            .expect("inserted");
+        let len = ring.len();
+        let mut want: BTreeSet<NetId> = BTreeSet::new();
+        for d in [1, 2] {
+            want.insert(ring[(at + d) % len]);
+            want.insert(ring[(at + len - d) % len]);
+        }
+        want.remove(&self.cfg.net);
+        let mut scored: Vec<(u64, NetId)> = candidates
+            .iter()
+            .filter(|n| !want.contains(n))
+            .map(|n| (pair_score(self.cfg.net, *n), *n))
+            .collect();
+        scored.sort();
+        // Relays are a shared, limited resource: beyond the ring, at most a quarter of the
+        // picks may be peers only a relay reaches.
+        let relay_only = |n: &NetId| {
+            self.peers
+                .get(n)
+                .is_some_and(|p| p.punch_failed && !p.reach.public && p.lan.is_none())
+        };
+        let mut relayed = want.iter().filter(|n| relay_only(n)).count();
+        for (_, n) in scored {
+            if want.len() >= self.cfg.target_peers {
+                break;
+            }
+            if relay_only(&n) {
+                if relayed >= self.cfg.target_peers / 4 {
+                    continue;
+                }
+                relayed += 1;
+            }
+            want.insert(n);
+        }
+        want.into_iter().collect()
+    }
+
+    fn maintain_paths(&mut self, now: Instant) {
+        let wanted = self.wanted();
+        let connected_infra: BTreeSet<NetId> = self
+            .infra
+            .iter()
+            .filter(|(_, i)| i.conn.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        for n in wanted {
+            let p = self.peers.get_mut(&n).expect("wanted peers are known");
+            if !p.conns.is_empty() || p.dialing || now < p.next_try {
+                continue;
+            }
+            // Direct when it can work: a LAN address, or a public peer; else through its
+            // relay (hole punching follows by itself).
+            let direct: Vec<Addr> = match p.lan {
+                Some(a) => vec![a],
+                None if p.reach.public => p.reach.direct.clone(),
+                None => Vec::new(),
+            };
+            let relayed = p.reach.relay.filter(|(r, _)| connected_infra.contains(r));
+            let try_direct = !direct.is_empty() && (p.failures.is_multiple_of(2) || relayed.is_none());
+            if try_direct {
+                p.dialing = true;
+                self.actions.push_back(Action::Dial {
+                    peer: n,
+                    addrs: direct,
+                });
+            } else if let Some((relay, _)) = relayed {
+                p.dialing = true;
+                self.actions
+                    .push_back(Action::DialRelayed { relay, target: n });
+            } else if let Some((relay, addr)) = p.reach.relay {
+                // We need the relay first: it is a bootstrap node we are not connected to,
+                // or one we did not know of.
+                let inf = self.infra.entry(relay).or_default();
+                inf.addr.get_or_insert(addr);
+            }
+        }
+    }
+
+    fn lease_fresh(&self, key: &PeerKey, now: Instant) -> bool {
+        self.leases
+            .get(key)
+            .is_some_and(|(_, at)| now.since(*at) <= self.cfg.lease_timeout)
+    }
+
+    fn observe_leases(&mut self, now: Instant) {
+        let seen: Vec<(PeerKey, u64)> = self
+            .ledger
+            .entries()
+            .filter(|e| e.key == K_LEASE)
+            .map(|e| (e.owner, e.version))
+            .collect();
+        for (k, v) in seen {
+            let e = self.leases.entry(k).or_insert((v, now));
+            if e.0 != v {
+                *e = (v, now);
+            }
+        }
+    }
+
+    fn votes_for(&self, epoch: u64, candidate: &PeerKey, electorate: &[PeerKey]) -> usize {
+        let key = vote_key(epoch);
+        electorate
+            .iter()
+            .filter(|k| {
+                self.ledger
+                    .get(k, &key)
+                    .and_then(|b| postcard::from_bytes::<Vote>(b).ok())
+                    .is_some_and(|v| v.epoch == epoch && v.candidate == *candidate)
+            })
+            .count()
+    }
+
+    /// The highest-epoch cluster record whose writer holds a majority of its electorate's
+    /// votes for that epoch (epochs after the first use the founding electorate).
+    fn valid_cluster(&self) -> Option<Cluster> {
+        let mut all: Vec<Cluster> = self
+            .ledger
+            .live()
+            .filter(|e| e.key == K_CLUSTER)
+            .filter_map(|e| {
+                postcard::from_bytes::<Cluster>(e.value.as_deref()?)
+                    .ok()
+                    .filter(|c| c.leader == e.owner)
+            })
+            .collect();
+        all.sort_by(|a, b| {
+            (a.epoch, fnv32a(name_of(&a.leader).as_bytes()), a.leader).cmp(&(
+                b.epoch,
+                fnv32a(name_of(&b.leader).as_bytes()),
+                b.leader,
+            ))
+        });
+        let founding = all
+            .iter()
+            .find(|c| c.epoch == 1)
+            .map(|c| c.electorate.clone());
+        all.into_iter().rev().find(|c| {
+            let electorate = if c.epoch == 1 {
+                &c.electorate
+            } else {
+                founding.as_ref().unwrap_or(&c.electorate)
+            };
+            electorate.len() >= self.cfg.minimum_nodes.min(electorate.len()).max(1)
+                && self.votes_for(c.epoch, &c.leader, electorate) * 2 > electorate.len()
+        })
+    }
+
+    /// Our latest vote (votes live under one key per epoch, so earlier epochs' votes stay
+    /// and keep proving their decisions).
+    fn my_vote(&self) -> Option<Vote> {
+        self.ledger
+            .entries()
+            .filter(|e| e.owner == self.me && e.key.starts_with(K_VOTE))
+            .filter_map(|e| postcard::from_bytes::<Vote>(e.value.as_deref()?).ok())
+            .max_by_key(|v| v.epoch)
+    }
+
+    fn vote(&mut self, now: Instant, epoch: u64, candidate: PeerKey, verifier: &mut dyn Verifier) {
+        if self.my_vote().is_some_and(|v| v.epoch >= epoch) {
+            return;
+        }
+        let bytes = postcard::to_allocvec(&Vote { epoch, candidate }).expect("serializes");
+        self.write(now, &vote_key(epoch), 1, bytes, verifier);
+        self.vote_cast = Some((epoch, now));
+    }
+
+    fn my_addr(&self) -> String {
+        let a = self
+            .reach
+            .direct
+            .first()
+            .copied()
+            .unwrap_or(Addr::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
+        format!("https://{}:{}", a.ip(), self.cfg.k3s_port)
+    }
+
+    fn elect_quorum(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+        self.observe_leases(now);
+        let members = self.members();
+        let current = self.valid_cluster();
+        match current {
+            None => {
+                if members.len() < self.cfg.minimum_nodes {
+                    return;
+                }
+                let names: Vec<String> = members.keys().map(name_of).collect();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let Some(best) = kairos_leader(&refs) else {
+                    return;
+                };
+                let cand = *members
+                    .keys()
+                    .find(|k| name_of(k) == best)
+                    .expect("named from members");
+                self.vote(now, 1, cand, verifier);
+                if cand == self.me {
+                    let electorate: Vec<PeerKey> = members.keys().copied().collect();
+                    if self.votes_for(1, &self.me, &electorate) * 2 > electorate.len() {
+                        let token = format!(
+                            "K10{:016x}{:016x}",
+                            self.rng.next_u64(),
+                            self.rng.next_u64()
+                        );
+                        let masters = self.pick_masters(&electorate, &[self.me], now, true);
+                        let c = Cluster {
+                            epoch: 1,
+                            leader: self.me,
+                            electorate,
+                            masters,
+                            join: JoinData {
+                                server: self.my_addr(),
+                                token,
+                            },
+                        };
+                        self.write_cluster(now, &c, verifier);
+                    }
+                }
+            }
+            Some(c) => {
+                if c.leader == self.me {
+                    self.lead(now, c, verifier);
+                    return;
+                }
+                if c.masters.contains(&self.me) {
+                    self.heartbeat(now, verifier);
+                }
+                if !c.electorate.contains(&self.me) {
+                    return;
+                }
+                // The leader's lease stopped moving: elect a new one in the next epoch.
+                let grace = now.since(self.started) > self.cfg.lease_timeout;
+                if !grace || self.lease_fresh(&c.leader, now) {
+                    return;
+                }
+                let mut epoch = c.epoch + 1;
+                if let Some((e, at)) = self.vote_cast {
+                    if e >= epoch {
+                        // Our vote stands until its candidate had time to claim.
+                        if now.since(at) <= self.cfg.lease_timeout {
+                            epoch = e;
+                        } else {
+                            if let Some(v) = self.my_vote() {
+                                self.skipped.insert(v.candidate);
+                            }
+                            epoch = e + 1;
+                        }
+                    }
+                }
+                let mut cands: Vec<PeerKey> = c
+                    .masters
+                    .iter()
+                    .chain(c.electorate.iter())
+                    .filter(|k| **k != c.leader && !self.skipped.contains(*k))
+                    .filter(|k| {
+                        **k == self.me || self.lease_fresh(k, now) || !c.masters.contains(k)
+                    })
+                    .copied()
+                    .collect();
+                cands.sort();
+                cands.dedup();
+                // Masters with fresh leases first, then the rest, each by FNV-32a.
+                cands.sort_by_key(|k| {
+                    (
+                        !(c.masters.contains(k) && (self.lease_fresh(k, now) || *k == self.me)),
+                        std::cmp::Reverse(fnv32a(name_of(k).as_bytes())),
+                        *k,
+                    )
+                });
+                let Some(&cand) = cands.first() else { return };
+                self.vote(now, epoch, cand, verifier);
+                if cand == self.me
+                    && self.votes_for(epoch, &self.me, &c.electorate) * 2 > c.electorate.len()
+                {
+                    let keep: Vec<PeerKey> = c
+                        .masters
+                        .iter()
+                        .filter(|k| **k == self.me || self.lease_fresh(k, now))
+                        .copied()
+                        .collect();
+                    let masters = self.pick_masters(
+                        &members.keys().copied().collect::<Vec<_>>(),
+                        &keep,
+                        now,
+                        false,
+                    );
+                    let n = Cluster {
+                        epoch,
+                        leader: self.me,
+                        electorate: c.electorate.clone(),
+                        masters,
+                        join: JoinData {
+                            server: self.my_addr(),
+                            token: c.join.token.clone(),
+                        },
+                    };
+                    self.write_cluster(now, &n, verifier);
+                }
+            }
+        }
+    }
+
+    /// `keep` plus the best other members (by FNV-32a) up to 1 + ha_masters.
+    fn pick_masters(
+        &self,
+        pool: &[PeerKey],
+        keep: &[PeerKey],
+        now: Instant,
+        founding: bool,
+    ) -> Vec<PeerKey> {
+        let mut masters: Vec<PeerKey> = keep.to_vec();
+        let mut rest: Vec<PeerKey> = pool
+            .iter()
+            .filter(|k| !masters.contains(k))
+            .copied()
+            .collect();
+        // Replacements must look alive: we are connected to them or they renew a lease.
+        if !founding {
+            let connected: BTreeSet<PeerKey> = self
+                .peers
+                .values()
+                .filter(|p| !p.verified.is_empty())
+                .filter_map(|p| p.key)
+                .collect();
+            rest.retain(|k| connected.contains(k) || self.lease_fresh(k, now));
+        }
+        rest.sort_by_key(|k| (std::cmp::Reverse(fnv32a(name_of(k).as_bytes())), *k));
+        for k in rest {
+            if masters.len() > self.cfg.ha_masters {
+                break;
+            }
+            masters.push(k);
+        }
+        masters
+    }
+
+    fn write_cluster(&mut self, now: Instant, c: &Cluster, verifier: &mut dyn Verifier) {
+        let v = self
+            .ledger
+            .entry(&self.me, K_CLUSTER)
+            .map_or(0, |e| e.version)
+            + 1;
+        let bytes = postcard::to_allocvec(c).expect("serializes");
+        self.write(now, K_CLUSTER, v, bytes, verifier);
+        self.next_lease = now;
+    }
+
+    fn heartbeat(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+        if now >= self.next_lease {
+            self.next_lease = now + self.cfg.lease_interval;
+            self.lease_version = self.lease_version.max(
+                self.ledger
+                    .entry(&self.me, K_LEASE)
+                    .map_or(0, |e| e.version),
+            ) + 1;
+            self.write(now, K_LEASE, self.lease_version, Vec::new(), verifier);
+        }
+    }
+
+    /// As leader: renew the lease and replace masters whose leases stopped.
+    fn lead(&mut self, now: Instant, c: Cluster, verifier: &mut dyn Verifier) {
+        self.heartbeat(now, verifier);
+        if now.since(self.started) <= self.cfg.lease_timeout {
+            return;
+        }
+        let keep: Vec<PeerKey> = c
+            .masters
+            .iter()
+            .filter(|k| **k == self.me || self.lease_fresh(k, now))
+            .copied()
+            .collect();
+        if keep.len() == c.masters.len() {
+            return;
+        }
+        let pool: Vec<PeerKey> = self.members().keys().copied().collect();
+        let masters = self.pick_masters(&pool, &keep, now, false);
+        if masters != c.masters {
+            let n = Cluster { masters, ..c };
+            self.write_cluster(now, &n, verifier);
+        }
+    }
+
+    fn elect_kairos(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+        let members = self.members();
+        if members.len() < self.cfg.minimum_nodes {
+            return;
+        }
+        let names: Vec<String> = members.keys().map(name_of).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let any_roles = self.ledger.live().any(|e| e.key == K_ROLES);
+        if kairos_leader(&refs) == Some(self.name.as_str()) && !any_roles {
+            if let Some(a) = kairos_assign(
+                &refs,
+                self.cfg.minimum_nodes,
+                self.cfg.ha_masters,
+                &mut self.rng,
+            ) {
+                let bytes = postcard::to_allocvec(&a).expect("serializes");
+                self.write(now, K_ROLES, 1, bytes, verifier);
+            }
+        }
+        if let Some((Role::ClusterInit, _)) = self
+            .kairos_view()
+            .and_then(|a| a.roles.get(&self.name).map(|r| (*r, 1)))
+        {
+            if self.ledger.get(&self.me, K_JOIN).is_none() {
+                let token = format!(
+                    "K10{:016x}{:016x}",
+                    self.rng.next_u64(),
+                    self.rng.next_u64()
+                );
+                let bytes = postcard::to_allocvec(&JoinData {
+                    server: self.my_addr(),
+                    token,
+                })
+                .expect("serializes");
+                self.write(now, K_JOIN, 1, bytes, verifier);
+            }
+        }
+    }
+
+    /// Kairos mode: the assignment written by the largest-FNV author.
+    fn kairos_view(&self) -> Option<Assignment> {
+        self.ledger
+            .live()
+            .filter(|e| e.key == K_ROLES)
+            .filter_map(|e| postcard::from_bytes::<Assignment>(e.value.as_deref()?).ok())
+            .max_by_key(|a| (fnv32a(a.leader.as_bytes()), a.leader.clone()))
+    }
+
+    /// Follows the decision in the ledger: our role, the join data, cluster-init.
+    fn follow(&mut self, _now: Instant) {
+        let (role, join) = match self.cfg.mode {
+            Mode::Quorum => match self.valid_cluster() {
+                None => (None, None),
+                Some(c) => {
+                    let role = if c.leader == self.me && c.epoch == 1 {
+                        Role::ClusterInit
+                    } else if c.masters.contains(&self.me) || c.leader == self.me {
+                        Role::Master
+                    } else {
+                        Role::Worker
+                    };
+                    (Some((role, c.epoch)), Some(c.join))
+                }
+            },
+            Mode::Kairos => match self.kairos_view() {
+                None => (None, None),
+                Some(a) => {
+                    let role = a.roles.get(&self.name).copied();
+                    let init = a
+                        .roles
+                        .iter()
+                        .find(|(_, r)| **r == Role::ClusterInit)
+                        .map(|(n, _)| n.clone());
+                    let join = init.and_then(|n| {
+                        self.ledger
+                            .live()
+                            .find(|e| e.key == K_JOIN && name_of(&e.owner) == n)
+                            .and_then(|e| {
+                                postcard::from_bytes::<JoinData>(e.value.as_deref()?).ok()
+                            })
+                    });
+                    (role.map(|r| (r, 1)), join)
+                }
+            },
+        };
+        // A cluster-init master keeps that role for life: K3s was started with it.
+        let role = match (role, self.my_role) {
+            (Some((Role::Master, e)), Some((Role::ClusterInit, _))) => Some((Role::ClusterInit, e)),
+            (r, _) => r,
+        };
+        if role != self.my_role {
+            if let Some((r, epoch)) = role {
+                if r == Role::ClusterInit && !self.cluster_init_done {
+                    self.cluster_init_done = true;
+                    self.events.push_back(NodeEvent::ClusterInit);
+                }
+                if self.my_role.map(|(r, _)| r) != Some(r) {
+                    self.events.push_back(NodeEvent::Role { role: r, epoch });
+                }
+            }
+            self.my_role = role;
+        }
+        if join != self.my_join {
+            if let Some(j) = &join {
+                self.events.push_back(NodeEvent::Join(j.clone()));
+            }
+            self.my_join = join;
+        }
+    }
+}
+
+fn vote_key(epoch: u64) -> String {
+    format!("{K_VOTE}/{epoch}")
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs((5u64 << failures.min(4)).min(60))
+}
+
+/// Rendezvous hashing: a stable pseudo-random rank of a pair.
+fn pair_score(a: NetId, b: NetId) -> u64 {
+    let h = Sha256::digest([a.0.to_be_bytes(), b.0.to_be_bytes()].concat());
+    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+}

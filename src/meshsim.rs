@@ -1,0 +1,1439 @@
+//! The glue between the simulator (`bootyard-sim`, which knows nothing of bootyard) and the
+//! mesh core: mesh scenario files (`scenarios/sim/*.toml`), building the simulated world from
+//! one seed, running every node's [`Node`] over the simulated libp2p mechanisms, faults,
+//! convergence, metrics, assertions and the trace hash.
+//!
+//! **Convergence**, precisely: at an instant `t`, let L be the live nodes holding the token.
+//! The mesh is converged at `t` when (1) every node in L has the same ledger head; (2) every
+//! node in L follows the same cluster decision (quorum mode: epoch, leader and masters;
+//! Kairos mode: the same assignment) and has a role in it; (3) every worker in L holds join
+//! data equal to the leader's; and (4) for every node in L, every peer it wants a path to that
+//! is in L has a verified connection (direct or relayed). The state is sampled every
+//! [`SAMPLE_MS`] ms of virtual time and after every fault; "converged at" is the first sample
+//! where all four hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use bootyard_sim::net::{Filtering, HostId, LinkSpec, Mapping, NatSpec, Network, RealmId};
+use bootyard_sim::swarm::{self, Command, Event, Services, Step, Swarm, SwarmConfig};
+use bootyard_sim::{Duration, Instant, Rng};
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::mesh::ledger::{Ledger, MemoVerifier};
+use crate::mesh::node::{
+    Action, Bootstrap, ConnRef, Mode, NetId, Node, NodeConfig, NodeEvent, PathKind,
+};
+use crate::mesh::roles::Role;
+use crate::mesh::token::NetworkToken;
+
+/// How often convergence is sampled, in virtual milliseconds.
+pub const SAMPLE_MS: u64 = 250;
+
+/// Largest mesh a scenario may ask for.
+pub const NODES_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Virtual seconds to run.
+    pub duration: u64,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default = "default_min")]
+    pub minimum_nodes: usize,
+    #[serde(default = "default_ha")]
+    pub ha_masters: usize,
+    #[serde(default = "default_target")]
+    pub target_peers: usize,
+    #[serde(default)]
+    pub link: LinkFile,
+    #[serde(default)]
+    pub bootstrap: usize,
+    /// Circuit relay v2 limits of the bootstrap relays (default: rust-libp2p's).
+    #[serde(default)]
+    pub relay: RelayFile,
+    #[serde(rename = "group", default)]
+    pub groups: Vec<GroupFile>,
+    #[serde(rename = "fault", default)]
+    pub faults: Vec<FaultFile>,
+    #[serde(default)]
+    pub expect: ExpectFile,
+}
+
+fn default_mode() -> String {
+    "quorum".into()
+}
+fn default_min() -> usize {
+    3
+}
+fn default_ha() -> usize {
+    2
+}
+fn default_target() -> usize {
+    8
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFile {
+    #[serde(default = "default_latency")]
+    pub latency_ms: u64,
+    #[serde(default = "default_jitter")]
+    pub jitter_ms: u64,
+    #[serde(default)]
+    pub loss: f64,
+    #[serde(default = "default_bw")]
+    pub bandwidth_mbps: u64,
+}
+
+fn default_latency() -> u64 {
+    10
+}
+fn default_jitter() -> u64 {
+    2
+}
+fn default_bw() -> u64 {
+    100
+}
+
+impl Default for LinkFile {
+    fn default() -> Self {
+        Self {
+            latency_ms: 10,
+            jitter_ms: 2,
+            loss: 0.0,
+            bandwidth_mbps: 100,
+        }
+    }
+}
+
+impl LinkFile {
+    fn spec(&self) -> anyhow::Result<LinkSpec> {
+        if !(0.0..=1.0).contains(&self.loss) {
+            bail!("link.loss must be between 0 and 1, got {}", self.loss);
+        }
+        Ok(LinkSpec {
+            latency: Duration::from_millis(self.latency_ms),
+            jitter: Duration::from_millis(self.jitter_ms),
+            loss_ppm: (self.loss * 1_000_000.0) as u32,
+            bandwidth_bps: self.bandwidth_mbps * 1_000_000,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    #[serde(default = "d_res")]
+    pub max_reservations: usize,
+    #[serde(default = "d_circ")]
+    pub max_circuits: usize,
+    #[serde(default = "d_circ_peer")]
+    pub max_circuits_per_peer: usize,
+    /// Seconds.
+    #[serde(default = "d_circ_dur")]
+    pub max_circuit_duration: u64,
+    #[serde(default = "d_circ_bytes")]
+    pub max_circuit_bytes: u64,
+}
+
+fn d_res() -> usize {
+    128
+}
+fn d_circ() -> usize {
+    16
+}
+fn d_circ_peer() -> usize {
+    4
+}
+fn d_circ_dur() -> u64 {
+    120
+}
+fn d_circ_bytes() -> u64 {
+    1 << 17
+}
+
+impl Default for RelayFile {
+    fn default() -> Self {
+        Self {
+            max_reservations: d_res(),
+            max_circuits: d_circ(),
+            max_circuits_per_peer: d_circ_peer(),
+            max_circuit_duration: d_circ_dur(),
+            max_circuit_bytes: d_circ_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFile {
+    pub count: usize,
+    /// `public`, `lan` (one NAT for the group), `nat` (a NAT per node) or `cgnat` (a NAT per
+    /// node, all behind one carrier-grade NAT).
+    pub placement: String,
+    /// `MAPPING/FILTERING` with eim|adm|apdm and eif|adf|apdf, or a mix name (`probelab`).
+    #[serde(default)]
+    pub nat: Option<String>,
+    /// NAT mapping timeout, seconds.
+    #[serde(default)]
+    pub nat_timeout: Option<u64>,
+    #[serde(default = "yes")]
+    pub hairpin: bool,
+    /// Nodes with a different token (they must learn nothing and change nothing).
+    #[serde(default)]
+    pub intruder: bool,
+    /// Clock skew, uniform in plus/minus this many milliseconds.
+    #[serde(default)]
+    pub clock_skew_ms: u64,
+    #[serde(default)]
+    pub link: Option<LinkFile>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultFile {
+    /// Virtual seconds from the start.
+    pub at: f64,
+    /// `leader`, `node-N` (by index among mesh nodes), or `random`.
+    #[serde(default)]
+    pub crash: Option<String>,
+    #[serde(default)]
+    pub restart_after: Option<f64>,
+    /// Cuts this fraction of mesh nodes (the first by index) off from everyone else.
+    #[serde(default)]
+    pub partition: Option<f64>,
+    #[serde(default)]
+    pub heal: bool,
+    /// Crashes a random live node every `every` seconds until `until`, each down for `down`.
+    #[serde(default)]
+    pub churn: Option<ChurnFile>,
+    /// Sets every link's loss to this.
+    #[serde(default)]
+    pub loss: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnFile {
+    pub every: f64,
+    pub down: f64,
+    pub until: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectFile {
+    /// Converged within this many virtual seconds of the start.
+    #[serde(default)]
+    pub converged_by: Option<f64>,
+    /// Converged again within this many seconds of the last fault.
+    #[serde(default)]
+    pub reconverged_within: Option<f64>,
+    /// Converged at the end of the run.
+    #[serde(default)]
+    pub converged_at_end: bool,
+    #[serde(default = "one")]
+    pub cluster_inits: usize,
+    #[serde(default)]
+    pub min_relayed_paths: usize,
+    #[serde(default)]
+    pub min_direct_paths: usize,
+    #[serde(default)]
+    pub min_hole_punches_ok: u64,
+    #[serde(default)]
+    pub min_hole_punches_failed: u64,
+    /// The leader changed at least once (a new epoch).
+    #[serde(default)]
+    pub new_leader: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl SimFile {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let f: SimFile = toml::from_str(text).context("parsing the mesh scenario")?;
+        f.validate()?;
+        Ok(f)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<(Self, String)> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let f = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        Ok((f, text))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let nodes: usize = self.groups.iter().map(|g| g.count).sum();
+        if nodes == 0 {
+            bail!("no nodes: add a [[group]] with count > 0");
+        }
+        if nodes > NODES_MAX {
+            bail!("{nodes} nodes; at most {NODES_MAX}");
+        }
+        if self.duration == 0 || self.duration > 86_400 {
+            bail!("duration must be 1..=86400 seconds");
+        }
+        mode(&self.mode)?;
+        self.link.spec()?;
+        for (i, g) in self.groups.iter().enumerate() {
+            match g.placement.as_str() {
+                "public" => {}
+                "lan" | "nat" | "cgnat" => {
+                    nat_choice(g.nat.as_deref().unwrap_or("eim/apdf"))
+                        .with_context(|| format!("group {i}"))?;
+                }
+                p => bail!("group {i}: placement {p:?} (expected public, lan, nat or cgnat)"),
+            }
+            if let Some(l) = &g.link {
+                l.spec().with_context(|| format!("group {i}"))?;
+            }
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            let actions = [
+                f.crash.is_some(),
+                f.partition.is_some(),
+                f.heal,
+                f.churn.is_some(),
+                f.loss.is_some(),
+            ];
+            if actions.iter().filter(|a| **a).count() != 1 {
+                bail!("fault {i}: give exactly one of crash, partition, heal, churn, loss");
+            }
+            if !(0.0..=self.duration as f64).contains(&f.at) {
+                bail!("fault {i}: at = {} is outside the run", f.at);
+            }
+            if let Some(p) = f.partition {
+                if !(0.0..1.0).contains(&p) {
+                    bail!("fault {i}: partition is a fraction below 1");
+                }
+            }
+            if let Some(c) = &f.crash {
+                if !(c == "leader"
+                    || c == "random"
+                    || c.strip_prefix("node-")
+                        .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n < nodes)))
+                {
+                    bail!("fault {i}: crash = {c:?} (expected leader, random or node-N below {nodes})");
+                }
+            }
+            if let Some(c) = &f.churn {
+                if c.every <= 0.0 || c.down <= 0.0 {
+                    bail!("fault {i}: churn every and down must be positive");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn mode(s: &str) -> anyhow::Result<Mode> {
+    match s {
+        "quorum" => Ok(Mode::Quorum),
+        "kairos" => Ok(Mode::Kairos),
+        m => bail!("mode {m:?} (expected quorum or kairos)"),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum NatChoice {
+    Fixed(Mapping, Filtering),
+    /// A mix approximating ProbeLab's 2023 measurements of IPFS nodes behind NATs (most are
+    /// cone NATs that can be punched; about a third are symmetric or port-restricted
+    /// combinations that cannot), drawn per node: 15% full cone, 20% address-restricted,
+    /// 35% port-restricted, 30% symmetric.
+    ProbeLab,
+}
+
+fn nat_choice(s: &str) -> anyhow::Result<NatChoice> {
+    if s == "probelab" {
+        return Ok(NatChoice::ProbeLab);
+    }
+    let (m, f) = s
+        .split_once('/')
+        .with_context(|| format!("nat {s:?}: expected MAPPING/FILTERING or probelab"))?;
+    let m = match m {
+        "eim" => Mapping::EndpointIndependent,
+        "adm" => Mapping::AddressDependent,
+        "apdm" => Mapping::AddressAndPortDependent,
+        _ => bail!("nat mapping {m:?} (expected eim, adm or apdm)"),
+    };
+    let f = match f {
+        "eif" => Filtering::EndpointIndependent,
+        "adf" => Filtering::AddressDependent,
+        "apdf" => Filtering::AddressAndPortDependent,
+        _ => bail!("nat filtering {f:?} (expected eif, adf or apdf)"),
+    };
+    Ok(NatChoice::Fixed(m, f))
+}
+
+fn draw_nat(c: NatChoice, rng: &mut Rng) -> (Mapping, Filtering) {
+    match c {
+        NatChoice::Fixed(m, f) => (m, f),
+        NatChoice::ProbeLab => match rng.below(100) {
+            0..15 => (Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+            15..35 => (Mapping::EndpointIndependent, Filtering::AddressDependent),
+            35..70 => (
+                Mapping::EndpointIndependent,
+                Filtering::AddressAndPortDependent,
+            ),
+            _ => (
+                Mapping::AddressAndPortDependent,
+                Filtering::AddressAndPortDependent,
+            ),
+        },
+    }
+}
+
+/// The payload the simulated swarm carries: bytes the node sealed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bytes(pub Vec<u8>);
+
+impl swarm::WireSize for Bytes {
+    fn wire_len(&self) -> u32 {
+        self.0.len() as u32
+    }
+}
+
+struct SimNode {
+    host: HostId,
+    key: SigningKey,
+    intruder: bool,
+    node: Option<Node>,
+    /// The ledger as it stood at the crash: the agent keeps it on disk.
+    saved: Option<Ledger>,
+    wake: Option<Instant>,
+    booted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Metrics {
+    pub nodes: usize,
+    pub intruders: usize,
+    pub bootstrap: usize,
+    pub virtual_secs: f64,
+    pub converged_at_secs: Option<f64>,
+    pub reconverged_after_last_fault_secs: Option<f64>,
+    pub converged_at_end: bool,
+    pub events: u64,
+    pub messages: u64,
+    pub message_bytes: u64,
+    pub packets: u64,
+    pub packets_dropped: u64,
+    pub connections: u64,
+    pub relayed_connections: u64,
+    pub relayed_bytes: u64,
+    pub reservations: u64,
+    pub hole_punch_attempts: u64,
+    pub hole_punch_successes: u64,
+    pub hole_punch_failures: u64,
+    pub direct_paths_at_end: usize,
+    pub relayed_paths_at_end: usize,
+    pub cluster_inits: usize,
+    pub leader_epochs: u64,
+    pub signature_checks: u64,
+    pub signature_memo_hits: u64,
+    pub ledger_entries: usize,
+    pub node_bytes_mean: u64,
+    pub node_bytes_max: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub pass: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Outcome {
+    pub scenario: String,
+    pub seed: u64,
+    pub metrics: Metrics,
+    pub checks: Vec<Check>,
+    pub trace_hash: String,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.pass)
+    }
+}
+
+/// Writes the trace as JSON Lines (significant events; the hash covers everything).
+pub trait TraceSink {
+    fn line(&mut self, v: &serde_json::Value);
+}
+
+impl TraceSink for Vec<serde_json::Value> {
+    fn line(&mut self, v: &serde_json::Value) {
+        self.push(v.clone());
+    }
+}
+
+pub struct NoTrace;
+impl TraceSink for NoTrace {
+    fn line(&mut self, _: &serde_json::Value) {}
+}
+
+struct World<'t> {
+    file: SimFile,
+    swarm: Swarm<Bytes>,
+    nodes: Vec<SimNode>,
+    by_host: BTreeMap<HostId, usize>,
+    bootstrap: Vec<HostId>,
+    verifier: MemoVerifier,
+    hasher: Sha256,
+    trace: &'t mut dyn TraceSink,
+    cluster_inits: BTreeSet<usize>,
+    max_epoch: u64,
+    rng: Rng,
+    token: Arc<NetworkToken>,
+    other_token: Arc<NetworkToken>,
+}
+
+fn secs_f(t: Instant) -> f64 {
+    t.as_micros() as f64 / 1e6
+}
+
+fn at(secs: f64) -> Instant {
+    Instant::from_micros((secs * 1e6) as u64)
+}
+
+impl World<'_> {
+    fn hash_step(&mut self, now: Instant, host: HostId, tag: u8, parts: &[&[u8]]) {
+        self.hasher.update(now.as_micros().to_be_bytes());
+        self.hasher.update(host.0.to_be_bytes());
+        self.hasher.update([tag]);
+        for p in parts {
+            self.hasher.update((p.len() as u32).to_be_bytes());
+            self.hasher.update(p);
+        }
+    }
+
+    fn make_node(&self, i: usize, now: Instant) -> Node {
+        let sn = &self.nodes[i];
+        let token = if sn.intruder {
+            self.other_token.clone()
+        } else {
+            self.token.clone()
+        };
+        let mut cfg = NodeConfig::new(NetId(u64::from(sn.host.0)), token);
+        cfg.mode = mode(&self.file.mode).expect("validated");
+        cfg.minimum_nodes = self.file.minimum_nodes;
+        cfg.ha_masters = self.file.ha_masters;
+        cfg.target_peers = self.file.target_peers;
+        cfg.bootstrap = self
+            .bootstrap
+            .iter()
+            .map(|h| Bootstrap {
+                net: NetId(u64::from(h.0)),
+                addr: self.swarm.listen_addr(*h),
+            })
+            .collect();
+        let rng = Rng::seed(
+            self.rng.clone().next_u64()
+                ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ now.as_micros(),
+        );
+        let local = self.swarm.net.local_time(sn.host, now);
+        let mut node = Node::new(cfg, sn.key.clone(), rng, local);
+        if let Some(l) = &sn.saved {
+            node.restore(l.clone());
+        }
+        node
+    }
+
+    fn local(&self, i: usize, now: Instant) -> Instant {
+        self.swarm.net.local_time(self.nodes[i].host, now)
+    }
+
+    /// Carries out what node `i` asked for, and schedules its next wake-up.
+    fn drain(&mut self, i: usize, now: Instant) -> anyhow::Result<()> {
+        let host = self.nodes[i].host;
+        loop {
+            let Some(node) = self.nodes[i].node.as_mut() else {
+                return Ok(());
+            };
+            let Some(a) = node.poll_action() else { break };
+            let cmd = match a {
+                Action::Dial { peer, addrs } => Command::Dial {
+                    peer: HostId(peer.0 as u32),
+                    addrs,
+                },
+                Action::DialRelayed { relay, target } => Command::DialRelayed {
+                    relay: HostId(relay.0 as u32),
+                    target: HostId(target.0 as u32),
+                },
+                Action::Reserve { relay } => Command::Reserve {
+                    relay: HostId(relay.0 as u32),
+                },
+                Action::Send { conn, bytes } => Command::Send {
+                    conn: swarm::ConnId(conn.0),
+                    msg: Bytes(bytes),
+                },
+                Action::Close { conn } => Command::Close {
+                    conn: swarm::ConnId(conn.0),
+                },
+                Action::MdnsQuery => Command::MdnsQuery,
+                Action::Register {
+                    server,
+                    ns,
+                    ttl,
+                    record,
+                } => Command::Register {
+                    server: HostId(server.0 as u32),
+                    ns,
+                    ttl,
+                    record: Bytes(record),
+                },
+                Action::Discover { server, ns, limit } => Command::Discover {
+                    server: HostId(server.0 as u32),
+                    ns,
+                    limit,
+                },
+                Action::AutoNatProbe { server } => Command::AutoNatProbe {
+                    server: HostId(server.0 as u32),
+                },
+            };
+            self.swarm.command(host, cmd)?;
+        }
+        let mut evs = Vec::new();
+        if let Some(node) = self.nodes[i].node.as_mut() {
+            while let Some(e) = node.poll_event() {
+                evs.push(e);
+            }
+        }
+        for e in evs {
+            let (tag, text) = match &e {
+                NodeEvent::ClusterInit => {
+                    self.cluster_inits.insert(i);
+                    (1u8, "cluster-init".to_string())
+                }
+                NodeEvent::Role { role, epoch } => {
+                    self.max_epoch = self.max_epoch.max(*epoch);
+                    (2, format!("role {role:?} epoch {epoch}"))
+                }
+                NodeEvent::Join(j) => (3, format!("join {}", j.server)),
+            };
+            self.hash_step(now, host, tag, &[text.as_bytes()]);
+            self.trace
+                .line(&serde_json::json!({"t": secs_f(now), "node": i, "event": text}));
+        }
+        // Wake-ups: one pending per node, the earliest it asked for (in true time).
+        if let Some(node) = self.nodes[i].node.as_ref() {
+            let local = self.swarm.net.local_time(host, now);
+            let want_local = node.poll_timeout();
+            let wait = want_local.since(local);
+            let want = now + wait;
+            if self.nodes[i].wake.is_none_or(|w| want < w || w < now) {
+                self.nodes[i].wake = Some(want);
+                self.swarm.wake_at(host, want)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_step(&mut self, now: Instant, step: Step<Bytes>) -> anyhow::Result<()> {
+        let host = match &step {
+            Step::Event(h, _) | Step::Wake(h) => *h,
+        };
+        let Some(&i) = self.by_host.get(&host) else {
+            return Ok(()); // a bootstrap node: only its swarm services run
+        };
+        if self.nodes[i].node.is_none() {
+            return Ok(());
+        }
+        let local = self.local(i, now);
+        let node = self.nodes[i].node.as_mut().expect("checked");
+        let v = &mut self.verifier;
+        let mut digest: Vec<u8> = Vec::new();
+        let tag = match step {
+            Step::Wake(_) => {
+                if self.nodes[i].wake.is_some_and(|w| w <= now) {
+                    self.nodes[i].wake = None;
+                }
+                let node = self.nodes[i].node.as_mut().expect("checked");
+                if node.poll_timeout() <= local {
+                    node.handle_timeout(local, v);
+                }
+                10
+            }
+            Step::Event(_, e) => match e {
+                Event::Connected {
+                    conn,
+                    peer,
+                    path,
+                    observed,
+                    ..
+                } => {
+                    let path = match path {
+                        swarm::PathKind::Direct => PathKind::Direct,
+                        swarm::PathKind::Relayed { relay } => PathKind::Relayed {
+                            relay: NetId(u64::from(relay.0)),
+                        },
+                    };
+                    digest.extend(conn.0.to_be_bytes());
+                    digest.extend(peer.0.to_be_bytes());
+                    node.handle_connected(
+                        local,
+                        ConnRef(conn.0),
+                        NetId(u64::from(peer.0)),
+                        path,
+                        observed,
+                    );
+                    11
+                }
+                Event::Closed { conn, .. } => {
+                    digest.extend(conn.0.to_be_bytes());
+                    node.handle_closed(local, ConnRef(conn.0));
+                    12
+                }
+                Event::DialFailed { peer } => {
+                    node.handle_dial_failed(local, NetId(u64::from(peer.0)));
+                    13
+                }
+                Event::Message { conn, msg, .. } => {
+                    digest.extend(&msg.0);
+                    node.handle_message(local, ConnRef(conn.0), &msg.0, v);
+                    14
+                }
+                Event::Reserved { relay, ttl } => {
+                    node.handle_reserved(local, NetId(u64::from(relay.0)), ttl);
+                    15
+                }
+                Event::ReservationFailed { relay } => {
+                    node.handle_reservation_failed(local, NetId(u64::from(relay.0)));
+                    16
+                }
+                Event::RelayedDialFailed { target, .. } => {
+                    node.handle_relayed_dial_failed(local, NetId(u64::from(target.0)));
+                    17
+                }
+                Event::HolePunch { peer, ok } => {
+                    node.handle_hole_punch(local, NetId(u64::from(peer.0)), ok);
+                    18
+                }
+                Event::MdnsFound { peer, addr } => {
+                    node.handle_mdns(local, NetId(u64::from(peer.0)), addr);
+                    19
+                }
+                Event::Registered { .. } => 20,
+                Event::Discovered { records, .. } => {
+                    node.handle_discovered(
+                        local,
+                        records
+                            .into_iter()
+                            .map(|(h, b)| (NetId(u64::from(h.0)), b.0))
+                            .collect(),
+                    );
+                    21
+                }
+                Event::AutoNat { server, reachable } => {
+                    node.handle_autonat(local, NetId(u64::from(server.0)), reachable);
+                    22
+                }
+                Event::CommandFailed { .. } => 23,
+            },
+        };
+        self.hash_step(now, host, tag, &[&digest]);
+        self.drain(i, now)
+    }
+
+    fn live_mesh(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].intruder && self.nodes[i].node.is_some())
+            .collect()
+    }
+
+    /// The four convergence conditions (module docs), at this instant.
+    fn converged(&self) -> bool {
+        self.gaps(1).is_empty()
+    }
+
+    /// What keeps the mesh from being converged (at most `max` reasons).
+    fn gaps(&self, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(i) = self.nodes.iter().position(|n| !n.intruder && !n.booted) {
+            out.push(format!("node {i} has not booted yet"));
+            return out;
+        }
+        let live = self.live_mesh();
+        let Some(&first) = live.first() else {
+            out.push("no live node holds the token".into());
+            return out;
+        };
+        let n0 = self.nodes[first].node.as_ref().expect("live");
+        let head = n0.ledger().head();
+        let view = n0.cluster().map(|c| (c.epoch, c.leader, c.masters));
+        let join = n0.join_data().cloned();
+        let live_net: BTreeSet<NetId> = live
+            .iter()
+            .map(|&i| NetId(u64::from(self.nodes[i].host.0)))
+            .collect();
+        let live_keys: BTreeSet<[u8; 32]> = live
+            .iter()
+            .map(|&i| self.nodes[i].key.verifying_key().to_bytes())
+            .collect();
+        if let Some((_, leader, masters)) = &view {
+            if !live_keys.contains(leader) {
+                out.push(format!("node {first} follows a leader that is down"));
+            }
+            if let Some(m) = masters.iter().find(|m| !live_keys.contains(*m)) {
+                out.push(format!(
+                    "node {first} lists a master that is down ({})",
+                    hex::encode(&m[..4])
+                ));
+            }
+        }
+        for &i in &live {
+            if out.len() >= max {
+                break;
+            }
+            let n = self.nodes[i].node.as_ref().expect("live");
+            if n.ledger().head() != head {
+                out.push(format!(
+                    "node {i}: ledger differs from node {first}'s ({} vs {} entries)",
+                    n.ledger().len(),
+                    n0.ledger().len()
+                ));
+            } else if n.cluster().map(|c| (c.epoch, c.leader, c.masters)) != view {
+                out.push(format!(
+                    "node {i}: follows another cluster decision than node {first}"
+                ));
+            } else if n.role().is_none() {
+                out.push(format!("node {i}: has no role"));
+            } else if n.join_data().is_none() || n.join_data().cloned() != join {
+                out.push(format!("node {i}: join data missing or different"));
+            } else if let Some((p, _)) = n
+                .wanted_paths()
+                .iter()
+                .find(|(p, k)| k.is_none() && live_net.contains(p))
+            {
+                out.push(format!(
+                    "node {i}: no path to wanted peer h{} ({})",
+                    p.0,
+                    n.describe_peer(*p)
+                ));
+            }
+        }
+        out.truncate(max);
+        out
+    }
+
+    fn leader_index(&self) -> Option<usize> {
+        // The leader most live nodes follow.
+        let mut count: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+        for i in self.live_mesh() {
+            if let Some(c) = self.nodes[i].node.as_ref().and_then(Node::cluster) {
+                *count.entry(c.leader).or_default() += 1;
+            }
+        }
+        let (leader, _) = count.into_iter().max_by_key(|(k, n)| (*n, *k))?;
+        self.nodes
+            .iter()
+            .position(|n| n.key.verifying_key().to_bytes() == leader)
+    }
+}
+
+/// Runs a scenario from one seed.
+pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Result<Outcome> {
+    let mut root = Rng::seed(seed);
+    let mut net_rng = root.fork(1);
+    let swarm_rng = root.fork(2);
+    let mut build_rng = root.fork(3);
+    let mut node_rng = root.fork(4);
+    let mut fault_rng = root.fork(5);
+    let token = Arc::new(NetworkToken::generate(&mut build_rng));
+    let other_token = Arc::new(NetworkToken::generate(&mut build_rng));
+    let mut net = Network::new(net_rng.fork(0));
+    let base_link = file.link.spec()?;
+    let mut bootstrap = Vec::new();
+    for _ in 0..file.bootstrap {
+        bootstrap.push(net.add_host(RealmId::INTERNET, base_link)?);
+    }
+    // Each bootstrap node dials AutoNAT dial-backs from a second address.
+    let mut helpers = Vec::new();
+    for &b in &bootstrap {
+        helpers.push((b, net.add_host(RealmId::INTERNET, base_link)?));
+    }
+    struct Pending {
+        host: HostId,
+        intruder: bool,
+        skew_ms: u64,
+    }
+    let mut pending = Vec::new();
+    for g in &file.groups {
+        let link = match &g.link {
+            Some(l) => l.spec()?,
+            None => base_link,
+        };
+        let choice = nat_choice(g.nat.as_deref().unwrap_or("eim/apdf"))?;
+        let spec = |rng: &mut Rng| {
+            let (m, f) = draw_nat(choice, rng);
+            let mut s = NatSpec::new(m, f);
+            if let Some(t) = g.nat_timeout {
+                s.timeout = Duration::from_secs(t);
+            }
+            s.hairpin = g.hairpin;
+            s
+        };
+        let shared = match g.placement.as_str() {
+            "lan" => Some(net.add_nat(RealmId::INTERNET, spec(&mut build_rng))?.1),
+            "cgnat" => Some(
+                net.add_nat(
+                    RealmId::INTERNET,
+                    NatSpec::new(
+                        Mapping::EndpointIndependent,
+                        Filtering::AddressAndPortDependent,
+                    ),
+                )?
+                .1,
+            ),
+            _ => None,
+        };
+        for _ in 0..g.count {
+            let realm = match (g.placement.as_str(), shared) {
+                ("public", _) => RealmId::INTERNET,
+                ("lan", Some(r)) => r,
+                ("nat", _) => net.add_nat(RealmId::INTERNET, spec(&mut build_rng))?.1,
+                ("cgnat", Some(r)) => net.add_nat(r, spec(&mut build_rng))?.1,
+                _ => unreachable!("validated"),
+            };
+            let host = net.add_host(realm, link)?;
+            pending.push(Pending {
+                host,
+                intruder: g.intruder,
+                skew_ms: g.clock_skew_ms,
+            });
+        }
+    }
+    let mut cfg = SwarmConfig::default();
+    cfg.relay.max_reservations = file.relay.max_reservations;
+    cfg.relay.max_circuits = file.relay.max_circuits;
+    cfg.relay.max_circuits_per_peer = file.relay.max_circuits_per_peer;
+    cfg.relay.max_circuit_duration = Duration::from_secs(file.relay.max_circuit_duration);
+    cfg.relay.max_circuit_bytes = file.relay.max_circuit_bytes;
+    let mut swarm = Swarm::new(net, cfg, swarm_rng, 1 << 26);
+    for &b in &bootstrap {
+        swarm.add_host(
+            b,
+            Services {
+                relay: true,
+                rendezvous: true,
+                autonat: true,
+                dcutr: false,
+            },
+        );
+    }
+    for &(b, helper) in &helpers {
+        swarm.set_autonat_helper(b, helper);
+    }
+    let mut nodes = Vec::new();
+    let mut by_host = BTreeMap::new();
+    for (index, p) in pending.into_iter().enumerate() {
+        let _ = index;
+        swarm.add_host(
+            p.host,
+            Services {
+                dcutr: true,
+                ..Services::default()
+            },
+        );
+        if p.skew_ms > 0 {
+            let span = p.skew_ms * 2 * 1000 + 1;
+            let s = build_rng.below(span) as i64 - (p.skew_ms * 1000) as i64;
+            swarm.net.set_skew(p.host, s);
+        }
+        let mut secret = [0u8; 32];
+        for c in secret.chunks_mut(8) {
+            c.copy_from_slice(&node_rng.next_u64().to_le_bytes());
+        }
+        by_host.insert(p.host, index);
+        nodes.push(SimNode {
+            host: p.host,
+            key: SigningKey::from_bytes(&secret),
+            intruder: p.intruder,
+            node: None,
+            saved: None,
+            wake: None,
+            booted: false,
+        });
+    }
+    let mut w = World {
+        file: file.clone(),
+        swarm,
+        nodes,
+        by_host,
+        bootstrap,
+        verifier: MemoVerifier::default(),
+        hasher: Sha256::new(),
+        trace,
+        cluster_inits: BTreeSet::new(),
+        max_epoch: 0,
+        rng: root.fork(6),
+        token,
+        other_token,
+    };
+    w.hasher.update(seed.to_be_bytes());
+    w.trace
+        .line(&serde_json::json!({"scenario": file.name, "seed": seed, "nodes": w.nodes.len()}));
+    // Nodes boot over the first second, in a seeded order.
+    let boot_spread = 1_000_000u64;
+    let mut boots: Vec<(Instant, usize)> = (0..w.nodes.len())
+        .map(|i| (Instant::from_micros(fault_rng.below(boot_spread)), i))
+        .collect();
+    boots.sort();
+    // The timeline: boots, faults (churn expanded), samples.
+    #[derive(Debug, Clone)]
+    enum Tl {
+        Boot(usize),
+        Crash(Option<usize>, Option<f64>),
+        Partition(f64),
+        Heal,
+        Loss(f64),
+    }
+    let mut timeline: Vec<(Instant, u64, Tl)> = Vec::new();
+    let mut seq = 0u64;
+    let mut push = |t: Instant, e: Tl, tl: &mut Vec<(Instant, u64, Tl)>| {
+        tl.push((t, seq, e));
+        seq += 1;
+    };
+    for (t, i) in boots {
+        push(t, Tl::Boot(i), &mut timeline);
+    }
+    let mut last_fault = None;
+    for f in &file.faults {
+        let t = at(f.at);
+        last_fault = Some(last_fault.map_or(t, |l: Instant| l.max(t)));
+        if let Some(c) = &f.crash {
+            let target = match c.as_str() {
+                "leader" => None,
+                "random" => Some(fault_rng.below(w.nodes.len() as u64) as usize),
+                n => Some(n.trim_start_matches("node-").parse().expect("validated")),
+            };
+            push(t, Tl::Crash(target, f.restart_after), &mut timeline);
+        } else if let Some(p) = f.partition {
+            push(t, Tl::Partition(p), &mut timeline);
+        } else if f.heal {
+            push(t, Tl::Heal, &mut timeline);
+        } else if let Some(l) = f.loss {
+            push(t, Tl::Loss(l), &mut timeline);
+        } else if let Some(c) = &f.churn {
+            let mut x = f.at;
+            while x < c.until {
+                let i = fault_rng.below(w.nodes.len() as u64) as usize;
+                push(at(x), Tl::Crash(Some(i), Some(c.down)), &mut timeline);
+                x += c.every;
+            }
+            last_fault = Some(last_fault.map_or(at(c.until), |l: Instant| l.max(at(c.until))));
+        }
+    }
+    timeline.sort_by_key(|(t, s, _)| (*t, *s));
+    let end = Instant::from_micros(file.duration * 1_000_000);
+    let mut tl = std::collections::VecDeque::from(timeline);
+    let mut next_sample = Instant::ZERO;
+    let mut converged_at: Option<Instant> = None;
+    let mut reconverged: Option<Instant> = None;
+    let mut restarts: Vec<(Instant, usize)> = Vec::new();
+    loop {
+        // The next thing on the timeline (or sample) bounds how far the network runs.
+        let next_tl = tl.front().map(|(t, _, _)| *t);
+        let next_restart = restarts.iter().map(|(t, _)| *t).min();
+        let bound = [Some(next_sample), next_tl, next_restart, Some(end)]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("end");
+        while let Some(step) = w.swarm.step(bound)? {
+            let now = w.swarm.now();
+            w.on_step(now, step)?;
+        }
+        let now = bound;
+        if next_restart == Some(now) {
+            let due: Vec<usize> = restarts
+                .iter()
+                .filter(|(t, _)| *t == now)
+                .map(|(_, i)| *i)
+                .collect();
+            restarts.retain(|(t, _)| *t != now);
+            for i in due {
+                if w.nodes[i].node.is_none() {
+                    w.swarm.restart(w.nodes[i].host);
+                    let n = w.make_node(i, now);
+                    w.nodes[i].node = Some(n);
+                    w.nodes[i].wake = None;
+                    w.trace.line(
+                        &serde_json::json!({"t": secs_f(now), "node": i, "event": "restart"}),
+                    );
+                    w.hash_step(now, w.nodes[i].host, 30, &[]);
+                    w.drain(i, now)?;
+                }
+            }
+            continue;
+        }
+        if next_tl == Some(now) {
+            let (_, _, e) = tl.pop_front().expect("peeked");
+            match e {
+                Tl::Boot(i) => {
+                    let n = w.make_node(i, now);
+                    w.nodes[i].node = Some(n);
+                    w.nodes[i].booted = true;
+                    w.hash_step(now, w.nodes[i].host, 31, &[]);
+                    w.drain(i, now)?;
+                }
+                Tl::Crash(target, restart) => {
+                    let i = match target {
+                        Some(i) => Some(i),
+                        None => w.leader_index(),
+                    };
+                    if let Some(i) = i.filter(|&i| w.nodes[i].node.is_some()) {
+                        let host = w.nodes[i].host;
+                        let node = w.nodes[i].node.take().expect("live");
+                        w.nodes[i].saved = Some(node.ledger().clone());
+                        w.swarm.crash(host);
+                        w.trace.line(
+                            &serde_json::json!({"t": secs_f(now), "node": i, "event": "crash"}),
+                        );
+                        w.hash_step(now, host, 32, &[]);
+                        if let Some(r) = restart {
+                            restarts.push((now + Duration::from_micros((r * 1e6) as u64), i));
+                        }
+                    }
+                }
+                Tl::Partition(p) => {
+                    let cut = ((w.nodes.len() as f64) * p).round() as usize;
+                    for (k, n) in w.nodes.iter().enumerate() {
+                        w.swarm.net.set_group(n.host, u32::from(k < cut));
+                    }
+                    w.trace.line(&serde_json::json!({"t": secs_f(now), "event": format!("partition {cut} nodes")}));
+                    w.hash_step(now, HostId(0), 33, &[]);
+                }
+                Tl::Heal => {
+                    for n in &w.nodes {
+                        w.swarm.net.set_group(n.host, 0);
+                    }
+                    w.trace
+                        .line(&serde_json::json!({"t": secs_f(now), "event": "heal"}));
+                    w.hash_step(now, HostId(0), 34, &[]);
+                }
+                Tl::Loss(l) => {
+                    let hosts: Vec<HostId> = w
+                        .nodes
+                        .iter()
+                        .map(|n| n.host)
+                        .chain(w.bootstrap.iter().copied())
+                        .collect();
+                    for h in hosts {
+                        let mut spec = base_link;
+                        spec.loss_ppm = (l * 1e6) as u32;
+                        w.swarm.net.set_link(h, spec);
+                    }
+                    w.hash_step(now, HostId(0), 35, &[]);
+                }
+            }
+            continue;
+        }
+        if now == next_sample {
+            next_sample = now + Duration::from_millis(SAMPLE_MS);
+            if w.converged() {
+                if converged_at.is_none() {
+                    converged_at = Some(now);
+                    w.trace
+                        .line(&serde_json::json!({"t": secs_f(now), "event": "converged"}));
+                }
+                if last_fault.is_some_and(|f| now >= f) && reconverged.is_none() {
+                    reconverged = Some(now);
+                    w.trace
+                        .line(&serde_json::json!({"t": secs_f(now), "event": "reconverged"}));
+                }
+            }
+        }
+        if now >= end {
+            break;
+        }
+    }
+    let converged_at_end = w.converged();
+    // Metrics.
+    let live = w.live_mesh();
+    let mut direct = 0;
+    let mut relayed = 0;
+    let mut bytes: Vec<u64> = Vec::new();
+    let mut messages = 0;
+    let mut message_bytes = 0;
+    for &i in &live {
+        let n = w.nodes[i].node.as_ref().expect("live");
+        for k in n.paths().values() {
+            match k {
+                PathKind::Direct => direct += 1,
+                PathKind::Relayed { .. } => relayed += 1,
+            }
+        }
+        bytes.push(n.approx_bytes() as u64);
+        messages += n.stats.messages_sent;
+        message_bytes += n.stats.bytes_sent;
+    }
+    let ns = &w.swarm.stats;
+    let net = &w.swarm.net.stats;
+    let metrics = Metrics {
+        nodes: w.nodes.iter().filter(|n| !n.intruder).count(),
+        intruders: w.nodes.iter().filter(|n| n.intruder).count(),
+        bootstrap: w.bootstrap.len(),
+        virtual_secs: file.duration as f64,
+        converged_at_secs: converged_at.map(secs_f),
+        reconverged_after_last_fault_secs: match (reconverged, last_fault) {
+            (Some(r), Some(f)) => Some(secs_f(r) - secs_f(f)),
+            _ => None,
+        },
+        converged_at_end,
+        events: w.swarm.events_fired(),
+        messages,
+        message_bytes,
+        packets: net.sent,
+        packets_dropped: net.dropped.iter().sum(),
+        connections: ns.connections,
+        relayed_connections: ns.relayed_connections,
+        relayed_bytes: ns.relayed_bytes,
+        reservations: ns.reservations,
+        hole_punch_attempts: ns.hole_punch_attempts,
+        hole_punch_successes: ns.hole_punch_successes,
+        hole_punch_failures: ns.hole_punch_failures,
+        direct_paths_at_end: direct / 2,
+        relayed_paths_at_end: relayed / 2,
+        cluster_inits: w.cluster_inits.len(),
+        leader_epochs: w.max_epoch,
+        signature_checks: w.verifier.checks,
+        signature_memo_hits: w.verifier.hits,
+        ledger_entries: live.first().map_or(0, |&i| {
+            w.nodes[i].node.as_ref().expect("live").ledger().len()
+        }),
+        node_bytes_mean: if bytes.is_empty() {
+            0
+        } else {
+            bytes.iter().sum::<u64>() / bytes.len() as u64
+        },
+        node_bytes_max: bytes.iter().copied().max().unwrap_or(0),
+    };
+    // Checks.
+    let e = &file.expect;
+    let mut checks = Vec::new();
+    let mut check = |name: &str, pass: bool, detail: String| {
+        checks.push(Check {
+            name: name.into(),
+            pass,
+            detail,
+        })
+    };
+    if let Some(by) = e.converged_by {
+        check(
+            "converged-by",
+            converged_at.is_some_and(|c| secs_f(c) <= by),
+            format!(
+                "converged at {:?} s, expected by {by} s",
+                metrics.converged_at_secs
+            ),
+        );
+    }
+    if let Some(within) = e.reconverged_within {
+        check(
+            "reconverged-within",
+            metrics
+                .reconverged_after_last_fault_secs
+                .is_some_and(|r| r <= within),
+            format!(
+                "{:?} s after the last fault, expected within {within} s",
+                metrics.reconverged_after_last_fault_secs
+            ),
+        );
+    }
+    if e.converged_at_end {
+        let why = w.gaps(5);
+        check(
+            "converged-at-end",
+            converged_at_end,
+            if converged_at_end {
+                "converged at the end".into()
+            } else {
+                format!("not converged at the end: {}", why.join("; "))
+            },
+        );
+    }
+    check(
+        "cluster-inits",
+        metrics.cluster_inits == e.cluster_inits,
+        format!(
+            "{} nodes ran cluster-init, expected {}",
+            metrics.cluster_inits, e.cluster_inits
+        ),
+    );
+    // Every live worker holds the join data, and it names a live master's address.
+    let workers_without: Vec<usize> = live
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let n = w.nodes[i].node.as_ref().expect("live");
+            matches!(n.role(), Some((Role::Worker, _))) && n.join_data().is_none()
+        })
+        .collect();
+    check(
+        "workers-have-join-data",
+        workers_without.is_empty(),
+        format!("workers without join data: {workers_without:?}"),
+    );
+    // Nobody without the token got in, and they learned nothing.
+    let intruder_keys: BTreeSet<[u8; 32]> = w
+        .nodes
+        .iter()
+        .filter(|n| n.intruder)
+        .map(|n| n.key.verifying_key().to_bytes())
+        .collect();
+    let leaked_in = live.iter().any(|&i| {
+        w.nodes[i]
+            .node
+            .as_ref()
+            .expect("live")
+            .members()
+            .keys()
+            .any(|k| intruder_keys.contains(k))
+    });
+    let leaked_out = w
+        .nodes
+        .iter()
+        .filter(|n| n.intruder)
+        .filter_map(|n| n.node.as_ref())
+        .any(|n| n.members().keys().any(|k| !intruder_keys.contains(k)));
+    check(
+        "token-gate",
+        !leaked_in && !leaked_out,
+        format!("intruders in the mesh ledger: {leaked_in}; mesh members in an intruder's ledger: {leaked_out}"),
+    );
+    if e.min_relayed_paths > 0 {
+        check(
+            "relayed-paths",
+            metrics.relayed_paths_at_end >= e.min_relayed_paths,
+            format!(
+                "{} relayed paths at the end, expected at least {}",
+                metrics.relayed_paths_at_end, e.min_relayed_paths
+            ),
+        );
+    }
+    if e.min_direct_paths > 0 {
+        check(
+            "direct-paths",
+            metrics.direct_paths_at_end >= e.min_direct_paths,
+            format!(
+                "{} direct paths at the end, expected at least {}",
+                metrics.direct_paths_at_end, e.min_direct_paths
+            ),
+        );
+    }
+    if e.min_hole_punches_ok > 0 {
+        check(
+            "hole-punches-ok",
+            metrics.hole_punch_successes >= e.min_hole_punches_ok,
+            format!(
+                "{} hole punches succeeded, expected at least {}",
+                metrics.hole_punch_successes, e.min_hole_punches_ok
+            ),
+        );
+    }
+    if e.min_hole_punches_failed > 0 {
+        check(
+            "hole-punches-failed",
+            metrics.hole_punch_failures >= e.min_hole_punches_failed,
+            format!(
+                "{} hole punches failed, expected at least {}",
+                metrics.hole_punch_failures, e.min_hole_punches_failed
+            ),
+        );
+    }
+    if e.new_leader {
+        check(
+            "new-leader",
+            metrics.leader_epochs >= 2,
+            format!("highest epoch {}", metrics.leader_epochs),
+        );
+    }
+    let trace_hash = hex::encode(w.hasher.clone().finalize());
+    w.trace.line(&serde_json::json!({"trace_hash": trace_hash}));
+    Ok(Outcome {
+        scenario: file.name.clone(),
+        seed,
+        metrics,
+        checks,
+        trace_hash,
+    })
+}
+
+/// The human summary; ends with the `trace_hash=` line scripts look for.
+pub fn summary(o: &Outcome) -> String {
+    let m = &o.metrics;
+    let opt = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.2} s"));
+    let mut s = format!(
+        "scenario {} seed {}: {}\n\
+         nodes {} (+{} without the token, {} bootstrap), {} virtual s\n\
+         converged at {}; after the last fault {}; at the end: {}\n\
+         events {}, packets {} ({} dropped), messages {} ({} bytes)\n\
+         connections {}, relayed {} ({} bytes), reservations {}\n\
+         hole punches {} attempted, {} ok, {} failed\n\
+         paths at the end: {} direct, {} relayed\n\
+         cluster-init {}, highest epoch {}, ledger entries {}\n\
+         signatures checked {}, memo hits {}; node state ~{} bytes mean, {} max\n",
+        o.scenario,
+        o.seed,
+        if o.passed() { "PASS" } else { "FAIL" },
+        m.nodes,
+        m.intruders,
+        m.bootstrap,
+        m.virtual_secs,
+        opt(m.converged_at_secs),
+        opt(m.reconverged_after_last_fault_secs),
+        m.converged_at_end,
+        m.events,
+        m.packets,
+        m.packets_dropped,
+        m.messages,
+        m.message_bytes,
+        m.connections,
+        m.relayed_connections,
+        m.relayed_bytes,
+        m.reservations,
+        m.hole_punch_attempts,
+        m.hole_punch_successes,
+        m.hole_punch_failures,
+        m.direct_paths_at_end,
+        m.relayed_paths_at_end,
+        m.cluster_inits,
+        m.leader_epochs,
+        m.ledger_entries,
+        m.signature_checks,
+        m.signature_memo_hits,
+        m.node_bytes_mean,
+        m.node_bytes_max,
+    );
+    for c in &o.checks {
+        s.push_str(&format!(
+            "  {} {}: {}\n",
+            if c.pass { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        ));
+    }
+    s.push_str(&format!("trace_hash={}\n", o.trace_hash));
+    s
+}
