@@ -502,6 +502,8 @@ struct World<'t> {
     trace: &'t mut dyn TraceSink,
     cluster_inits: BTreeSet<usize>,
     max_epoch: u64,
+    /// Every leader any live node followed, per epoch (safety: at most one each).
+    leaders_by_epoch: BTreeMap<u64, BTreeSet<[u8; 32]>>,
     rng: Rng,
     token: Arc<NetworkToken>,
     other_token: Arc<NetworkToken>,
@@ -986,6 +988,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         trace,
         cluster_inits: BTreeSet::new(),
         max_epoch: 0,
+        leaders_by_epoch: BTreeMap::new(),
         rng: root.fork(6),
         token,
         other_token,
@@ -1151,6 +1154,14 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         }
         if now == next_sample {
             next_sample = now + Duration::from_millis(SAMPLE_MS);
+            for i in w.live_mesh() {
+                if let Some(c) = w.nodes[i].node.as_ref().and_then(Node::cluster) {
+                    w.leaders_by_epoch
+                        .entry(c.epoch)
+                        .or_default()
+                        .insert(c.leader);
+                }
+            }
             if w.converged() {
                 if converged_at.is_none() {
                     converged_at = Some(now);
@@ -1280,6 +1291,21 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
             "{} nodes ran cluster-init, expected {}",
             metrics.cluster_inits, e.cluster_inits
         ),
+    );
+    let split: Vec<u64> = w
+        .leaders_by_epoch
+        .iter()
+        .filter(|(_, l)| l.len() > 1)
+        .map(|(e, _)| *e)
+        .collect();
+    check(
+        "one-leader-per-epoch",
+        split.is_empty(),
+        if split.is_empty() {
+            format!("{} epochs, one leader each", w.leaders_by_epoch.len())
+        } else {
+            format!("epochs with two leaders (split brain): {split:?}")
+        },
     );
     // Every live worker holds the join data, and it names a live master's address.
     let workers_without: Vec<usize> = live

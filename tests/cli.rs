@@ -52,6 +52,8 @@ fn help_texts() {
         &["rollback", "--help"],
         &["build-test-image", "--help"],
         &["scenario", "run", "--help"],
+        &["sim", "run", "--help"],
+        &["sim", "sweep", "--help"],
     ] {
         let o = bootyard(args);
         assert!(o.status.success());

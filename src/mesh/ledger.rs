@@ -161,13 +161,22 @@ pub enum LedgerError {
     },
 }
 
+/// Entries are grouped into this many buckets by their owner's first byte; each bucket keeps
+/// the XOR of its entries' digests, so replicas can compare 16 small digests and exchange
+/// summaries of only the buckets that differ.
+pub const BUCKETS: usize = 16;
+
+fn bucket_of(owner: &PeerKey) -> usize {
+    usize::from(owner[0] >> 4)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ledger {
-    /// Each entry with its digest, computed once.
-    entries: BTreeMap<(PeerKey, String), (Entry, [u8; 32])>,
-    /// XOR of every entry's digest: the head is a function of the set, kept up to date in
-    /// O(1) per change.
-    xor: [u8; 32],
+    /// Each entry with its digest, computed once, by owner then key.
+    entries: BTreeMap<PeerKey, BTreeMap<String, (Entry, [u8; 32])>>,
+    len: usize,
+    /// Per bucket, XOR of the entries' digests: kept up to date in O(1) per change.
+    xor: [[u8; 32]; BUCKETS],
     value_bytes_max: usize,
 }
 
@@ -176,33 +185,42 @@ impl Ledger {
     pub fn new(value_bytes_max: usize) -> Self {
         Self {
             entries: BTreeMap::new(),
-            xor: [0; 32],
+            len: 0,
+            xor: [[0; 32]; BUCKETS],
             value_bytes_max,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// The live value under `(owner, key)`; tombstoned or unknown entries have none.
     pub fn get(&self, owner: &PeerKey, key: &str) -> Option<&[u8]> {
-        self.entries
-            .get(&(*owner, key.to_string()))
-            .and_then(|(e, _)| e.value.as_deref())
+        self.entry(owner, key).and_then(|e| e.value.as_deref())
     }
 
     pub fn entry(&self, owner: &PeerKey, key: &str) -> Option<&Entry> {
-        self.entries.get(&(*owner, key.to_string())).map(|(e, _)| e)
+        self.entries.get(owner)?.get(key).map(|(e, _)| e)
     }
 
     /// Every entry (tombstones too), in (owner, key) order.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values().map(|(e, _)| e)
+        self.entries
+            .values()
+            .flat_map(|m| m.values().map(|(e, _)| e))
+    }
+
+    /// The entries of one owner.
+    pub fn entries_of(&self, owner: &PeerKey) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .get(owner)
+            .into_iter()
+            .flat_map(|m| m.values().map(|(e, _)| e))
     }
 
     /// Live entries, in (owner, key) order.
@@ -210,7 +228,8 @@ impl Ledger {
         self.entries().filter(|e| e.value.is_some())
     }
 
-    /// Checks and merges one entry.
+    /// Checks and merges one entry. A copy of what is already held (same version and
+    /// signature) or anything older is recognised without hashing or verifying.
     pub fn apply(&mut self, e: Entry, v: &mut dyn Verifier) -> Result<Applied, LedgerError> {
         if e.key.len() > KEY_BYTES_MAX {
             return Err(LedgerError::KeyTooLong(e.key.len()));
@@ -224,9 +243,14 @@ impl Ledger {
                 });
             }
         }
-        let id = (e.owner, e.key.clone());
+        let held = self.entries.get(&e.owner).and_then(|m| m.get(&e.key));
+        if let Some((have, _)) = held {
+            if have.version > e.version || (have.version == e.version && have.sig == e.sig) {
+                return Ok(Applied::Stale);
+            }
+        }
         let digest = e.digest();
-        if let Some((have, d)) = self.entries.get(&id) {
+        if let Some((have, d)) = held {
             if (have.version, *d) >= (e.version, digest) {
                 return Ok(Applied::Stale);
             }
@@ -234,10 +258,19 @@ impl Ledger {
         if !v.verify(&e.owner, &e.signed_bytes(), &e.sig) {
             return Err(LedgerError::BadSignature { key: e.key });
         }
-        if let Some((_, old)) = self.entries.insert(id, (e, digest)) {
-            xor_into(&mut self.xor, &old);
+        let b = bucket_of(&e.owner);
+        let owner = e.owner;
+        let key = e.key.clone();
+        match self
+            .entries
+            .entry(owner)
+            .or_default()
+            .insert(key, (e, digest))
+        {
+            Some((_, old)) => xor_into(&mut self.xor[b], &old),
+            None => self.len += 1,
         }
-        xor_into(&mut self.xor, &digest);
+        xor_into(&mut self.xor[b], &digest);
         Ok(Applied::Changed)
     }
 
@@ -250,40 +283,53 @@ impl Ledger {
     }
 
     /// A digest of the whole map: equal heads, equal ledgers (a hash over the entry count
-    /// and the XOR of the entries' digests, so it costs O(1)).
+    /// and the buckets' XORs, so it costs O(1)).
     pub fn head(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update((self.entries.len() as u64).to_be_bytes());
-        h.update(self.xor);
+        h.update((self.len as u64).to_be_bytes());
+        for x in &self.xor {
+            h.update(x);
+        }
         h.finalize().into()
     }
 
-    /// What this replica holds (each entry's version and digest), for a peer to answer
-    /// with what ranks higher.
-    pub fn versions(&self) -> Vec<Version> {
+    /// A short digest per bucket, for a peer to find which buckets differ.
+    pub fn bucket_digests(&self) -> [u64; BUCKETS] {
+        let mut out = [0u64; BUCKETS];
+        for (o, x) in out.iter_mut().zip(&self.xor) {
+            *o = u64::from_be_bytes(x[..8].try_into().expect("8 bytes"));
+        }
+        out
+    }
+
+    /// What this replica holds in the buckets of `mask` (bit i: bucket i), each entry's
+    /// version and digest, for a peer to answer with what ranks higher.
+    pub fn versions(&self, mask: u16) -> Vec<Version> {
         self.entries
-            .values()
-            .map(|(e, digest)| {
-                let (version, digest) = (e.version, *digest);
-                Version {
-                    owner: e.owner,
-                    key: e.key.clone(),
-                    version,
-                    digest,
-                }
+            .iter()
+            .filter(|(o, _)| mask & (1 << bucket_of(o)) != 0)
+            .flat_map(|(_, m)| m.values())
+            .map(|(e, digest)| Version {
+                owner: e.owner,
+                key: e.key.clone(),
+                version: e.version,
+                digest: *digest,
             })
             .collect()
     }
 
-    /// Entries that rank above what `theirs` holds, or that they lack. An equivocating
-    /// owner's two entries with one version differ in digest, so they are sent too.
-    pub fn newer_than(&self, theirs: &[Version]) -> Vec<Entry> {
+    /// Entries in the buckets of `mask` that rank above what `theirs` holds, or that they
+    /// lack. An equivocating owner's two entries with one version differ in digest, so they
+    /// are sent too.
+    pub fn newer_than(&self, theirs: &[Version], mask: u16) -> Vec<Entry> {
         let known: BTreeMap<(&PeerKey, &str), (u64, [u8; 32])> = theirs
             .iter()
             .map(|v| ((&v.owner, v.key.as_str()), (v.version, v.digest)))
             .collect();
         self.entries
-            .values()
+            .iter()
+            .filter(|(o, _)| mask & (1 << bucket_of(o)) != 0)
+            .flat_map(|(_, m)| m.values())
             .filter(|(e, d)| {
                 known
                     .get(&(&e.owner, e.key.as_str()))
@@ -292,7 +338,20 @@ impl Ledger {
             .map(|(e, _)| e.clone())
             .collect()
     }
+
+    /// Whether `theirs` names anything that ranks above what this replica holds.
+    pub fn lacks_any(&self, theirs: &[Version]) -> bool {
+        theirs.iter().any(
+            |v| match self.entries.get(&v.owner).and_then(|m| m.get(&v.key)) {
+                None => true,
+                Some((e, d)) => (v.version, v.digest) > (e.version, *d),
+            },
+        )
+    }
 }
+
+/// Every bucket.
+pub const ALL_BUCKETS: u16 = u16::MAX;
 
 fn xor_into(acc: &mut [u8; 32], d: &[u8; 32]) {
     for (a, b) in acc.iter_mut().zip(d) {
@@ -419,13 +478,33 @@ mod tests {
         fn anti_entropy_converges_two_replicas(a in entries(), b in entries()) {
             let mut v = MemoVerifier::default();
             let (mut la, mut lb) = (ledger(&a, &mut v), ledger(&b, &mut v));
-            for e in lb.newer_than(&la.versions()) {
+            for e in lb.newer_than(&la.versions(ALL_BUCKETS), ALL_BUCKETS) {
                 let _ = la.apply(e, &mut v);
             }
-            for e in la.newer_than(&lb.versions()) {
+            for e in la.newer_than(&lb.versions(ALL_BUCKETS), ALL_BUCKETS) {
                 let _ = lb.apply(e, &mut v);
             }
             prop_assert_eq!(la.head(), lb.head());
+            prop_assert_eq!(la, lb);
+        }
+
+        /// Replicas that exchange summaries of only the buckets whose digests differ end up
+        /// equal, and then every bucket digest agrees.
+        #[test]
+        fn exchanging_only_differing_buckets_converges(a in entries(), b in entries()) {
+            let mut v = MemoVerifier::default();
+            let (mut la, mut lb) = (ledger(&a, &mut v), ledger(&b, &mut v));
+            let (da, db) = (la.bucket_digests(), lb.bucket_digests());
+            let mask = (0..BUCKETS).filter(|&i| da[i] != db[i]).fold(0u16, |m, i| m | (1 << i));
+            let (va, vb) = (la.versions(mask), lb.versions(mask));
+            prop_assert_eq!(lb.lacks_any(&va), !la.newer_than(&vb, mask).is_empty());
+            for e in lb.newer_than(&va, mask) {
+                let _ = la.apply(e, &mut v);
+            }
+            for e in la.newer_than(&vb, mask) {
+                let _ = lb.apply(e, &mut v);
+            }
+            prop_assert_eq!(la.bucket_digests(), lb.bucket_digests());
             prop_assert_eq!(la, lb);
         }
     }

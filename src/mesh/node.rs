@@ -41,6 +41,7 @@
 //! Peers are named by [`NetId`], the transport's id (libp2p: the `PeerId`; the simulator:
 //! the host); the ledger names owners by their ed25519 key.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddrV4 as Addr;
 use std::sync::Arc;
@@ -50,9 +51,8 @@ use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
-use super::ledger::{Applied, Entry, Ledger, PeerKey, Verifier, Version};
+use super::ledger::{Applied, Entry, Ledger, PeerKey, Verifier, Version, BUCKETS};
 use super::roles::{fnv32a, kairos_assign, kairos_leader, Assignment, Role};
 use super::token::NetworkToken;
 
@@ -218,6 +218,8 @@ struct Vote {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
     pub epoch: u64,
+    /// The epoch the cluster was founded in (its leader then ran cluster-init).
+    pub founded: u64,
     pub leader: PeerKey,
     pub electorate: Vec<PeerKey>,
     pub masters: Vec<PeerKey>,
@@ -226,17 +228,23 @@ pub struct Cluster {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Wire {
+    /// Our key, how to reach us, and our ledger's bucket digests.
     Hello {
         key: PeerKey,
         reach: Reach,
-        head: [u8; 32],
+        buckets: [u64; BUCKETS],
     },
-    Head([u8; 32]),
+    Head([u64; BUCKETS]),
+    /// A summary of the buckets in `mask`; `reply` marks the answer to one (not answered).
     Versions {
         versions: Vec<Version>,
+        mask: u16,
         reply: bool,
     },
     Entries(Vec<Entry>),
+    /// A master's signed lease renewal (key `lease`, version = its clock in ms). Leases are
+    /// soft state, flooded and never stored in the ledger, so a converged ledger stays still.
+    Lease(Entry),
 }
 
 /// A rendezvous record: sealed, so only token holders can read it.
@@ -332,6 +340,20 @@ pub struct Node {
     skipped: BTreeSet<PeerKey>,
     member_version: u64,
     seal_cache: Option<(u64, [[u8; 32]; 3])>,
+    /// Bumped on every ledger change; what is derived from the ledger is cached per value.
+    gen: u64,
+    /// Members, kept up to date entry by entry; those changed since the peer table last
+    /// looked.
+    member_table: BTreeMap<PeerKey, Member>,
+    member_changed: BTreeSet<PeerKey>,
+    /// Bumped when a vote, cluster or Kairos entry changes.
+    roles_gen: u64,
+    members_stable_since: Instant,
+    members_grew: bool,
+    cluster_cache: RefCell<Option<(u64, Option<Cluster>)>>,
+    /// Bumped whenever what decides the wanted peers changes.
+    peers_gen: u64,
+    wanted_cache: RefCell<Option<(u64, Vec<NetId>)>>,
     pub stats: NodeStats,
 }
 
@@ -392,6 +414,15 @@ impl Node {
             skipped: BTreeSet::new(),
             member_version: 0,
             seal_cache: None,
+            gen: 0,
+            member_table: BTreeMap::new(),
+            member_changed: BTreeSet::new(),
+            roles_gen: 0,
+            members_stable_since: now,
+            members_grew: false,
+            cluster_cache: RefCell::new(None),
+            peers_gen: 0,
+            wanted_cache: RefCell::new(None),
             stats: NodeStats::default(),
             cfg,
         }
@@ -401,6 +432,10 @@ impl Node {
     /// entries must survive a restart: a node never votes twice in one epoch).
     pub fn restore(&mut self, ledger: Ledger) {
         self.ledger = ledger;
+        let all: Vec<Entry> = self.ledger.entries().cloned().collect();
+        for e in &all {
+            self.entry_changed(e);
+        }
         self.member_version = self
             .ledger
             .entry(&self.me, K_MEMBER)
@@ -409,6 +444,38 @@ impl Node {
             .ledger
             .entry(&self.me, K_LEASE)
             .map_or(0, |e| e.version);
+    }
+
+    /// Handles a lease renewal: a newer, correctly signed one is recorded and passed on.
+    fn on_lease(&mut self, now: Instant, from: NetId, e: Entry, verifier: &mut dyn Verifier) {
+        if e.key != K_LEASE || e.value.is_some() {
+            return;
+        }
+        if self
+            .leases
+            .get(&e.owner)
+            .is_some_and(|(v, _)| *v >= e.version)
+        {
+            return;
+        }
+        if !verifier.verify(&e.owner, &e.signed_bytes(), &e.sig) {
+            self.stats.messages_refused += 1;
+            return;
+        }
+        self.leases.insert(e.owner, (e.version, now));
+        self.forward_lease(now, Some(from), &e);
+    }
+
+    fn forward_lease(&mut self, now: Instant, from: Option<NetId>, e: &Entry) {
+        let targets: Vec<ConnRef> = self
+            .connected_best()
+            .into_iter()
+            .filter(|(n, _)| Some(*n) != from)
+            .map(|(_, c)| c)
+            .collect();
+        for c in targets {
+            self.send(now, c, &Wire::Lease(e.clone()));
+        }
     }
 
     /// Rough bytes of state this node holds (ledger, peer table), for per-node memory metrics.
@@ -460,14 +527,34 @@ impl Node {
 
     /// Members in the ledger, by key.
     pub fn members(&self) -> BTreeMap<PeerKey, NetId> {
-        self.ledger
-            .live()
-            .filter(|e| e.key == K_MEMBER)
-            .filter_map(|e| {
-                let m: Member = postcard::from_bytes(e.value.as_deref()?).ok()?;
-                Some((e.owner, m.net))
-            })
-            .collect()
+        self.member_table.iter().map(|(k, m)| (*k, m.net)).collect()
+    }
+
+    /// Keeps what is derived from the ledger current after `e` was applied.
+    fn entry_changed(&mut self, e: &Entry) {
+        self.gen += 1;
+        if e.key == K_MEMBER {
+            match e
+                .value
+                .as_deref()
+                .and_then(|b| postcard::from_bytes::<Member>(b).ok())
+            {
+                Some(m) => {
+                    if self.member_table.insert(e.owner, m).is_none() {
+                        self.members_grew = true;
+                    }
+                }
+                None => {
+                    self.member_table.remove(&e.owner);
+                }
+            }
+            self.member_changed.insert(e.owner);
+        } else if e.key.starts_with(K_VOTE)
+            || e.key.starts_with(K_CLUSTER)
+            || e.key.starts_with("kairos/")
+        {
+            self.roles_gen += 1;
+        }
     }
 
     /// The cluster record this node follows (quorum mode), if any.
@@ -559,13 +646,14 @@ impl Node {
             self.next_maintenance = now;
             return;
         }
+        self.peers_gen += 1;
         let p = self.peers.entry(peer).or_default();
         p.conns.insert(conn, path);
         p.dialing = false;
         let hello = Wire::Hello {
             key: self.me,
             reach: self.reach.clone(),
-            head: self.ledger.head(),
+            buckets: self.ledger.bucket_digests(),
         };
         self.send(now, conn, &hello);
     }
@@ -610,6 +698,7 @@ impl Node {
         if peer == self.cfg.net || self.infra.contains_key(&peer) {
             return;
         }
+        self.peers_gen += 1;
         let p = self.peers.entry(peer).or_default();
         p.lan = Some(addr);
         if p.failures > 0 {
@@ -633,8 +722,9 @@ impl Node {
                 continue;
             }
             let p = self.peers.entry(net).or_default();
-            if !p.foreign {
+            if !p.foreign && p.reach != r.reach {
                 p.reach = r.reach;
+                self.peers_gen += 1;
             }
         }
         self.next_maintenance = now;
@@ -673,6 +763,7 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.punch_failed = !ok;
         }
+        self.peers_gen += 1;
     }
 
     pub fn handle_autonat(&mut self, now: Instant, server: NetId, reachable: bool) {
@@ -701,6 +792,7 @@ impl Node {
                 if !p.verified.contains(&conn) {
                     // Not one of us: stop talking to it.
                     p.foreign = true;
+                    self.peers_gen += 1;
                     self.actions.push_back(Action::Close { conn });
                 }
             }
@@ -714,10 +806,20 @@ impl Node {
             return;
         };
         p.verified.insert(conn);
+        if p.foreign {
+            self.peers_gen += 1;
+        }
         p.foreign = false;
         p.failures = 0;
         match msg {
-            Wire::Hello { key, reach, head } => {
+            Wire::Hello {
+                key,
+                reach,
+                buckets,
+            } => {
+                if p.key != Some(key) || p.reach != reach {
+                    self.peers_gen += 1;
+                }
                 p.key = Some(key);
                 p.reach = reach;
                 // A direct path makes relayed ones to the same peer redundant.
@@ -736,64 +838,37 @@ impl Node {
                         self.actions.push_back(Action::Close { conn: c });
                     }
                 }
-                if head != self.ledger.head() {
-                    let versions = self.ledger.versions();
-                    self.send(
-                        now,
-                        conn,
-                        &Wire::Versions {
-                            versions,
-                            reply: false,
-                        },
-                    );
-                }
+                self.compare(now, conn, &buckets);
             }
-            Wire::Head(head) => {
-                if head != self.ledger.head() {
-                    let versions = self.ledger.versions();
-                    self.send(
-                        now,
-                        conn,
-                        &Wire::Versions {
-                            versions,
-                            reply: false,
-                        },
-                    );
-                }
-            }
-            Wire::Versions { versions, reply } => {
-                let newer = self.ledger.newer_than(&versions);
+            Wire::Head(buckets) => self.compare(now, conn, &buckets),
+            Wire::Versions {
+                versions,
+                mask,
+                reply,
+            } => {
+                let newer = self.ledger.newer_than(&versions, mask);
                 if !newer.is_empty() {
                     self.send(now, conn, &Wire::Entries(newer));
                 }
-                if !reply {
-                    let mine = self.ledger.versions();
-                    let they_have_more = {
-                        let have: BTreeMap<(&PeerKey, &str), (u64, [u8; 32])> = mine
-                            .iter()
-                            .map(|v| ((&v.owner, v.key.as_str()), (v.version, v.digest)))
-                            .collect();
-                        versions.iter().any(|v| {
-                            have.get(&(&v.owner, v.key.as_str()))
-                                .is_none_or(|h| (v.version, v.digest) > *h)
-                        })
-                    };
-                    if they_have_more {
-                        self.send(
-                            now,
-                            conn,
-                            &Wire::Versions {
-                                versions: mine,
-                                reply: true,
-                            },
-                        );
-                    }
+                if !reply && self.ledger.lacks_any(&versions) {
+                    let mine = self.ledger.versions(mask);
+                    self.send(
+                        now,
+                        conn,
+                        &Wire::Versions {
+                            versions: mine,
+                            mask,
+                            reply: true,
+                        },
+                    );
                 }
             }
+            Wire::Lease(e) => self.on_lease(now, peer, e, verifier),
             Wire::Entries(entries) => {
                 let mut changed = false;
                 for e in entries {
                     if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), verifier) {
+                        self.entry_changed(&e);
                         self.stats.entries_applied += 1;
                         self.outbox.push((e, Some(peer)));
                         changed = true;
@@ -814,16 +889,19 @@ impl Node {
             return;
         }
         self.next_maintenance = now + Duration::from_secs(1);
+        if std::mem::take(&mut self.members_grew) {
+            self.members_stable_since = now;
+        }
         self.maintain_infra(now);
         self.maintain_relay(now);
         self.publish_member(now, verifier);
         self.maintain_paths(now);
         if now >= self.next_head {
             self.next_head = now + self.cfg.head_interval;
-            let head = self.ledger.head();
+            let buckets = self.ledger.bucket_digests();
             let conns: Vec<ConnRef> = self.token_conns();
             for c in conns {
-                self.send(now, c, &Wire::Head(head));
+                self.send(now, c, &Wire::Head(buckets));
             }
         }
         match self.cfg.mode {
@@ -890,16 +968,44 @@ impl Node {
 
     /// Connections to peers that proved they hold the token, one per peer, best path first.
     fn token_conns(&self) -> Vec<ConnRef> {
-        self.peers
-            .values()
-            .filter_map(|p| {
+        self.connected_best().into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Each peer we have a verified connection to, with its best connection (direct before
+    /// relayed). Walks the connections, not the (much larger) peer table.
+    fn connected_best(&self) -> Vec<(NetId, ConnRef)> {
+        let peers: BTreeSet<NetId> = self.conn_peer.values().copied().collect();
+        peers
+            .into_iter()
+            .filter_map(|n| {
+                let p = self.peers.get(&n)?;
                 p.conns
                     .iter()
                     .filter(|(c, _)| p.verified.contains(c))
                     .min_by_key(|(_, k)| **k)
-                    .map(|(c, _)| *c)
+                    .map(|(c, _)| (n, *c))
             })
             .collect()
+    }
+
+    /// Starts a push-pull exchange of the buckets whose digests differ from `theirs`.
+    fn compare(&mut self, now: Instant, conn: ConnRef, theirs: &[u64; BUCKETS]) {
+        let mine = self.ledger.bucket_digests();
+        let mask = (0..BUCKETS)
+            .filter(|&i| mine[i] != theirs[i])
+            .fold(0u16, |m, i| m | (1 << i));
+        if mask != 0 {
+            let versions = self.ledger.versions(mask);
+            self.send(
+                now,
+                conn,
+                &Wire::Versions {
+                    versions,
+                    mask,
+                    reply: false,
+                },
+            );
+        }
     }
 
     fn ledger_changed(&mut self, now: Instant) {
@@ -917,17 +1023,16 @@ impl Node {
         if out.is_empty() {
             return;
         }
-        let targets: Vec<(NetId, ConnRef)> = self
-            .peers
-            .iter()
-            .filter_map(|(n, p)| {
-                p.conns
-                    .iter()
-                    .filter(|(c, _)| p.verified.contains(c))
-                    .min_by_key(|(_, k)| **k)
-                    .map(|(c, _)| (*n, *c))
-            })
-            .collect();
+        let targets: Vec<(NetId, ConnRef)> = self.connected_best();
+        // Push to a random subset (about ln N + 1 peers); the periodic bucket comparison
+        // repairs what the epidemic misses.
+        let members = self.ledger.len().max(2) as f64;
+        let fanout = ((members.ln().ceil() as usize) + 1).max(3);
+        let mut targets = targets;
+        while targets.len() > fanout {
+            let k = self.rng.below(targets.len() as u64) as usize;
+            targets.swap_remove(k);
+        }
         for (n, c) in targets {
             let batch: Vec<Entry> = out
                 .iter()
@@ -950,6 +1055,7 @@ impl Node {
     ) {
         let e = Entry::signed(&self.signer, key, version, Some(value));
         if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), verifier) {
+            self.entry_changed(&e);
             self.outbox.push((e, None));
             self.ledger_changed(now);
         }
@@ -1085,27 +1191,34 @@ impl Node {
             let bytes = postcard::to_allocvec(&m).expect("serializes");
             self.write(now, K_MEMBER, v, bytes, verifier);
         }
-        // Peers learned from the ledger.
-        let members: Vec<(PeerKey, Member)> = self
-            .ledger
-            .live()
-            .filter(|e| e.key == K_MEMBER && e.owner != self.me)
-            .filter_map(|e| {
-                Some((
-                    e.owner,
-                    postcard::from_bytes::<Member>(e.value.as_deref()?).ok()?,
-                ))
-            })
-            .collect();
-        for (key, m) in members {
+        // Peers learned from the ledger: the members that changed.
+        let changed = std::mem::take(&mut self.member_changed);
+        for key in changed.into_iter().filter(|k| *k != self.me) {
+            let Some(m) = self.member_table.get(&key) else {
+                continue;
+            };
             let p = self.peers.entry(m.net).or_default();
-            p.key = Some(key);
-            p.reach = m.reach;
+            if p.key != Some(key) || p.reach != m.reach {
+                p.key = Some(key);
+                p.reach = m.reach.clone();
+                self.peers_gen += 1;
+            }
         }
     }
 
     /// The peers this node keeps paths to.
     fn wanted(&self) -> Vec<NetId> {
+        if let Some((g, w)) = self.wanted_cache.borrow().as_ref() {
+            if *g == self.peers_gen {
+                return w.clone();
+            }
+        }
+        let w = self.compute_wanted();
+        *self.wanted_cache.borrow_mut() = Some((self.peers_gen, w.clone()));
+        w
+    }
+
+    fn compute_wanted(&self) -> Vec<NetId> {
         let candidates: Vec<NetId> = self
             .peers
             .iter()
@@ -1186,7 +1299,8 @@ impl Node {
                 None => Vec::new(),
             };
             let relayed = p.reach.relay.filter(|(r, _)| connected_infra.contains(r));
-            let try_direct = !direct.is_empty() && (p.failures.is_multiple_of(2) || relayed.is_none());
+            let try_direct =
+                !direct.is_empty() && (p.failures.is_multiple_of(2) || relayed.is_none());
             if try_direct {
                 p.dialing = true;
                 self.actions.push_back(Action::Dial {
@@ -1212,18 +1326,11 @@ impl Node {
             .is_some_and(|(_, at)| now.since(*at) <= self.cfg.lease_timeout)
     }
 
-    fn observe_leases(&mut self, now: Instant) {
-        let seen: Vec<(PeerKey, u64)> = self
-            .ledger
-            .entries()
-            .filter(|e| e.key == K_LEASE)
-            .map(|e| (e.owner, e.version))
-            .collect();
-        for (k, v) in seen {
-            let e = self.leases.entry(k).or_insert((v, now));
-            if e.0 != v {
-                *e = (v, now);
-            }
+    /// Masters we have never heard a lease from count as renewed when we first look, so a
+    /// node that just started gives them a full timeout.
+    fn observe_leases(&mut self, now: Instant, masters: &[PeerKey]) {
+        for k in masters {
+            self.leases.entry(*k).or_insert((0, now));
         }
     }
 
@@ -1243,10 +1350,21 @@ impl Node {
     /// The highest-epoch cluster record whose writer holds a majority of its electorate's
     /// votes for that epoch (epochs after the first use the founding electorate).
     fn valid_cluster(&self) -> Option<Cluster> {
+        if let Some((g, c)) = self.cluster_cache.borrow().as_ref() {
+            if *g == self.roles_gen {
+                return c.clone();
+            }
+        }
+        let c = self.compute_cluster();
+        *self.cluster_cache.borrow_mut() = Some((self.roles_gen, c.clone()));
+        c
+    }
+
+    fn compute_cluster(&self) -> Option<Cluster> {
         let mut all: Vec<Cluster> = self
             .ledger
             .live()
-            .filter(|e| e.key == K_CLUSTER)
+            .filter(|e| e.key.starts_with(K_CLUSTER))
             .filter_map(|e| {
                 postcard::from_bytes::<Cluster>(e.value.as_deref()?)
                     .ok()
@@ -1260,27 +1378,32 @@ impl Node {
                 b.leader,
             ))
         });
+        // The founding decision: the lowest-epoch founding claim holding a majority of its
+        // electorate. Later decisions must descend from it and hold a majority of the same
+        // electorate.
+        let majority = |c: &Cluster, electorate: &[PeerKey]| {
+            !electorate.is_empty()
+                && self.votes_for(c.epoch, &c.leader, electorate) * 2 > electorate.len()
+        };
         let founding = all
             .iter()
-            .find(|c| c.epoch == 1)
-            .map(|c| c.electorate.clone());
-        all.into_iter().rev().find(|c| {
-            let electorate = if c.epoch == 1 {
-                &c.electorate
-            } else {
-                founding.as_ref().unwrap_or(&c.electorate)
-            };
-            electorate.len() >= self.cfg.minimum_nodes.min(electorate.len()).max(1)
-                && self.votes_for(c.epoch, &c.leader, electorate) * 2 > electorate.len()
-        })
+            .find(|c| c.founded == c.epoch && majority(c, &c.electorate))?;
+        all.iter()
+            .rev()
+            .find(|c| {
+                c.founded == founding.epoch
+                    && c.electorate == founding.electorate
+                    && majority(c, &founding.electorate)
+            })
+            .cloned()
     }
 
     /// Our latest vote (votes live under one key per epoch, so earlier epochs' votes stay
     /// and keep proving their decisions).
     fn my_vote(&self) -> Option<Vote> {
         self.ledger
-            .entries()
-            .filter(|e| e.owner == self.me && e.key.starts_with(K_VOTE))
+            .entries_of(&self.me)
+            .filter(|e| e.key.starts_with(K_VOTE))
             .filter_map(|e| postcard::from_bytes::<Vote>(e.value.as_deref()?).ok())
             .max_by_key(|v| v.epoch)
     }
@@ -1305,45 +1428,60 @@ impl Node {
     }
 
     fn elect_quorum(&mut self, now: Instant, verifier: &mut dyn Verifier) {
-        self.observe_leases(now);
-        let members = self.members();
         let current = self.valid_cluster();
+        if let Some(c) = &current {
+            let watch: Vec<PeerKey> = c.masters.iter().chain([&c.leader]).copied().collect();
+            self.observe_leases(now, &watch);
+        }
         match current {
             None => {
-                if members.len() < self.cfg.minimum_nodes {
+                let m = self.cfg.minimum_nodes.max(1);
+                // Wait for a quorum of members and for the view to settle a moment.
+                if self.member_table.len() < m
+                    || now.since(self.members_stable_since) < Duration::from_secs(2)
+                {
                     return;
                 }
-                let names: Vec<String> = members.keys().map(name_of).collect();
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let Some(best) = kairos_leader(&refs) else {
-                    return;
-                };
-                let cand = *members
-                    .keys()
-                    .find(|k| name_of(k) == best)
-                    .expect("named from members");
-                self.vote(now, 1, cand, verifier);
-                if cand == self.me {
-                    let electorate: Vec<PeerKey> = members.keys().copied().collect();
-                    if self.votes_for(1, &self.me, &electorate) * 2 > electorate.len() {
-                        let token = format!(
-                            "K10{:016x}{:016x}",
-                            self.rng.next_u64(),
-                            self.rng.next_u64()
-                        );
-                        let masters = self.pick_masters(&electorate, &[self.me], now, true);
-                        let c = Cluster {
-                            epoch: 1,
-                            leader: self.me,
-                            electorate,
-                            masters,
-                            join: JoinData {
-                                server: self.my_addr(),
-                                token,
-                            },
-                        };
-                        self.write_cluster(now, &c, verifier);
+                // The electorate: the M members with the largest FNV-32a ids in our view (views
+                // converge, and so does this set); the candidate is the first of them.
+                let mut ranked: Vec<PeerKey> = self.member_table.keys().copied().collect();
+                ranked.sort_by_key(|k| (std::cmp::Reverse(fnv32a(name_of(k).as_bytes())), *k));
+                ranked.truncate(m);
+                let cand = ranked[0];
+                // A founding vote that led nowhere is retried in the next epoch.
+                let epoch = match (self.my_vote(), self.vote_cast) {
+                    (Some(v), Some((e, at)))
+                        if e == v.epoch && now.since(at) > self.cfg.lease_timeout =>
+                    {
+                        v.epoch + 1
                     }
+                    (Some(v), None) => {
+                        self.vote_cast = Some((v.epoch, now));
+                        v.epoch
+                    }
+                    (Some(v), _) => v.epoch,
+                    (None, _) => 1,
+                };
+                self.vote(now, epoch, cand, verifier);
+                if cand == self.me && self.votes_for(epoch, &self.me, &ranked) * 2 > ranked.len() {
+                    let token = format!(
+                        "K10{:016x}{:016x}",
+                        self.rng.next_u64(),
+                        self.rng.next_u64()
+                    );
+                    let masters = self.pick_masters(&ranked, &[self.me], now, true);
+                    let c = Cluster {
+                        epoch,
+                        founded: epoch,
+                        leader: self.me,
+                        electorate: ranked,
+                        masters,
+                        join: JoinData {
+                            server: self.my_addr(),
+                            token,
+                        },
+                    };
+                    self.write_cluster(now, &c, verifier);
                 }
             }
             Some(c) => {
@@ -1408,13 +1546,14 @@ impl Node {
                         .copied()
                         .collect();
                     let masters = self.pick_masters(
-                        &members.keys().copied().collect::<Vec<_>>(),
+                        &self.member_table.keys().copied().collect::<Vec<_>>(),
                         &keep,
                         now,
                         false,
                     );
                     let n = Cluster {
                         epoch,
+                        founded: c.founded,
                         leader: self.me,
                         electorate: c.electorate.clone(),
                         masters,
@@ -1464,25 +1603,22 @@ impl Node {
     }
 
     fn write_cluster(&mut self, now: Instant, c: &Cluster, verifier: &mut dyn Verifier) {
-        let v = self
-            .ledger
-            .entry(&self.me, K_CLUSTER)
-            .map_or(0, |e| e.version)
-            + 1;
+        // One record per epoch: earlier decisions stay, and keep proving later ones.
+        let key = format!("{K_CLUSTER}/{}", c.epoch);
+        let v = self.ledger.entry(&self.me, &key).map_or(0, |e| e.version) + 1;
         let bytes = postcard::to_allocvec(c).expect("serializes");
-        self.write(now, K_CLUSTER, v, bytes, verifier);
+        self.write(now, &key, v, bytes, verifier);
         self.next_lease = now;
     }
 
     fn heartbeat(&mut self, now: Instant, verifier: &mut dyn Verifier) {
         if now >= self.next_lease {
             self.next_lease = now + self.cfg.lease_interval;
-            self.lease_version = self.lease_version.max(
-                self.ledger
-                    .entry(&self.me, K_LEASE)
-                    .map_or(0, |e| e.version),
-            ) + 1;
-            self.write(now, K_LEASE, self.lease_version, Vec::new(), verifier);
+            self.lease_version = (self.lease_version + 1).max(now.as_micros() / 1000);
+            let e = Entry::signed(&self.signer, K_LEASE, self.lease_version, None);
+            let _ = verifier;
+            self.leases.insert(self.me, (self.lease_version, now));
+            self.forward_lease(now, None, &e);
         }
     }
 
@@ -1563,7 +1699,7 @@ impl Node {
             Mode::Quorum => match self.valid_cluster() {
                 None => (None, None),
                 Some(c) => {
-                    let role = if c.leader == self.me && c.epoch == 1 {
+                    let role = if c.leader == self.me && c.epoch == c.founded {
                         Role::ClusterInit
                     } else if c.masters.contains(&self.me) || c.leader == self.me {
                         Role::Master
@@ -1630,6 +1766,9 @@ fn backoff(failures: u32) -> Duration {
 
 /// Rendezvous hashing: a stable pseudo-random rank of a pair.
 fn pair_score(a: NetId, b: NetId) -> u64 {
-    let h = Sha256::digest([a.0.to_be_bytes(), b.0.to_be_bytes()].concat());
-    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+    // splitmix64's finalizer over the pair: cheap, stable, well mixed.
+    let mut z = a.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.0;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -1,0 +1,221 @@
+//! The mesh simulator end to end: shipped scenarios pass, runs replay bit for bit from their
+//! seed (also across processes, through the CLI), random topologies and fault schedules stay
+//! safe and converge once the faults are over, and the summary format is pinned.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bootyard::meshsim::{run, summary, NoTrace, SimFile};
+use proptest::prelude::*;
+
+fn scenario(name: &str) -> SimFile {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios/sim")
+        .join(format!("{name}.toml"));
+    SimFile::load(&path).unwrap().0
+}
+
+fn assert_passes(name: &str, seed: u64) {
+    let o = run(&scenario(name), seed, &mut NoTrace).unwrap();
+    assert!(o.passed(), "{}", summary(&o));
+}
+
+#[test]
+fn small_shipped_scenarios_pass_for_several_seeds() {
+    for seed in 1..=3 {
+        for name in ["lan-3", "nat-relay-hops", "partition-heal", "leader-loss"] {
+            assert_passes(name, seed);
+        }
+    }
+}
+
+#[test]
+fn the_probelab_mix_with_intruders_passes() {
+    assert_passes("symmetric-nat-mix", 2);
+}
+
+#[test]
+fn the_same_seed_replays_bit_for_bit_and_another_seed_differs() {
+    let f = scenario("nat-relay-hops");
+    let a = run(&f, 7, &mut NoTrace).unwrap();
+    let b = run(&f, 7, &mut NoTrace).unwrap();
+    let c = run(&f, 8, &mut NoTrace).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a.trace_hash, c.trace_hash);
+}
+
+#[test]
+fn the_summary_format_is_pinned() {
+    let o = run(&scenario("lan-3"), 1, &mut NoTrace).unwrap();
+    insta::assert_snapshot!(summary(&o));
+}
+
+#[test]
+fn malformed_scenarios_are_refused_with_the_reason() {
+    let bad = [
+        ("name = 'x'\nduration = 10\n", "no nodes"),
+        ("name = 'x'\nduration = 10\n[[group]]\ncount = 2\nplacement = 'moon'\n", "placement \"moon\""),
+        ("name = 'x'\nduration = 10\n[[group]]\ncount = 2\nplacement = 'nat'\nnat = 'eim/xyz'\n", "nat filtering \"xyz\""),
+        ("name = 'x'\nduration = 10\nbogus = 1\n[[group]]\ncount = 2\nplacement = 'public'\n", "unknown field"),
+        ("name = 'x'\nduration = 10\n[[group]]\ncount = 2\nplacement = 'public'\n[[fault]]\nat = 5\nheal = true\npartition = 0.5\n", "exactly one of"),
+        ("name = 'x'\nduration = 10\n[[group]]\ncount = 2\nplacement = 'public'\n[[fault]]\nat = 5\ncrash = 'node-9'\n", "node-N below 2"),
+    ];
+    for (text, want) in bad {
+        let err = format!("{:#}", SimFile::parse(text).unwrap_err());
+        assert!(err.contains(want), "{err:?} should mention {want:?}");
+    }
+}
+
+fn bootyard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bootyard"))
+}
+
+fn lan3() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/sim/lan-3.toml")
+}
+
+#[test]
+fn the_cli_checks_determinism_across_processes_and_replays_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let out = bootyard()
+        .args(["sim", "run"])
+        .arg(lan3())
+        .args(["--seed", "5", "--check-determinism", "--trace"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = stdout.lines().last().unwrap();
+    assert!(
+        hash.starts_with("trace_hash=") && hash.len() == "trace_hash=".len() + 64,
+        "{hash}"
+    );
+    let out = bootyard()
+        .args(["sim", "replay"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(hash));
+    // A trace whose hash was tampered with does not replay.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let forged = text.replace(&hash["trace_hash=".len()..], &"0".repeat(64));
+    std::fs::write(&trace, forged).unwrap();
+    let out = bootyard()
+        .args(["sim", "replay"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replay diverged"));
+}
+
+#[test]
+fn a_sweep_shard_runs_its_seeds_and_failures_name_the_replay_command() {
+    let out = bootyard()
+        .args(["sim", "sweep"])
+        .arg(lan3())
+        .args(["--seeds", "10..16", "--shard", "1/3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let seeds: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("seed "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(seeds, ["11", "14"]);
+    // A scenario whose expectation cannot hold fails, with the seed and the replay command.
+    let dir = tempfile::tempdir().unwrap();
+    let strict = dir.path().join("strict.toml");
+    let text = std::fs::read_to_string(lan3())
+        .unwrap()
+        .replace("converged_by = 15", "converged_by = 0.1");
+    std::fs::write(&strict, text).unwrap();
+    let out = bootyard()
+        .args(["sim", "sweep"])
+        .arg(&strict)
+        .args(["--seeds", "1..3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("seed 1 FAIL (converged-by); replay: bootyard sim run"),
+        "{stdout}"
+    );
+}
+
+/// Random small meshes: placements, NAT behaviours, loss, and a fault schedule (a partition
+/// that heals, a crash that comes back). Safety holds throughout (at most one cluster-init,
+/// one leader per epoch, the token gate); once the faults are over the mesh converges.
+fn random_scenario(
+    nodes: Vec<(u8, u8, u8)>,
+    loss: u8,
+    partition: Option<(u8, u8)>,
+    crash: Option<(u8, u8)>,
+) -> String {
+    let nats = ["eim/eif", "eim/adf", "eim/apdf", "apdm/apdf", "adm/adf"];
+    let placements = ["public", "nat", "lan", "cgnat"];
+    let total: usize = nodes.iter().map(|(_, _, c)| (*c % 3 + 1) as usize).sum();
+    let mut t = format!(
+        "name = 'random'\nduration = 400\nminimum_nodes = {}\nha_masters = 1\nbootstrap = 2\n\
+         [link]\nloss = {}\n\
+         [relay]\nmax_circuits = 256\nmax_circuits_per_peer = 16\nmax_circuit_duration = 3600\nmax_circuit_bytes = 67108864\n",
+        total.min(3),
+        f64::from(loss) / 100.0
+    );
+    for (p, n, c) in &nodes {
+        t.push_str(&format!(
+            "[[group]]\ncount = {}\nplacement = '{}'\nnat = '{}'\n",
+            c % 3 + 1,
+            placements[*p as usize % placements.len()],
+            nats[*n as usize % nats.len()]
+        ));
+    }
+    if let Some((at, frac)) = partition {
+        t.push_str(&format!(
+            "[[fault]]\nat = {}\npartition = {}\n[[fault]]\nat = {}\nheal = true\n",
+            30 + u32::from(at),
+            f64::from(frac % 9 + 1) / 10.0,
+            150 + u32::from(at)
+        ));
+    }
+    if let Some((at, who)) = crash {
+        t.push_str(&format!(
+            "[[fault]]\nat = {}\ncrash = 'node-{}'\nrestart_after = 40\n",
+            40 + u32::from(at),
+            who as usize % total
+        ));
+    }
+    t.push_str("[expect]\nconverged_at_end = true\ncluster_inits = 1\n");
+    t
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #[test]
+    fn random_meshes_stay_safe_and_converge_after_faults(
+        nodes in proptest::collection::vec((0u8..4, 0u8..5, 0u8..3), 1..4),
+        loss in 0u8..4,
+        partition in proptest::option::of((0u8..60, 0u8..9)),
+        crash in proptest::option::of((0u8..60, 0u8..20)),
+        seed in 0u64..1000,
+    ) {
+        let text = random_scenario(nodes, loss, partition, crash);
+        let f = SimFile::parse(&text).unwrap();
+        let o = run(&f, seed, &mut NoTrace).unwrap();
+        prop_assert!(o.passed(), "{}\n{}", text, summary(&o));
+    }
+}
