@@ -433,6 +433,8 @@ pub struct Metrics {
     pub events: u64,
     pub messages: u64,
     pub message_bytes: u64,
+    /// Message bytes by kind: hello, head, versions, entries, lease.
+    pub message_bytes_by_kind: [u64; 5],
     pub packets: u64,
     pub packets_dropped: u64,
     pub connections: u64,
@@ -781,7 +783,7 @@ impl World<'_> {
             return out;
         };
         let n0 = self.nodes[first].node.as_ref().expect("live");
-        let head = n0.ledger().head();
+        let head = n0.head();
         let view = n0.cluster().map(|c| (c.epoch, c.leader, c.masters));
         let join = n0.join_data().cloned();
         let live_net: BTreeSet<NetId> = live
@@ -808,7 +810,7 @@ impl World<'_> {
                 break;
             }
             let n = self.nodes[i].node.as_ref().expect("live");
-            if n.ledger().head() != head {
+            if n.head() != head {
                 out.push(format!(
                     "node {i}: ledger differs from node {first}'s ({} vs {} entries)",
                     n.ledger().len(),
@@ -1187,6 +1189,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
     let mut bytes: Vec<u64> = Vec::new();
     let mut messages = 0;
     let mut message_bytes = 0;
+    let mut by_kind = [0u64; 5];
     for &i in &live {
         let n = w.nodes[i].node.as_ref().expect("live");
         for k in n.paths().values() {
@@ -1198,6 +1201,9 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         bytes.push(n.approx_bytes() as u64);
         messages += n.stats.messages_sent;
         message_bytes += n.stats.bytes_sent;
+        for (a, b) in by_kind.iter_mut().zip(n.stats.bytes_by_kind) {
+            *a += b;
+        }
     }
     let ns = &w.swarm.stats;
     let net = &w.swarm.net.stats;
@@ -1215,6 +1221,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         events: w.swarm.events_fired(),
         messages,
         message_bytes,
+        message_bytes_by_kind: by_kind,
         packets: net.sent,
         packets_dropped: net.dropped.iter().sum(),
         connections: ns.connections,
@@ -1414,7 +1421,7 @@ pub fn summary(o: &Outcome) -> String {
         "scenario {} seed {}: {}\n\
          nodes {} (+{} without the token, {} bootstrap), {} virtual s\n\
          converged at {}; after the last fault {}; at the end: {}\n\
-         events {}, packets {} ({} dropped), messages {} ({} bytes)\n\
+         events {}, packets {} ({} dropped), messages {} ({} bytes: hello {}, head {}, versions {}, entries {}, lease {})\n\
          connections {}, relayed {} ({} bytes), reservations {}\n\
          hole punches {} attempted, {} ok, {} failed\n\
          paths at the end: {} direct, {} relayed\n\
@@ -1435,6 +1442,11 @@ pub fn summary(o: &Outcome) -> String {
         m.packets_dropped,
         m.messages,
         m.message_bytes,
+        m.message_bytes_by_kind[0],
+        m.message_bytes_by_kind[1],
+        m.message_bytes_by_kind[2],
+        m.message_bytes_by_kind[3],
+        m.message_bytes_by_kind[4],
         m.connections,
         m.relayed_connections,
         m.relayed_bytes,

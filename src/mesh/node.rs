@@ -241,7 +241,12 @@ enum Wire {
         mask: u16,
         reply: bool,
     },
-    Entries(Vec<Entry>),
+    /// Entries: pushed as fresh news (`push`, passed on), or answering a pull (not passed on:
+    /// the rest of the mesh has them).
+    Entries {
+        entries: Vec<Entry>,
+        push: bool,
+    },
     /// A master's signed lease renewal (key `lease`, version = its clock in ms). Leases are
     /// soft state, flooded and never stored in the ledger, so a converged ledger stays still.
     Lease(Entry),
@@ -303,6 +308,8 @@ pub struct NodeStats {
     pub entries_applied: u64,
     pub hole_punches: u64,
     pub hole_punches_ok: u64,
+    /// Bytes sent per message kind: hello, head, versions, entries, lease.
+    pub bytes_by_kind: [u64; 5],
 }
 
 pub struct Node {
@@ -340,6 +347,10 @@ pub struct Node {
     skipped: BTreeSet<PeerKey>,
     member_version: u64,
     seal_cache: Option<(u64, [[u8; 32]; 3])>,
+    ns_cache: Option<(u64, u64)>,
+    /// A pull (summary sent, entries awaited) is outstanding until then.
+    pull_until: Option<Instant>,
+    head_cache: Memo<[u8; 32]>,
     /// Bumped on every ledger change; what is derived from the ledger is cached per value.
     gen: u64,
     /// Members, kept up to date entry by entry; those changed since the peer table last
@@ -350,15 +361,49 @@ pub struct Node {
     roles_gen: u64,
     members_stable_since: Instant,
     members_grew: bool,
-    cluster_cache: RefCell<Option<(u64, Option<Cluster>)>>,
+    cluster_cache: Memo<Option<Cluster>>,
     /// Bumped whenever what decides the wanted peers changes.
     peers_gen: u64,
-    wanted_cache: RefCell<Option<(u64, Vec<NetId>)>>,
+    wanted_cache: Memo<Vec<NetId>>,
     pub stats: NodeStats,
+}
+
+/// A value derived from state that carries a generation number: recomputed only when the
+/// generation moved.
+struct Memo<T>(RefCell<Option<(u64, T)>>);
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Self(RefCell::new(None))
+    }
+}
+
+impl<T: Clone> Memo<T> {
+    fn get(&self, generation: u64, compute: impl FnOnce() -> T) -> T {
+        if let Some((g, v)) = self.0.borrow().as_ref() {
+            if *g == generation {
+                return v.clone();
+            }
+        }
+        let v = compute();
+        *self.0.borrow_mut() = Some((generation, v.clone()));
+        v
+    }
 }
 
 fn name_of(key: &PeerKey) -> String {
     hex::encode(&key[..8])
+}
+
+/// FNV-32a of a key's name ([`name_of`]), without allocating: sort keys call it a lot.
+fn key_fnv(key: &PeerKey) -> u32 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for (i, b) in key[..8].iter().enumerate() {
+        buf[2 * i] = HEX[usize::from(b >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    fnv32a(&buf)
 }
 
 fn secs(cfg: &NodeConfig, now: Instant) -> u64 {
@@ -414,15 +459,18 @@ impl Node {
             skipped: BTreeSet::new(),
             member_version: 0,
             seal_cache: None,
+            ns_cache: None,
+            pull_until: None,
+            head_cache: Memo::default(),
             gen: 0,
             member_table: BTreeMap::new(),
             member_changed: BTreeSet::new(),
             roles_gen: 0,
             members_stable_since: now,
             members_grew: false,
-            cluster_cache: RefCell::new(None),
+            cluster_cache: Memo::default(),
             peers_gen: 0,
-            wanted_cache: RefCell::new(None),
+            wanted_cache: Memo::default(),
             stats: NodeStats::default(),
             cfg,
         }
@@ -473,6 +521,12 @@ impl Node {
             .filter(|(n, _)| Some(*n) != from)
             .map(|(_, c)| c)
             .collect();
+        let mut targets = targets;
+        let fanout = self.fanout();
+        while targets.len() > fanout {
+            let k = self.rng.below(targets.len() as u64) as usize;
+            targets.swap_remove(k);
+        }
         for c in targets {
             self.send(now, c, &Wire::Lease(e.clone()));
         }
@@ -848,7 +902,14 @@ impl Node {
             } => {
                 let newer = self.ledger.newer_than(&versions, mask);
                 if !newer.is_empty() {
-                    self.send(now, conn, &Wire::Entries(newer));
+                    self.send(
+                        now,
+                        conn,
+                        &Wire::Entries {
+                            entries: newer,
+                            push: false,
+                        },
+                    );
                 }
                 if !reply && self.ledger.lacks_any(&versions) {
                     let mine = self.ledger.versions(mask);
@@ -864,13 +925,18 @@ impl Node {
                 }
             }
             Wire::Lease(e) => self.on_lease(now, peer, e, verifier),
-            Wire::Entries(entries) => {
+            Wire::Entries { entries, push } => {
+                if !push {
+                    self.pull_until = None;
+                }
                 let mut changed = false;
                 for e in entries {
                     if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), verifier) {
                         self.entry_changed(&e);
                         self.stats.entries_applied += 1;
-                        self.outbox.push((e, Some(peer)));
+                        if push {
+                            self.outbox.push((e, Some(peer)));
+                        }
                         changed = true;
                     }
                 }
@@ -961,6 +1027,14 @@ impl Node {
     fn send(&mut self, now: Instant, conn: ConnRef, msg: &Wire) {
         let plain = postcard::to_allocvec(msg).expect("plain data serializes");
         let bytes = self.seal(now, &plain);
+        let kind = match msg {
+            Wire::Hello { .. } => 0,
+            Wire::Head(_) => 1,
+            Wire::Versions { .. } => 2,
+            Wire::Entries { .. } => 3,
+            Wire::Lease(_) => 4,
+        };
+        self.stats.bytes_by_kind[kind] += bytes.len() as u64;
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         self.actions.push_back(Action::Send { conn, bytes });
@@ -990,11 +1064,17 @@ impl Node {
 
     /// Starts a push-pull exchange of the buckets whose digests differ from `theirs`.
     fn compare(&mut self, now: Instant, conn: ConnRef, theirs: &[u64; BUCKETS]) {
+        // One pull at a time: a node that just joined hears a differing head from every
+        // peer at once, and syncing with all of them would fetch the ledger many times over.
+        if self.pull_until.is_some_and(|t| now < t) {
+            return;
+        }
         let mine = self.ledger.bucket_digests();
         let mask = (0..BUCKETS)
             .filter(|&i| mine[i] != theirs[i])
             .fold(0u16, |m, i| m | (1 << i));
         if mask != 0 {
+            self.pull_until = Some(now + Duration::from_secs(2));
             let versions = self.ledger.versions(mask);
             self.send(
                 now,
@@ -1006,6 +1086,12 @@ impl Node {
                 },
             );
         }
+    }
+
+    /// How many peers fresh news is pushed to: about ln N + 1, at least 3.
+    fn fanout(&self) -> usize {
+        let n = self.member_table.len().max(2) as f64;
+        ((n.ln().ceil() as usize) + 1).max(3)
     }
 
     fn ledger_changed(&mut self, now: Instant) {
@@ -1026,8 +1112,7 @@ impl Node {
         let targets: Vec<(NetId, ConnRef)> = self.connected_best();
         // Push to a random subset (about ln N + 1 peers); the periodic bucket comparison
         // repairs what the epidemic misses.
-        let members = self.ledger.len().max(2) as f64;
-        let fanout = ((members.ln().ceil() as usize) + 1).max(3);
+        let fanout = self.fanout();
         let mut targets = targets;
         while targets.len() > fanout {
             let k = self.rng.below(targets.len() as u64) as usize;
@@ -1040,7 +1125,14 @@ impl Node {
                 .map(|(e, _)| e.clone())
                 .collect();
             if !batch.is_empty() {
-                self.send(now, c, &Wire::Entries(batch));
+                self.send(
+                    now,
+                    c,
+                    &Wire::Entries {
+                        entries: batch,
+                        push: true,
+                    },
+                );
             }
         }
     }
@@ -1061,9 +1153,24 @@ impl Node {
         }
     }
 
-    fn ns(&self, now: Instant) -> u64 {
-        let k = self.cfg.token.rendezvous_key(secs(&self.cfg, now));
-        u64::from_be_bytes(k[..8].try_into().expect("8 bytes"))
+    /// The rendezvous namespace of the current window (derived once per window).
+    fn ns(&mut self, now: Instant) -> u64 {
+        let s = secs(&self.cfg, now);
+        let w = self.cfg.token.otp.dht.window(s);
+        if let Some((cw, ns)) = self.ns_cache {
+            if cw == w {
+                return ns;
+            }
+        }
+        let k = self.cfg.token.rendezvous_key(s);
+        let ns = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+        self.ns_cache = Some((w, ns));
+        ns
+    }
+
+    /// The ledger's head, cached until the ledger changes.
+    pub fn head(&self) -> [u8; 32] {
+        self.head_cache.get(self.gen, || self.ledger.head())
     }
 
     fn maintain_infra(&mut self, now: Instant) {
@@ -1208,14 +1315,8 @@ impl Node {
 
     /// The peers this node keeps paths to.
     fn wanted(&self) -> Vec<NetId> {
-        if let Some((g, w)) = self.wanted_cache.borrow().as_ref() {
-            if *g == self.peers_gen {
-                return w.clone();
-            }
-        }
-        let w = self.compute_wanted();
-        *self.wanted_cache.borrow_mut() = Some((self.peers_gen, w.clone()));
-        w
+        self.wanted_cache
+            .get(self.peers_gen, || self.compute_wanted())
     }
 
     fn compute_wanted(&self) -> Vec<NetId> {
@@ -1347,17 +1448,12 @@ impl Node {
             .count()
     }
 
-    /// The highest-epoch cluster record whose writer holds a majority of its electorate's
-    /// votes for that epoch (epochs after the first use the founding electorate).
+    /// The decision this node follows: the lowest-epoch founding record that holds a
+    /// majority of its electorate's votes, or the highest-epoch record descending from it
+    /// that holds a majority of the same electorate.
     fn valid_cluster(&self) -> Option<Cluster> {
-        if let Some((g, c)) = self.cluster_cache.borrow().as_ref() {
-            if *g == self.roles_gen {
-                return c.clone();
-            }
-        }
-        let c = self.compute_cluster();
-        *self.cluster_cache.borrow_mut() = Some((self.roles_gen, c.clone()));
-        c
+        self.cluster_cache
+            .get(self.roles_gen, || self.compute_cluster())
     }
 
     fn compute_cluster(&self) -> Option<Cluster> {
@@ -1372,11 +1468,7 @@ impl Node {
             })
             .collect();
         all.sort_by(|a, b| {
-            (a.epoch, fnv32a(name_of(&a.leader).as_bytes()), a.leader).cmp(&(
-                b.epoch,
-                fnv32a(name_of(&b.leader).as_bytes()),
-                b.leader,
-            ))
+            (a.epoch, key_fnv(&a.leader), a.leader).cmp(&(b.epoch, key_fnv(&b.leader), b.leader))
         });
         // The founding decision: the lowest-epoch founding claim holding a majority of its
         // electorate. Later decisions must descend from it and hold a majority of the same
@@ -1445,7 +1537,7 @@ impl Node {
                 // The electorate: the M members with the largest FNV-32a ids in our view (views
                 // converge, and so does this set); the candidate is the first of them.
                 let mut ranked: Vec<PeerKey> = self.member_table.keys().copied().collect();
-                ranked.sort_by_key(|k| (std::cmp::Reverse(fnv32a(name_of(k).as_bytes())), *k));
+                ranked.sort_by_key(|k| (std::cmp::Reverse(key_fnv(k)), *k));
                 ranked.truncate(m);
                 let cand = ranked[0];
                 // A founding vote that led nowhere is retried in the next epoch.
@@ -1530,7 +1622,7 @@ impl Node {
                 cands.sort_by_key(|k| {
                     (
                         !(c.masters.contains(k) && (self.lease_fresh(k, now) || *k == self.me)),
-                        std::cmp::Reverse(fnv32a(name_of(k).as_bytes())),
+                        std::cmp::Reverse(key_fnv(k)),
                         *k,
                     )
                 });
@@ -1592,7 +1684,7 @@ impl Node {
                 .collect();
             rest.retain(|k| connected.contains(k) || self.lease_fresh(k, now));
         }
-        rest.sort_by_key(|k| (std::cmp::Reverse(fnv32a(name_of(k).as_bytes())), *k));
+        rest.sort_by_key(|k| (std::cmp::Reverse(key_fnv(k)), *k));
         for k in rest {
             if masters.len() > self.cfg.ha_masters {
                 break;
@@ -1771,4 +1863,116 @@ fn pair_score(a: NetId, b: NetId) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::ledger::MemoVerifier;
+
+    fn node(token: &Arc<NetworkToken>, id: u64) -> Node {
+        let mut cfg = NodeConfig::new(NetId(id), token.clone());
+        cfg.mdns = false;
+        cfg.minimum_nodes = 2;
+        let key = SigningKey::from_bytes(&[id as u8; 32]);
+        Node::new(cfg, key, Rng::seed(id), Instant::ZERO)
+    }
+
+    /// The bytes `n` queued to send on `conn`.
+    fn sends(n: &mut Node, conn: ConnRef) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| n.poll_action())
+            .filter_map(|a| match a {
+                Action::Send { conn: c, bytes } if c == conn => Some(bytes),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Runs a connected pair until neither has anything to say.
+    fn talk(a: &mut Node, b: &mut Node, conn: ConnRef, v: &mut MemoVerifier) {
+        let mut now = Instant::ZERO;
+        for _ in 0..40 {
+            now = now + Duration::from_millis(500);
+            a.handle_timeout(now, v);
+            b.handle_timeout(now, v);
+            let mut pending_a: Vec<Action> = std::iter::from_fn(|| a.poll_action()).collect();
+            let mut pending_b: Vec<Action> = std::iter::from_fn(|| b.poll_action()).collect();
+            for act in pending_a.drain(..) {
+                if let Action::Send { conn: c, bytes } = act {
+                    if c == conn {
+                        b.handle_message(now, conn, &bytes, v);
+                    }
+                }
+            }
+            for act in pending_b.drain(..) {
+                if let Action::Send { conn: c, bytes } = act {
+                    if c == conn {
+                        a.handle_message(now, conn, &bytes, v);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn peers_with_the_token_sync_and_elect_those_without_learn_nothing() {
+        let mut rng = Rng::seed(3);
+        let token = Arc::new(NetworkToken::generate(&mut rng));
+        let other = Arc::new(NetworkToken::generate(&mut rng));
+        let mut v = MemoVerifier::default();
+        // Same token: the pair syncs, elects one cluster-init and the other gets join data.
+        let (mut a, mut b) = (node(&token, 1), node(&token, 2));
+        let c = ConnRef(1);
+        a.handle_connected(Instant::ZERO, c, NetId(2), PathKind::Direct, None);
+        b.handle_connected(Instant::ZERO, c, NetId(1), PathKind::Direct, None);
+        talk(&mut a, &mut b, c, &mut v);
+        assert_eq!(a.head(), b.head());
+        assert_eq!(a.members().len(), 2);
+        assert_eq!(
+            u8::from(a.did_cluster_init()) + u8::from(b.did_cluster_init()),
+            1
+        );
+        assert!(a.join_data().is_some() && a.join_data() == b.join_data());
+        // Another token: the first message does not open, the connection is closed, and
+        // neither side's ledger holds the other.
+        let mut x = node(&other, 9);
+        let c2 = ConnRef(2);
+        x.handle_connected(Instant::ZERO, c2, NetId(1), PathKind::Direct, None);
+        a.handle_connected(Instant::ZERO, c2, NetId(9), PathKind::Direct, None);
+        let (from_x, from_a) = (sends(&mut x, c2), sends(&mut a, c2));
+        assert!(!from_x.is_empty() && !from_a.is_empty());
+        for m in &from_x {
+            a.handle_message(Instant::ZERO, c2, m, &mut v);
+        }
+        for m in &from_a {
+            x.handle_message(Instant::ZERO, c2, m, &mut v);
+        }
+        for n in [&mut a, &mut x] {
+            let acts: Vec<Action> = std::iter::from_fn(|| n.poll_action()).collect();
+            assert!(acts.contains(&Action::Close { conn: c2 }), "{acts:?}");
+        }
+        assert!(a.members().values().all(|n| *n != NetId(9)));
+        assert!(x.members().values().all(|n| *n == NetId(9)));
+        assert!(a.stats.messages_refused > 0 && x.stats.messages_refused > 0);
+    }
+
+    #[test]
+    fn sealed_messages_open_with_the_previous_and_next_window_only() {
+        let token = Arc::new(NetworkToken::generate(&mut Rng::seed(4)));
+        let mut a = node(&token, 1);
+        let interval = token.otp.crypto.interval * 1_000_000;
+        let t0 = Instant::from_micros(interval * 5 + 1);
+        let sealed = a.seal(t0, b"hello");
+        for (dt, ok) in [(0i64, true), (1, true), (-1, true), (2, false), (-2, false)] {
+            let at = if dt >= 0 {
+                t0 + Duration::from_micros(interval * dt as u64)
+            } else {
+                t0 - Duration::from_micros(interval * dt.unsigned_abs())
+            };
+            assert_eq!(a.open(at, &sealed).is_some(), ok, "window offset {dt}");
+        }
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(a.open(t0, &tampered), None);
+    }
 }
