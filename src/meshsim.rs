@@ -502,9 +502,11 @@ struct World<'t> {
     verifier: MemoVerifier,
     hasher: Sha256,
     trace: &'t mut dyn TraceSink,
-    cluster_inits: BTreeSet<usize>,
+    /// Every cluster-init any node ran (a node running it twice counts twice).
+    cluster_inits: Vec<usize>,
     max_epoch: u64,
-    /// Every leader any live node followed, per epoch (safety: at most one each).
+    /// The leaders live nodes followed, per epoch, as seen at every sample (safety: at most
+    /// one each).
     leaders_by_epoch: BTreeMap<u64, BTreeSet<[u8; 32]>>,
     rng: Rng,
     token: Arc<NetworkToken>,
@@ -542,6 +544,7 @@ impl World<'_> {
         cfg.minimum_nodes = self.file.minimum_nodes;
         cfg.ha_masters = self.file.ha_masters;
         cfg.target_peers = self.file.target_peers;
+        cfg.listen = vec![self.swarm.listen_addr(sn.host)];
         cfg.bootstrap = self
             .bootstrap
             .iter()
@@ -626,7 +629,7 @@ impl World<'_> {
         for e in evs {
             let (tag, text) = match &e {
                 NodeEvent::ClusterInit => {
-                    self.cluster_inits.insert(i);
+                    self.cluster_inits.push(i);
                     (1u8, "cluster-init".to_string())
                 }
                 NodeEvent::Role { role, epoch } => {
@@ -988,7 +991,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         verifier: MemoVerifier::default(),
         hasher: Sha256::new(),
         trace,
-        cluster_inits: BTreeSet::new(),
+        cluster_inits: Vec::new(),
         max_epoch: 0,
         leaders_by_epoch: BTreeMap::new(),
         rng: root.fork(6),

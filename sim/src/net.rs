@@ -218,7 +218,7 @@ struct MapEntry {
     key: MapKey,
     last_out: Instant,
     /// Remote endpoints this mapping has sent to (what address/port-dependent filtering
-    /// checks). Small: one per flow.
+    /// checks): one per destination the mapping has sent to.
     sent_to: Vec<Addr>,
 }
 
@@ -501,7 +501,12 @@ impl Network {
                 self.stats.drop(DropReason::NoHairpin);
                 return Err(DropReason::NoHairpin);
             }
-            src = self.translate_out(now, g, src, dst);
+            let Some(translated) = self.translate_out(now, g, src, dst) else {
+                // The NAT has no port left for a new mapping.
+                self.stats.drop(DropReason::NoMapping);
+                return Err(DropReason::NoMapping);
+            };
+            src = translated;
             if to_self {
                 hairpin_at = Some(g);
                 realm = self.nats[g.0 as usize].outer;
@@ -619,7 +624,7 @@ impl Network {
 
     /// Outbound translation: find or create the mapping for this flow, refresh it, record the
     /// destination for filtering; returns the translated source.
-    fn translate_out(&mut self, now: Instant, g: NatId, src: Addr, dst: Addr) -> Addr {
+    fn translate_out(&mut self, now: Instant, g: NatId, src: Addr, dst: Addr) -> Option<Addr> {
         let nat = &mut self.nats[g.0 as usize];
         let key = match nat.spec.mapping {
             Mapping::EndpointIndependent => MapKey::Eim(src),
@@ -644,7 +649,7 @@ impl Network {
         let port = match live {
             Some(p) => p,
             None => {
-                let p = Self::free_port(nat, now);
+                let p = Self::free_port(nat, now)?;
                 nat.by_key.insert(key, p);
                 nat.by_port.insert(
                     p,
@@ -664,12 +669,13 @@ impl Network {
         if !e.sent_to.contains(&dst) {
             e.sent_to.push(dst);
         }
-        Addr::new(nat.ext_ip, port)
+        Some(Addr::new(nat.ext_ip, port))
     }
 
-    /// The next port with no live mapping (expired ones are reclaimed on the way).
-    fn free_port(nat: &mut Nat, now: Instant) -> u16 {
-        loop {
+    /// The next port with no live mapping (expired ones are reclaimed on the way); `None`
+    /// when every port is taken.
+    fn free_port(nat: &mut Nat, now: Instant) -> Option<u16> {
+        for _ in 0..=(u16::MAX - 1024) {
             let p = nat.next_port;
             nat.next_port = if nat.next_port == u16::MAX {
                 1024
@@ -677,16 +683,17 @@ impl Network {
                 nat.next_port + 1
             };
             match nat.by_port.get(&p) {
-                None => return p,
+                None => return Some(p),
                 Some(e) if now.since(e.last_out) > nat.spec.timeout => {
                     let key = e.key;
                     nat.by_port.remove(&p);
                     nat.by_key.remove(&key);
-                    return p;
+                    return Some(p);
                 }
                 Some(_) => {}
             }
         }
+        None
     }
 
     /// Inbound translation at a NAT's outside: the mapping for `port`, if alive and its

@@ -408,6 +408,11 @@ enum Ev<P> {
         nonce: u64,
     },
     CircuitExpire(ConnId),
+    RelayedDialTimeout {
+        host: HostId,
+        inc: u32,
+        circuit: ConnId,
+    },
     AutoNatTimeout {
         server: HostId,
         inc: u32,
@@ -769,6 +774,17 @@ impl<P: Clone + WireSize> Swarm<P> {
                 self.hosts[h.0 as usize]
                     .relayed_dials
                     .insert(circuit, (relay, target));
+                // A CONNECT or STOP lost to a partition or a dead host gets no answer: the
+                // dial fails after the handshake timeout, as libp2p's does.
+                let inc = self.inc(h);
+                self.kernel.schedule_in(
+                    self.cfg.handshake_timeout,
+                    Ev::RelayedDialTimeout {
+                        host: h,
+                        inc,
+                        circuit,
+                    },
+                )?;
                 self.send_on(h, leg, Body::Connect { target, circuit })
             }
             Command::Reserve { relay } => match self.conn_to(h, relay) {
@@ -1105,6 +1121,17 @@ impl<P: Clone + WireSize> Swarm<P> {
             Ev::CircuitExpire(c) => {
                 if self.conns.contains_key(&c) {
                     self.close_with(c, None, CloseReason::RelayLimit)?;
+                }
+            }
+            Ev::RelayedDialTimeout { host, inc, circuit } => {
+                if self.alive(host, inc) {
+                    if let Some((relay, target)) =
+                        self.hosts[host.0 as usize].relayed_dials.remove(&circuit)
+                    {
+                        self.emit(host, Event::RelayedDialFailed { relay, target });
+                        // The relay may have opened the target's end meanwhile.
+                        self.close_with(circuit, None, CloseReason::Local)?;
+                    }
                 }
             }
             Ev::AutoNatTimeout { server, inc, nonce } => {

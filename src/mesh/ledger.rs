@@ -293,6 +293,15 @@ impl Ledger {
         h.finalize().into()
     }
 
+    /// Entries per bucket.
+    pub fn bucket_sizes(&self) -> [usize; BUCKETS] {
+        let mut out = [0; BUCKETS];
+        for (o, m) in &self.entries {
+            out[bucket_of(o)] += m.len();
+        }
+        out
+    }
+
     /// A short digest per bucket, for a peer to find which buckets differ.
     pub fn bucket_digests(&self) -> [u64; BUCKETS] {
         let mut out = [0u64; BUCKETS];

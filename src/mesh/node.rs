@@ -19,9 +19,10 @@
 //!   for the current window (the previous and next are accepted, for skewed clocks). A peer
 //!   without the token cannot read anything and nothing it sends is accepted; a connection
 //!   whose first message does not open is closed.
-//! - **Ledger**: owner-signed entries merged as a CRDT; new entries are pushed to every
-//!   token peer at once (batched), heads are compared every few seconds, and a differing head
-//!   starts a push-pull exchange of version summaries.
+//! - **Ledger**: owner-signed entries merged as a CRDT; fresh entries are pushed (batched)
+//!   to a random ~ln N + 1 token peers, who pass them on; 16 bucket digests are compared
+//!   every few seconds, and differing buckets start a push-pull exchange of version
+//!   summaries, one pull at a time, in bounded batches.
 //! - **Roles**: Kairos-compatible mode, or the default quorum mode (see [`Mode`]).
 //!
 //! ## How it maps to libp2p (for the real driver)
@@ -92,14 +93,17 @@ pub enum Mode {
     /// assigns roles at random. Two leaders with different views assign twice (split brain),
     /// and nothing heals a lost master.
     Kairos,
-    /// The default. Founding: once `minimum_nodes` members are seen, each votes (a signed
-    /// ledger entry, one per epoch) for the largest FNV-32a id it sees; a candidate with votes
-    /// from a strict majority of the members it names as the electorate writes the cluster
-    /// record (epoch 1: it is the cluster-init master). Later epochs count only the founding
-    /// electorate, so two sides of a partition can never both elect: at most one holds a
-    /// majority. The leader and masters renew leases in the ledger; when the leader's lease
-    /// stops moving, the electorate votes for the best master whose lease is fresh, in a new
-    /// epoch; the leader replaces masters whose leases stop. The highest epoch wins.
+    /// The default. Founding: once `minimum_nodes` (M) members are seen and the view has
+    /// settled, each node votes (a signed ledger entry, one per epoch) for the largest FNV-32a
+    /// id among the M largest it sees; a candidate with votes from a strict majority of those
+    /// M writes the founding record and is the cluster-init master. Every later epoch needs a
+    /// majority of the same founding electorate, so after founding two sides of a partition
+    /// can never both elect. The leader and masters renew signed leases (flooded, not
+    /// stored); when the leader's lease stops moving, the electorate votes for the best master
+    /// whose lease is fresh, in a new epoch; the leader replaces masters whose leases stop.
+    /// The highest epoch descending from the founding wins. Caveat: the founding itself is
+    /// only as safe as views agree: groups that never saw each other (each with M members)
+    /// can each found a cluster; the lowest epoch is then followed everywhere once they meet.
     Quorum,
 }
 
@@ -122,6 +126,8 @@ pub struct NodeConfig {
     pub lease_timeout: Duration,
     pub discover_interval: Duration,
     pub head_interval: Duration,
+    /// The addresses the driver listens on (libp2p: the swarm's listen addresses).
+    pub listen: Vec<Addr>,
 }
 
 impl NodeConfig {
@@ -141,6 +147,7 @@ impl NodeConfig {
             lease_timeout: Duration::from_secs(45),
             discover_interval: Duration::from_secs(30),
             head_interval: Duration::from_secs(10),
+            listen: Vec::new(),
         }
     }
 }
@@ -266,6 +273,17 @@ const K_LEASE: &str = "lease";
 const K_ROLES: &str = "kairos/roles";
 const K_JOIN: &str = "kairos/join";
 
+/// Bootstrap nodes (configured, plus relays peers hold reservations on) a node keeps track of.
+pub const INFRA_MAX: usize = 64;
+
+/// A sync reply carries at most this many bytes of entries (a relayed circuit may be capped at
+/// 128 KiB); what does not fit follows in the next round.
+pub const SYNC_BATCH_BYTES: usize = 64 << 10;
+
+/// A summary covers at most this many entries; further differing buckets wait for the next
+/// round.
+pub const SYNC_VERSIONS_MAX: usize = 600;
+
 /// A message or record larger than this is refused before it is opened.
 pub const SEALED_BYTES_MAX: usize = 4 << 20;
 
@@ -322,6 +340,8 @@ pub struct Node {
     peers: BTreeMap<NetId, Peer>,
     infra: BTreeMap<NetId, Infra>,
     conn_peer: BTreeMap<ConnRef, NetId>,
+    /// Peer connections whose first message has not opened yet, since when.
+    unverified: BTreeMap<ConnRef, Instant>,
     reach: Reach,
     relay: Option<(NetId, Instant)>,
     reserving: Option<NetId>,
@@ -342,9 +362,13 @@ pub struct Node {
     cluster_init_done: bool,
     my_role: Option<(Role, u64)>,
     my_join: Option<JoinData>,
-    /// Epochs we gave up on (their candidate never claimed), and when our vote was cast.
+    /// Our latest vote's epoch and when we cast it (a vote that led nowhere for a lease
+    /// timeout moves on to the next epoch).
     vote_cast: Option<(u64, Instant)>,
+    /// Candidates that never claimed an epoch we voted them in.
     skipped: BTreeSet<PeerKey>,
+    /// The decision's epoch `skipped` was collected under.
+    skipped_epoch: u64,
     member_version: u64,
     seal_cache: Option<(u64, [[u8; 32]; 3])>,
     ns_cache: Option<(u64, u64)>,
@@ -437,7 +461,11 @@ impl Node {
             peers: BTreeMap::new(),
             infra,
             conn_peer: BTreeMap::new(),
-            reach: Reach::default(),
+            unverified: BTreeMap::new(),
+            reach: Reach {
+                direct: cfg.listen.clone(),
+                ..Reach::default()
+            },
             relay: None,
             reserving: None,
             relay_next_try: now,
@@ -457,6 +485,7 @@ impl Node {
             my_join: None,
             vote_cast: None,
             skipped: BTreeSet::new(),
+            skipped_epoch: 0,
             member_version: 0,
             seal_cache: None,
             ns_cache: None,
@@ -488,15 +517,30 @@ impl Node {
             .ledger
             .entry(&self.me, K_MEMBER)
             .map_or(0, |e| e.version);
-        self.lease_version = self
+        // K3s was started with --cluster-init before the restart if we wrote a founding
+        // record; a vote we cast before still times out like a fresh one.
+        self.cluster_init_done = self
             .ledger
-            .entry(&self.me, K_LEASE)
-            .map_or(0, |e| e.version);
+            .entries_of(&self.me)
+            .filter(|e| e.key.starts_with(K_CLUSTER))
+            .filter_map(|e| postcard::from_bytes::<Cluster>(e.value.as_deref()?).ok())
+            .any(|c| c.founded == c.epoch);
+        if self.cluster_init_done {
+            self.my_role = Some((Role::ClusterInit, 0));
+        }
+        self.vote_cast = self.my_vote().map(|v| (v.epoch, self.started));
     }
 
     /// Handles a lease renewal: a newer, correctly signed one is recorded and passed on.
     fn on_lease(&mut self, now: Instant, from: NetId, e: Entry, verifier: &mut dyn Verifier) {
         if e.key != K_LEASE || e.value.is_some() {
+            return;
+        }
+        // Only the current leader and masters hold leases; anything else is noise.
+        let Some(c) = self.valid_cluster() else {
+            return;
+        };
+        if c.leader != e.owner && !c.masters.contains(&e.owner) {
             return;
         }
         if self
@@ -686,8 +730,16 @@ impl Node {
         observed: Option<Addr>,
     ) {
         self.conn_peer.insert(conn, peer);
-        if let Some(o) = observed {
-            if !self.reach.direct.contains(&o) && self.reach.direct.len() < 8 {
+        // Observed addresses count only from bootstrap nodes (a peer could claim anything,
+        // and the join address is built from these); the oldest goes when full.
+        if let Some(o) = observed.filter(|_| self.infra.contains_key(&peer)) {
+            if !self.reach.direct.contains(&o) {
+                if self.reach.direct.len() >= 8 {
+                    let listen = &self.cfg.listen;
+                    if let Some(i) = self.reach.direct.iter().position(|a| !listen.contains(a)) {
+                        self.reach.direct.remove(i);
+                    }
+                }
                 self.reach.direct.push(o);
             }
         }
@@ -701,6 +753,7 @@ impl Node {
             return;
         }
         self.peers_gen += 1;
+        self.unverified.insert(conn, now);
         let p = self.peers.entry(peer).or_default();
         p.conns.insert(conn, path);
         p.dialing = false;
@@ -713,6 +766,7 @@ impl Node {
     }
 
     pub fn handle_closed(&mut self, now: Instant, conn: ConnRef) {
+        self.unverified.remove(&conn);
         let Some(peer) = self.conn_peer.remove(&conn) else {
             return;
         };
@@ -860,6 +914,7 @@ impl Node {
             return;
         };
         p.verified.insert(conn);
+        self.unverified.remove(&conn);
         if p.foreign {
             self.peers_gen += 1;
         }
@@ -900,7 +955,19 @@ impl Node {
                 mask,
                 reply,
             } => {
-                let newer = self.ledger.newer_than(&versions, mask);
+                let mut newer = self.ledger.newer_than(&versions, mask);
+                let mut budget = SYNC_BATCH_BYTES;
+                let keep = newer
+                    .iter()
+                    .take_while(|e| {
+                        let n = 160 + e.key.len() + e.value.as_ref().map_or(0, Vec::len);
+                        let fits = n <= budget;
+                        budget = budget.saturating_sub(n);
+                        fits
+                    })
+                    .count()
+                    .max(1);
+                newer.truncate(keep);
                 if !newer.is_empty() {
                     self.send(
                         now,
@@ -957,6 +1024,18 @@ impl Node {
         self.next_maintenance = now + Duration::from_secs(1);
         if std::mem::take(&mut self.members_grew) {
             self.members_stable_since = now;
+        }
+        // A connection that never says anything we can open is closed: it is half-made (a
+        // relayed dial the other side gave up on) or not one of us.
+        let stale: Vec<ConnRef> = self
+            .unverified
+            .iter()
+            .filter(|(_, t)| now.since(**t) > Duration::from_secs(15))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in stale {
+            self.unverified.remove(&c);
+            self.actions.push_back(Action::Close { conn: c });
         }
         self.maintain_infra(now);
         self.maintain_relay(now);
@@ -1070,9 +1149,17 @@ impl Node {
             return;
         }
         let mine = self.ledger.bucket_digests();
-        let mask = (0..BUCKETS)
-            .filter(|&i| mine[i] != theirs[i])
-            .fold(0u16, |m, i| m | (1 << i));
+        // The differing buckets, as many as fit one summary.
+        let sizes = self.ledger.bucket_sizes();
+        let mut mask = 0u16;
+        let mut count = 0;
+        for i in (0..BUCKETS).filter(|&i| mine[i] != theirs[i]) {
+            if mask != 0 && count + sizes[i] > SYNC_VERSIONS_MAX {
+                break;
+            }
+            count += sizes[i];
+            mask |= 1 << i;
+        }
         if mask != 0 {
             self.pull_until = Some(now + Duration::from_secs(2));
             let versions = self.ledger.versions(mask);
@@ -1101,8 +1188,8 @@ impl Node {
         self.next_maintenance = self.next_maintenance.min(now + Duration::from_millis(100));
     }
 
-    /// Pushes the entries changed since the last flush to every token peer (not back to where
-    /// they came from).
+    /// Pushes the entries changed since the last flush to a random ~ln N + 1 of the token
+    /// peers (not back to where they came from).
     fn flush(&mut self, now: Instant) {
         self.flush_at = None;
         let out = std::mem::take(&mut self.outbox);
@@ -1249,9 +1336,14 @@ impl Node {
         if let Some((r, renew)) = self.relay {
             if now >= renew && self.reserving.is_none() {
                 self.reserving = Some(r);
+                self.relay_next_try = now + Duration::from_secs(30);
                 self.actions.push_back(Action::Reserve { relay: r });
             }
             return;
+        }
+        if self.reserving.is_some() && now >= self.relay_next_try {
+            // No answer to the reservation request: give up on it.
+            self.reserving = None;
         }
         if self.reserving.is_some() || now < self.relay_next_try {
             return;
@@ -1268,7 +1360,7 @@ impl Node {
         }
         let r = connected[self.rng.below(connected.len() as u64) as usize];
         self.reserving = Some(r);
-        self.relay_next_try = now + Duration::from_secs(10);
+        self.relay_next_try = now + Duration::from_secs(30);
         self.actions.push_back(Action::Reserve { relay: r });
     }
 
@@ -1415,8 +1507,10 @@ impl Node {
             } else if let Some((relay, addr)) = p.reach.relay {
                 // We need the relay first: it is a bootstrap node we are not connected to,
                 // or one we did not know of.
-                let inf = self.infra.entry(relay).or_default();
-                inf.addr.get_or_insert(addr);
+                if !self.peers.contains_key(&relay) && self.infra.len() < INFRA_MAX {
+                    let inf = self.infra.entry(relay).or_default();
+                    inf.addr.get_or_insert(addr);
+                }
             }
         }
     }
@@ -1509,11 +1603,18 @@ impl Node {
         self.vote_cast = Some((epoch, now));
     }
 
+    /// The address K3s agents are told to join: an address a bootstrap node saw us at when
+    /// we are reachable, else our own listen address (good on our LAN).
     fn my_addr(&self) -> String {
-        let a = self
+        let observed = self
             .reach
             .direct
-            .first()
+            .iter()
+            .find(|a| !self.cfg.listen.contains(a));
+        let a = observed
+            .filter(|_| self.reach.public)
+            .or(self.cfg.listen.first())
+            .or(observed)
             .copied()
             .unwrap_or(Addr::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
         format!("https://{}:{}", a.ip(), self.cfg.k3s_port)
@@ -1577,6 +1678,10 @@ impl Node {
                 }
             }
             Some(c) => {
+                if c.epoch != self.skipped_epoch {
+                    self.skipped.clear();
+                    self.skipped_epoch = c.epoch;
+                }
                 if c.leader == self.me {
                     self.lead(now, c, verifier);
                     return;
@@ -1706,7 +1811,10 @@ impl Node {
     fn heartbeat(&mut self, now: Instant, verifier: &mut dyn Verifier) {
         if now >= self.next_lease {
             self.next_lease = now + self.cfg.lease_interval;
-            self.lease_version = (self.lease_version + 1).max(now.as_micros() / 1000);
+            // Versions are wall-clock milliseconds, so a restarted master's renewals rank
+            // above the ones it sent before.
+            let wall_ms = self.cfg.epoch_secs * 1000 + now.as_micros() / 1000;
+            self.lease_version = (self.lease_version + 1).max(wall_ms);
             let e = Entry::signed(&self.signer, K_LEASE, self.lease_version, None);
             let _ = verifier;
             self.leases.insert(self.me, (self.lease_version, now));
@@ -1781,7 +1889,11 @@ impl Node {
         self.ledger
             .live()
             .filter(|e| e.key == K_ROLES)
-            .filter_map(|e| postcard::from_bytes::<Assignment>(e.value.as_deref()?).ok())
+            .filter_map(|e| {
+                postcard::from_bytes::<Assignment>(e.value.as_deref()?)
+                    .ok()
+                    .filter(|a| a.leader == name_of(&e.owner))
+            })
             .max_by_key(|a| (fnv32a(a.leader.as_bytes()), a.leader.clone()))
     }
 
@@ -1822,7 +1934,8 @@ impl Node {
                 }
             },
         };
-        // A cluster-init master keeps that role for life: K3s was started with it.
+        // A cluster-init master keeps that name while it stays a leader or master: K3s was
+        // started with --cluster-init there.
         let role = match (role, self.my_role) {
             (Some((Role::Master, e)), Some((Role::ClusterInit, _))) => Some((Role::ClusterInit, e)),
             (r, _) => r,
@@ -1888,30 +2001,31 @@ mod tests {
             .collect()
     }
 
-    /// Runs a connected pair until neither has anything to say.
+    /// Runs a connected pair for 20 virtual seconds, carrying what each sends on `conn`.
     fn talk(a: &mut Node, b: &mut Node, conn: ConnRef, v: &mut MemoVerifier) {
         let mut now = Instant::ZERO;
         for _ in 0..40 {
             now = now + Duration::from_millis(500);
             a.handle_timeout(now, v);
             b.handle_timeout(now, v);
-            let mut pending_a: Vec<Action> = std::iter::from_fn(|| a.poll_action()).collect();
-            let mut pending_b: Vec<Action> = std::iter::from_fn(|| b.poll_action()).collect();
-            for act in pending_a.drain(..) {
-                if let Action::Send { conn: c, bytes } = act {
-                    if c == conn {
-                        b.handle_message(now, conn, &bytes, v);
-                    }
-                }
+            let (to_b, to_a) = (sends(a, conn), sends(b, conn));
+            for m in &to_b {
+                b.handle_message(now, conn, m, v);
             }
-            for act in pending_b.drain(..) {
-                if let Action::Send { conn: c, bytes } = act {
-                    if c == conn {
-                        a.handle_message(now, conn, &bytes, v);
-                    }
-                }
+            for m in &to_a {
+                a.handle_message(now, conn, m, v);
             }
         }
+    }
+
+    /// Two nodes of one token, connected on `ConnRef(1)` and talked to agreement.
+    fn synced_pair(token: &Arc<NetworkToken>, v: &mut MemoVerifier) -> (Node, Node) {
+        let (mut a, mut b) = (node(token, 1), node(token, 2));
+        let c = ConnRef(1);
+        a.handle_connected(Instant::ZERO, c, NetId(2), PathKind::Direct, None);
+        b.handle_connected(Instant::ZERO, c, NetId(1), PathKind::Direct, None);
+        talk(&mut a, &mut b, c, v);
+        (a, b)
     }
 
     #[test]
@@ -1921,11 +2035,7 @@ mod tests {
         let other = Arc::new(NetworkToken::generate(&mut rng));
         let mut v = MemoVerifier::default();
         // Same token: the pair syncs, elects one cluster-init and the other gets join data.
-        let (mut a, mut b) = (node(&token, 1), node(&token, 2));
-        let c = ConnRef(1);
-        a.handle_connected(Instant::ZERO, c, NetId(2), PathKind::Direct, None);
-        b.handle_connected(Instant::ZERO, c, NetId(1), PathKind::Direct, None);
-        talk(&mut a, &mut b, c, &mut v);
+        let (mut a, b) = synced_pair(&token, &mut v);
         assert_eq!(a.head(), b.head());
         assert_eq!(a.members().len(), 2);
         assert_eq!(
@@ -1954,6 +2064,23 @@ mod tests {
         assert!(a.members().values().all(|n| *n != NetId(9)));
         assert!(x.members().values().all(|n| *n == NetId(9)));
         assert!(a.stats.messages_refused > 0 && x.stats.messages_refused > 0);
+    }
+
+    #[test]
+    fn a_restarted_founder_does_not_run_cluster_init_again() {
+        let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
+        let mut v = MemoVerifier::default();
+        let (a, b) = synced_pair(&token, &mut v);
+        let founder = if a.did_cluster_init() { a } else { b };
+        let id = if founder.cfg.net == NetId(1) { 1 } else { 2 };
+        // Power cut: a new process with the ledger from disk.
+        let mut again = node(&token, id);
+        again.restore(founder.ledger().clone());
+        assert!(again.did_cluster_init());
+        again.handle_timeout(Instant::from_micros(1), &mut v);
+        let events: Vec<NodeEvent> = std::iter::from_fn(|| again.poll_event()).collect();
+        assert!(!events.contains(&NodeEvent::ClusterInit), "{events:?}");
+        assert!(again.vote_cast.is_some());
     }
 
     #[test]
