@@ -73,11 +73,21 @@ pub fn fetch(package: &str, cache: &Path) -> Result<PathBuf, DebError> {
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&out),
     )?;
     std::fs::write(tmp.path().join(".complete"), b"").map_err(io("write", tmp.path()))?;
+    // Another process finished the same fetch meanwhile: keep its copy, which may be in use.
+    if dir.join(".complete").exists() {
+        return Ok(root);
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io("remove stale", &dir))?;
     }
     let kept = tmp.keep();
-    std::fs::rename(&kept, &dir).map_err(io("move into place", &dir))?;
+    if let Err(e) = std::fs::rename(&kept, &dir) {
+        let _ = std::fs::remove_dir_all(&kept);
+        // Lost a race with another process's rename: its copy is as good as ours.
+        if !dir.join(".complete").exists() {
+            return Err(io("move into place", &dir)(e));
+        }
+    }
     Ok(root)
 }
 

@@ -102,13 +102,38 @@ fn cut_and_recover(run: &mut Run, pristine: &Path, cut: &str, case: &str) {
     );
 }
 
-#[test]
-fn qemu_power_cut_at_every_upgrade_step_boots_a_good_slot() {
-    let test = "qemu_power_cut_at_every_upgrade_step_boots_a_good_slot";
+/// The cut points of an upgrade from the active slot, then those only an upgrade from the
+/// passive slot has.
+const FROM_ACTIVE: [&str; 10] = [
+    "fetch",
+    "remove_stale_transition",
+    "write_transition",
+    "remove_old_passive",
+    "link_active_as_passive",
+    "record_passive",
+    "unlink_active",
+    "arm_counter",
+    "link_transition_as_active",
+    "unlink_transition",
+];
+const FROM_PASSIVE: [&str; 3] = [
+    "remove_failed_active",
+    "arm_counter",
+    "link_transition_as_active",
+];
+
+/// Prepares a node and cuts at `active` (indexes into FROM_ACTIVE) and `passive` (into
+/// FROM_PASSIVE). Two tests share the points, so the harness runs them on both cores.
+fn power_cuts(
+    test: &str,
+    part: &str,
+    active: std::ops::Range<usize>,
+    passive: std::ops::Range<usize>,
+) {
     if !require_root(test) {
         return;
     }
-    let dir = run_dir("upgrade-power-cut");
+    let dir = run_dir(&format!("upgrade-power-cut-{part}"));
     let Some(opts) = scenario_options(test, &dir) else {
         return;
     };
@@ -126,51 +151,54 @@ fn qemu_power_cut_at_every_upgrade_step_boots_a_good_slot() {
     run.step(&StepSpec::Boot { times: 1 }).unwrap();
     let from_active = dir.join("from-active.img");
     std::fs::copy(run.disk(), &from_active).unwrap();
-    // From the passive slot: an upgrade to v3 panicked through its try; the next power-on
-    // runs v2 from passive.
-    run.step(&StepSpec::Upgrade {
-        image: "v3".into(),
-        from: UpgradeFrom::Host,
-    })
-    .unwrap();
-    run.step(&StepSpec::Boot { times: 1 }).unwrap();
     let from_passive = dir.join("from-passive.img");
-    std::fs::copy(run.disk(), &from_passive).unwrap();
-
-    let mut cases = 0;
-    for cut in [
-        "fetch",
-        "remove_stale_transition",
-        "write_transition",
-        "remove_old_passive",
-        "link_active_as_passive",
-        "record_passive",
-        "unlink_active",
-        "arm_counter",
-        "link_transition_as_active",
-        "unlink_transition",
-    ] {
-        cases += 1;
+    if !passive.is_empty() {
+        // From the passive slot: an upgrade to v3 panicked through its try; the next
+        // power-on runs v2 from passive.
+        run.step(&StepSpec::Upgrade {
+            image: "v3".into(),
+            from: UpgradeFrom::Host,
+        })
+        .unwrap();
+        run.step(&StepSpec::Boot { times: 1 }).unwrap();
+        std::fs::copy(run.disk(), &from_passive).unwrap();
+    }
+    for i in active {
         cut_and_recover(
             &mut run,
             &from_active,
-            cut,
-            &format!("from active #{cases}"),
+            FROM_ACTIVE[i],
+            &format!("from active #{}", i + 1),
         );
     }
-    for cut in [
-        "remove_failed_active",
-        "arm_counter",
-        "link_transition_as_active",
-    ] {
-        cases += 1;
+    for i in passive {
         cut_and_recover(
             &mut run,
             &from_passive,
-            cut,
-            &format!("from passive #{cases}"),
+            FROM_PASSIVE[i],
+            &format!("from passive #{}", FROM_ACTIVE.len() + i + 1),
         );
     }
     drop(run);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn qemu_power_cut_at_the_first_upgrade_steps_boots_a_good_slot() {
+    power_cuts(
+        "qemu_power_cut_at_the_first_upgrade_steps_boots_a_good_slot",
+        "a",
+        0..6,
+        0..0,
+    );
+}
+
+#[test]
+fn qemu_power_cut_at_the_later_upgrade_steps_boots_a_good_slot() {
+    power_cuts(
+        "qemu_power_cut_at_the_later_upgrade_steps_boots_a_good_slot",
+        "b",
+        6..FROM_ACTIVE.len(),
+        0..FROM_PASSIVE.len(),
+    );
 }
