@@ -34,6 +34,30 @@ fn the_probelab_mix_with_intruders_passes() {
     assert_passes("symmetric-nat-mix", 2);
 }
 
+/// 150 nodes: more owners than the ledger keeps (32 by default), so ledgers hold the
+/// best-ranked members only; the leader dies and the electorate (drawn from those) elects
+/// another. What each node replicates stays bounded by the cap, not by the mesh.
+#[test]
+fn a_mesh_larger_than_the_ledger_cap_keeps_a_bounded_ledger_and_heals() {
+    let f = SimFile::parse(
+        "name = 'capped-150'\nduration = 150\nminimum_nodes = 5\nha_masters = 2\nbootstrap = 3\n\
+         [[group]]\ncount = 50\nplacement = 'public'\n\
+         [[group]]\ncount = 100\nplacement = 'nat'\nnat = 'probelab'\n\
+         [relay]\nmax_circuits = 1024\nmax_circuits_per_peer = 16\nmax_circuit_duration = 3600\nmax_circuit_bytes = 67108864\n\
+         [[fault]]\nat = 45\ncrash = 'leader'\n\
+         [expect]\nconverged_by = 40\nreconverged_within = 90\nconverged_at_end = true\ncluster_inits = 1\nnew_leader = true\n",
+    )
+    .unwrap();
+    let o = run(&f, 3, &mut NoTrace).unwrap();
+    assert!(o.passed(), "{}", summary(&o));
+    // 32 owners: a member entry each, votes of the electorate, cluster records.
+    assert!(
+        o.metrics.ledger_entries <= 32 + 3 * 5 + 4,
+        "{} entries: the cap did not hold",
+        o.metrics.ledger_entries
+    );
+}
+
 #[test]
 fn the_same_seed_replays_bit_for_bit_and_another_seed_differs() {
     let f = scenario("nat-relay-hops");

@@ -38,7 +38,7 @@ impl Duration {
         Self(ms.saturating_mul(1_000))
     }
 
-    pub fn from_secs(s: u64) -> Self {
+    pub const fn from_secs(s: u64) -> Self {
         Self(s.saturating_mul(1_000_000))
     }
 

@@ -8,10 +8,19 @@
 //! newer version. Replicas compare [`Ledger::head`] and exchange what the other lacks
 //! ([`Ledger::versions`], [`Ledger::newer_than`]): anti-entropy.
 //!
+//! A ledger may be capped to the `cap` best-ranked owners ([`Ledger::with_owner_cap`]; rank:
+//! the larger FNV-32a of the owner's name, [`crate::mesh::roles::key_fnv`], then the smaller
+//! key): entries of an owner ranked below the cap are refused, and an owner pushed below it is
+//! evicted with all its entries. The kept set is the top `cap` of every owner seen, which is
+//! again a join (top-k of a union), so capped replicas converge the same way; what an
+//! election needs of the membership (the best-ranked members) is always kept, and a mesh of
+//! any size replicates a bounded map.
+//!
 //! Pure: no clock, no IO. Signature checks go through a [`Verifier`], so a simulator can
 //! memoize the same check across thousands of simulated nodes (the check still happens).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -145,6 +154,8 @@ pub enum Applied {
     Changed,
     /// The ledger already had it or something newer.
     Stale,
+    /// The owner ranks below the ledger's owner cap.
+    Outranked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,6 +189,19 @@ pub struct Ledger {
     /// Per bucket, XOR of the entries' digests: kept up to date in O(1) per change.
     xor: [[u8; 32]; BUCKETS],
     value_bytes_max: usize,
+    /// At most this many owners are kept (`usize::MAX`: no cap).
+    owner_cap: usize,
+    /// Kept owners by rank, best first (maintained only under a cap).
+    ranked: BTreeSet<OwnerRank>,
+    /// Owners evicted since [`Ledger::take_evicted`] was last called.
+    evicted: Vec<PeerKey>,
+}
+
+/// Best first: larger FNV-32a, then smaller key.
+type OwnerRank = (Reverse<u32>, PeerKey);
+
+fn owner_rank(owner: &PeerKey) -> OwnerRank {
+    (Reverse(crate::mesh::roles::key_fnv(owner)), *owner)
 }
 
 impl Ledger {
@@ -188,7 +212,43 @@ impl Ledger {
             len: 0,
             xor: [[0; 32]; BUCKETS],
             value_bytes_max,
+            owner_cap: usize::MAX,
+            ranked: BTreeSet::new(),
+            evicted: Vec::new(),
         }
+    }
+
+    /// An empty ledger that keeps the entries of the `cap` best-ranked owners only.
+    pub fn with_owner_cap(value_bytes_max: usize, cap: usize) -> Self {
+        Self {
+            owner_cap: cap.max(1),
+            ..Self::new(value_bytes_max)
+        }
+    }
+
+    pub fn owner_cap(&self) -> usize {
+        self.owner_cap
+    }
+
+    /// Owners with entries here.
+    pub fn owners(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether an entry of `owner` would be refused for its rank.
+    pub fn outranked(&self, owner: &PeerKey) -> bool {
+        self.owner_cap != usize::MAX
+            && self.entries.len() >= self.owner_cap
+            && !self.entries.contains_key(owner)
+            && self
+                .ranked
+                .last()
+                .is_some_and(|worst| owner_rank(owner) > *worst)
+    }
+
+    /// The owners evicted (with all their entries) since the last call.
+    pub fn take_evicted(&mut self) -> Vec<PeerKey> {
+        std::mem::take(&mut self.evicted)
     }
 
     pub fn len(&self) -> usize {
@@ -243,6 +303,9 @@ impl Ledger {
                 });
             }
         }
+        if self.outranked(&e.owner) {
+            return Ok(Applied::Outranked);
+        }
         let held = self.entries.get(&e.owner).and_then(|m| m.get(&e.key));
         if let Some((have, _)) = held {
             if have.version > e.version || (have.version == e.version && have.sig == e.sig) {
@@ -271,7 +334,27 @@ impl Ledger {
             None => self.len += 1,
         }
         xor_into(&mut self.xor[b], &digest);
+        if self.owner_cap != usize::MAX && self.ranked.insert(owner_rank(&owner)) {
+            while self.entries.len() > self.owner_cap {
+                let Some((_, worst)) = self.ranked.pop_last() else {
+                    break;
+                };
+                self.evict(&worst);
+            }
+        }
         Ok(Applied::Changed)
+    }
+
+    fn evict(&mut self, owner: &PeerKey) {
+        let Some(m) = self.entries.remove(owner) else {
+            return;
+        };
+        let b = bucket_of(owner);
+        for (_, d) in m.values() {
+            xor_into(&mut self.xor[b], d);
+        }
+        self.len -= m.len();
+        self.evicted.push(*owner);
     }
 
     /// Merges everything `other` holds (already verified there, verified again here).
@@ -352,7 +435,7 @@ impl Ledger {
     pub fn lacks_any(&self, theirs: &[Version]) -> bool {
         theirs.iter().any(
             |v| match self.entries.get(&v.owner).and_then(|m| m.get(&v.key)) {
-                None => true,
+                None => !self.outranked(&v.owner),
                 Some((e, d)) => (v.version, v.digest) > (e.version, *d),
             },
         )
@@ -464,6 +547,85 @@ mod tests {
         m
     }
 
+    /// Signed entries over 6 owners and 2 keys, for ledgers capped below that.
+    fn capped_entries() -> impl Strategy<Value = Vec<Entry>> {
+        let signers: Vec<SigningKey> = (1..=6).map(signer).collect();
+        proptest::collection::vec(
+            (0usize..6, 0usize..2, 0u64..3, proptest::option::of(0u8..3)),
+            0..30,
+        )
+        .prop_map(move |specs| {
+            specs
+                .into_iter()
+                .map(|(o, k, ver, val)| {
+                    Entry::signed(&signers[o], &format!("k{k}"), ver, val.map(|x| vec![x]))
+                })
+                .collect()
+        })
+    }
+
+    fn capped(es: &[Entry], v: &mut MemoVerifier) -> Ledger {
+        let mut l = Ledger::with_owner_cap(16, 3);
+        for e in es {
+            let _ = l.apply(e.clone(), v);
+        }
+        l
+    }
+
+    /// What a replica holds, for comparing capped replicas (their eviction logs differ).
+    fn held(l: &Ledger) -> ([u8; 32], Vec<Entry>) {
+        (l.head(), l.entries().cloned().collect())
+    }
+
+    #[test]
+    fn a_capped_ledger_keeps_the_best_ranked_owners() {
+        let signers: Vec<SigningKey> = (1..=6).map(signer).collect();
+        let mut owners: Vec<PeerKey> = signers
+            .iter()
+            .map(|s| s.verifying_key().to_bytes())
+            .collect();
+        owners.sort_by_key(owner_rank);
+        let mut v = Ed25519;
+        let mut l = Ledger::with_owner_cap(16, 3);
+        // Worst first: each better owner evicts the worst held once the cap is reached.
+        for o in owners.iter().rev() {
+            let s = signers
+                .iter()
+                .find(|s| s.verifying_key().to_bytes() == *o)
+                .unwrap();
+            l.apply(Entry::signed(s, "a", 1, Some(vec![1])), &mut v)
+                .unwrap();
+            l.apply(Entry::signed(s, "b", 1, Some(vec![2])), &mut v)
+                .unwrap();
+        }
+        let kept: Vec<PeerKey> = l.entries().map(|e| e.owner).collect();
+        assert_eq!(l.owners(), 3);
+        assert_eq!(l.len(), 6);
+        assert!(owners[..3].iter().all(|o| kept.contains(o)));
+        assert_eq!(
+            l.take_evicted(),
+            owners[3..].iter().rev().copied().collect::<Vec<_>>()
+        );
+        // The worst owner is refused now, without a signature check, and a summary naming
+        // only it does not make the ledger ask for it.
+        let worst = signers
+            .iter()
+            .find(|s| s.verifying_key().to_bytes() == owners[5])
+            .unwrap();
+        let mut e = Entry::signed(worst, "a", 2, Some(vec![3]));
+        e.sig = [0; 64];
+        assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Outranked));
+        let summary = Ledger::new(16);
+        let mut lw = summary.clone();
+        lw.apply(Entry::signed(worst, "a", 2, Some(vec![3])), &mut v)
+            .unwrap();
+        assert!(!l.lacks_any(&lw.versions(ALL_BUCKETS)));
+        // Evicting keeps the head consistent with what is held.
+        let mut fresh = Ledger::with_owner_cap(16, 3);
+        fresh.merge(&l, &mut v);
+        assert_eq!(fresh.head(), l.head());
+    }
+
     proptest! {
         #[test]
         fn merge_is_commutative_associative_idempotent(
@@ -481,6 +643,31 @@ mod tests {
             let mut rev = a.clone();
             rev.reverse();
             prop_assert_eq!(ledger(&rev, &mut v).head(), la.head());
+        }
+
+        /// Capped to the best 3 of 6 owners, merging is still a join: the kept set is the
+        /// top 3 of every owner seen, whatever the order or grouping.
+        #[test]
+        fn capped_merge_is_a_join_too(a in capped_entries(), b in capped_entries(), c in capped_entries()) {
+            let mut v = MemoVerifier::default();
+            let (la, lb, lc) = (capped(&a, &mut v), capped(&b, &mut v), capped(&c, &mut v));
+            prop_assert_eq!(held(&merged(&la, &lb, &mut v)), held(&merged(&lb, &la, &mut v)));
+            prop_assert_eq!(
+                held(&merged(&merged(&la, &lb, &mut v), &lc, &mut v)),
+                held(&merged(&la, &merged(&lb, &lc, &mut v), &mut v))
+            );
+            prop_assert_eq!(held(&merged(&la, &la, &mut v)), held(&la));
+            let mut rev = a.clone();
+            rev.reverse();
+            prop_assert_eq!(held(&capped(&rev, &mut v)), held(&la));
+            // The same as an uncapped ledger restricted to the best 3 owners seen.
+            let full = ledger(&a, &mut v);
+            let mut owners: Vec<PeerKey> = a.iter().map(|e| e.owner).collect();
+            owners.sort_by_key(owner_rank);
+            owners.dedup();
+            owners.truncate(3);
+            let want: Vec<Entry> = full.entries().filter(|e| owners.contains(&e.owner)).cloned().collect();
+            prop_assert_eq!(la.entries().cloned().collect::<Vec<_>>(), want);
         }
 
         #[test]

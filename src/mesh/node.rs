@@ -54,7 +54,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use super::ledger::{Applied, Entry, Ledger, PeerKey, Verifier, Version, BUCKETS};
-use super::roles::{fnv32a, kairos_assign, kairos_leader, Assignment, Role};
+use super::roles::{fnv32a, kairos_assign, kairos_leader, key_fnv, Assignment, Role};
 use super::token::NetworkToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -128,6 +128,12 @@ pub struct NodeConfig {
     pub head_interval: Duration,
     /// The addresses the driver listens on (libp2p: the swarm's listen addresses).
     pub listen: Vec<Addr>,
+    /// Bootstrap nodes a node keeps connections to, registers and discovers at (the best
+    /// by rendezvous hashing of the pair, so the load spreads over the list).
+    pub bootstrap_conns: usize,
+    /// Owners whose entries the ledger keeps (the best-ranked; 0: the default, see
+    /// [`NodeConfig::ledger_owner_cap`]).
+    pub ledger_owners: usize,
 }
 
 impl NodeConfig {
@@ -148,6 +154,20 @@ impl NodeConfig {
             discover_interval: Duration::from_secs(30),
             head_interval: Duration::from_secs(10),
             listen: Vec::new(),
+            bootstrap_conns: 3,
+            ledger_owners: 0,
+        }
+    }
+
+    /// The ledger's owner cap: Kairos mode keeps every member (its leader assigns a role to
+    /// each, as Kairos does); the quorum mode needs the best-ranked members only (the
+    /// electorate, and candidates for masters), so a mesh of any size replicates a bounded
+    /// ledger: by default four times what an election reads, and at least 32.
+    pub fn ledger_owner_cap(&self) -> usize {
+        match (self.mode, self.ledger_owners) {
+            (Mode::Kairos, _) => usize::MAX,
+            (Mode::Quorum, 0) => (4 * self.minimum_nodes.max(self.ha_masters + 1)).max(32),
+            (Mode::Quorum, n) => n,
         }
     }
 }
@@ -284,6 +304,13 @@ pub const SYNC_BATCH_BYTES: usize = 64 << 10;
 /// round.
 pub const SYNC_VERSIONS_MAX: usize = 600;
 
+/// A node publishes its member entry once its reachability is known, or after this long
+/// (founding waits for it).
+pub const PUBLISH_GRACE: Duration = Duration::from_secs(10);
+
+/// Failed dials in a row after which a peer stops being wanted (until news of it arrives).
+pub const PEER_FAILURES_MAX: u32 = 3;
+
 /// A message or record larger than this is refused before it is opened.
 pub const SEALED_BYTES_MAX: usize = 4 << 20;
 
@@ -316,6 +343,10 @@ struct Infra {
     next_discover: Instant,
     /// Discovery starts eager and backs off to `discover_interval`.
     discover_gap: Duration,
+    /// One of the node's home bootstrap nodes (kept connected, registered and discovered
+    /// at); any other is dialed only while a wanted peer's relay needs it.
+    home: bool,
+    needed_until: Instant,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -353,6 +384,9 @@ pub struct Node {
     flush_at: Option<Instant>,
     next_maintenance: Instant,
     next_head: Instant,
+    /// The gap to the next head round: `head_interval`, doubling (up to 4x) while nothing
+    /// changes, back to `head_interval` on any change or differing head.
+    head_gap: Duration,
     next_mdns: Instant,
     next_lease: Instant,
     lease_version: u64,
@@ -396,6 +430,13 @@ pub struct Node {
 /// generation moved.
 struct Memo<T>(RefCell<Option<(u64, T)>>);
 
+impl<T: Clone> Memo<T> {
+    /// The value last computed, whatever its generation.
+    fn peek(&self) -> Option<T> {
+        self.0.borrow().as_ref().map(|(_, v)| v.clone())
+    }
+}
+
 impl<T> Default for Memo<T> {
     fn default() -> Self {
         Self(RefCell::new(None))
@@ -419,17 +460,6 @@ fn name_of(key: &PeerKey) -> String {
     hex::encode(&key[..8])
 }
 
-/// FNV-32a of a key's name ([`name_of`]), without allocating: sort keys call it a lot.
-fn key_fnv(key: &PeerKey) -> u32 {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 16];
-    for (i, b) in key[..8].iter().enumerate() {
-        buf[2 * i] = HEX[usize::from(b >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(b & 15)];
-    }
-    fnv32a(&buf)
-}
-
 fn secs(cfg: &NodeConfig, now: Instant) -> u64 {
     cfg.epoch_secs + now.as_micros() / 1_000_000
 }
@@ -437,6 +467,17 @@ fn secs(cfg: &NodeConfig, now: Instant) -> u64 {
 impl Node {
     pub fn new(cfg: NodeConfig, signer: SigningKey, mut rng: Rng, now: Instant) -> Self {
         let me = signer.verifying_key().to_bytes();
+        let mut by_score: Vec<(u64, NetId)> = cfg
+            .bootstrap
+            .iter()
+            .map(|b| (pair_score(cfg.net, b.net), b.net))
+            .collect();
+        by_score.sort();
+        let home: BTreeSet<NetId> = by_score
+            .iter()
+            .take(cfg.bootstrap_conns.max(1))
+            .map(|(_, n)| *n)
+            .collect();
         let infra = cfg
             .bootstrap
             .iter()
@@ -445,12 +486,16 @@ impl Node {
                     b.net,
                     Infra {
                         addr: Some(b.addr),
+                        home: home.contains(&b.net),
                         ..Infra::default()
                     },
                 )
             })
             .collect();
-        let ledger = Ledger::new(cfg.token.max_message_size.min(1 << 20) as usize);
+        let ledger = Ledger::with_owner_cap(
+            cfg.token.max_message_size.min(1 << 20) as usize,
+            cfg.ledger_owner_cap(),
+        );
         let jitter = Duration::from_millis(rng.below(1000));
         Self {
             name: name_of(&me),
@@ -475,6 +520,7 @@ impl Node {
             flush_at: None,
             next_maintenance: now,
             next_head: now + cfg.head_interval + jitter,
+            head_gap: cfg.head_interval,
             next_mdns: now,
             next_lease: now,
             lease_version: 0,
@@ -628,9 +674,15 @@ impl Node {
         self.member_table.iter().map(|(k, m)| (*k, m.net)).collect()
     }
 
-    /// Keeps what is derived from the ledger current after `e` was applied.
+    /// Keeps what is derived from the ledger current after `e` was applied (and owners it
+    /// pushed below the ledger's cap were evicted).
     fn entry_changed(&mut self, e: &Entry) {
         self.gen += 1;
+        for owner in self.ledger.take_evicted() {
+            self.member_table.remove(&owner);
+            self.member_changed.remove(&owner);
+            self.roles_gen += 1;
+        }
         if e.key == K_MEMBER {
             match e
                 .value
@@ -785,6 +837,9 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.conns.remove(&conn);
             p.verified.remove(&conn);
+            if p.conns.is_empty() {
+                self.peers_gen += 1;
+            }
         }
         self.next_maintenance = self.next_maintenance.min(now + Duration::from_millis(100));
     }
@@ -799,6 +854,9 @@ impl Node {
             p.dialing = false;
             p.failures += 1;
             p.next_try = now + backoff(p.failures);
+            if p.failures == PEER_FAILURES_MAX {
+                self.peers_gen += 1;
+            }
         }
     }
 
@@ -832,6 +890,8 @@ impl Node {
             let p = self.peers.entry(net).or_default();
             if !p.foreign && p.reach != r.reach {
                 p.reach = r.reach;
+                p.failures = 0;
+                p.next_try = now;
                 self.peers_gen += 1;
             }
         }
@@ -861,7 +921,13 @@ impl Node {
         self.relay_next_try = now + Duration::from_secs(5);
     }
 
+    /// The relay refused the circuit (no reservation for the target there, or its limits):
+    /// what we know of the peer is stale or useless, so it stops being wanted until news of
+    /// it arrives.
     pub fn handle_relayed_dial_failed(&mut self, now: Instant, target: NetId) {
+        if let Some(p) = self.peers.get_mut(&target) {
+            p.failures = p.failures.max(PEER_FAILURES_MAX - 1);
+        }
         self.handle_dial_failed(now, target);
     }
 
@@ -913,7 +979,9 @@ impl Node {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        p.verified.insert(conn);
+        if p.verified.insert(conn) && p.verified.len() == 1 {
+            self.peers_gen += 1;
+        }
         self.unverified.remove(&conn);
         if p.foreign {
             self.peers_gen += 1;
@@ -1042,7 +1110,10 @@ impl Node {
         self.publish_member(now, verifier);
         self.maintain_paths(now);
         if now >= self.next_head {
-            self.next_head = now + self.cfg.head_interval;
+            self.next_head = now + self.head_gap;
+            self.head_gap = Duration::from_micros(
+                (self.head_gap.as_micros() * 2).min(self.cfg.head_interval.as_micros() * 4),
+            );
             let buckets = self.ledger.bucket_digests();
             let conns: Vec<ConnRef> = self.token_conns();
             for c in conns {
@@ -1161,6 +1232,7 @@ impl Node {
             mask |= 1 << i;
         }
         if mask != 0 {
+            self.head_busy(now);
             self.pull_until = Some(now + Duration::from_secs(2));
             let versions = self.ledger.versions(mask);
             self.send(
@@ -1175,6 +1247,12 @@ impl Node {
         }
     }
 
+    /// Something changed or differs: head rounds back at `head_interval`.
+    fn head_busy(&mut self, now: Instant) {
+        self.head_gap = self.cfg.head_interval;
+        self.next_head = self.next_head.min(now + self.cfg.head_interval);
+    }
+
     /// How many peers fresh news is pushed to: about ln N + 1, at least 3.
     fn fanout(&self) -> usize {
         let n = self.member_table.len().max(2) as f64;
@@ -1182,6 +1260,7 @@ impl Node {
     }
 
     fn ledger_changed(&mut self, now: Instant) {
+        self.head_busy(now);
         if self.flush_at.is_none() {
             self.flush_at = Some(now + Duration::from_millis(100));
         }
@@ -1262,12 +1341,19 @@ impl Node {
 
     fn maintain_infra(&mut self, now: Instant) {
         let ns = self.ns(now);
-        let record = postcard::to_allocvec(&Record {
-            net: self.cfg.net,
-            reach: self.reach.clone(),
-        })
-        .expect("serializes");
-        let sealed = self.seal(now, &record);
+        let registered = Some((ns, self.reach.clone()));
+        let register = self.infra.values().any(|i| {
+            i.home && i.conn.is_some() && i.autonat.is_some() && i.registered != registered
+        });
+        // The record is sealed only when some registration is due.
+        let sealed = register.then(|| {
+            let record = postcard::to_allocvec(&Record {
+                net: self.cfg.net,
+                reach: self.reach.clone(),
+            })
+            .expect("serializes");
+            self.seal(now, &record)
+        });
         let few_peers = self.peers.values().filter(|p| !p.foreign).count() < self.cfg.target_peers;
         let interval = if few_peers {
             self.cfg.discover_interval
@@ -1279,7 +1365,7 @@ impl Node {
             let inf = self.infra.get_mut(&n).expect("listed");
             match inf.conn {
                 None => {
-                    if !inf.dialing && now >= inf.next_try {
+                    if !inf.dialing && now >= inf.next_try && (inf.home || now < inf.needed_until) {
                         if let Some(a) = inf.addr {
                             inf.dialing = true;
                             self.actions.push_back(Action::Dial {
@@ -1289,6 +1375,7 @@ impl Node {
                         }
                     }
                 }
+                Some(_) if !inf.home => {}
                 Some(_) => {
                     // (Re-)register when our reachability changed or the rendezvous key
                     // rotated, discover now and then.
@@ -1300,7 +1387,7 @@ impl Node {
                             server: n,
                             ns,
                             ttl: Duration::from_secs(7200),
-                            record: sealed.clone(),
+                            record: sealed.clone().unwrap_or_default(),
                         });
                     }
                     if now >= inf.next_discover {
@@ -1375,10 +1462,20 @@ impl Node {
             .get(&self.me, K_MEMBER)
             .and_then(|b| postcard::from_bytes::<Member>(b).ok());
         // Publish once reachability is known (or after a grace period with no bootstrap).
+        // and, behind NAT, once a relay holds our reservation: each change after the first
+        // entry is a new version every member receives.
+        let grace = now.since(self.started) > PUBLISH_GRACE;
         let known = self.infra.is_empty()
-            || self.infra.values().any(|i| i.autonat.is_some())
-            || now.since(self.started) > Duration::from_secs(10);
-        if known && current.as_ref() != Some(&m) {
+            || grace
+            || (self.infra.values().any(|i| i.autonat.is_some())
+                && (self.reach.public || self.relay.is_some()));
+        // A member ranked below the ledger's cap is known by its rendezvous records and
+        // connections, not by a ledger entry.
+        if known
+            && current.as_ref() != Some(&m)
+            && !self.ledger.outranked(&self.me)
+            && (current.is_some() || self.may_join_ledger(now))
+        {
             self.member_version += 1;
             let v = self.member_version.max(
                 self.ledger
@@ -1400,9 +1497,30 @@ impl Node {
             if p.key != Some(key) || p.reach != m.reach {
                 p.key = Some(key);
                 p.reach = m.reach.clone();
+                p.failures = 0;
                 self.peers_gen += 1;
             }
         }
+    }
+
+    /// Whether to write our first member entry now. Under an owner cap, members publish
+    /// in rank order, spread over a few seconds (8 when we already know more peers than the
+    /// cap: a large mesh), so the best-ranked entries fill ledgers first and the rest find
+    /// themselves outranked before writing anything: the cap's churn (entries kept, passed
+    /// on, then evicted) stays small. A full ledger whose worst owner we beat takes us now.
+    fn may_join_ledger(&self, now: Instant) -> bool {
+        let cap = self.ledger.owner_cap();
+        if cap == usize::MAX || self.ledger.owners() >= cap {
+            return true;
+        }
+        let spread = if self.peers.len() >= cap {
+            Duration::from_secs(8)
+        } else {
+            Duration::from_secs(2)
+        };
+        let below = u64::from(u32::MAX - key_fnv(&self.me));
+        let delay = Duration::from_micros(spread.as_micros() * below / u64::from(u32::MAX));
+        now.since(self.started) >= delay
     }
 
     /// The peers this node keeps paths to.
@@ -1415,11 +1533,19 @@ impl Node {
         let candidates: Vec<NetId> = self
             .peers
             .iter()
+            // Peers we can reach (on the LAN, public, or through their relay), and those
+            // that reached us. A peer behind NAT whose relay we do not know is not a
+            // candidate: nothing would dial it (a stale record from a member evicted from a
+            // capped ledger looks like that).
+            // A peer we failed to reach three times in a row is dropped until news of it
+            // arrives (a record or member entry with another reach resets the count): it
+            // may have moved to another relay, or be gone.
             .filter(|(_, p)| {
                 !p.foreign
-                    && (p.key.is_some()
+                    && (p.failures < PEER_FAILURES_MAX || !p.conns.is_empty())
+                    && (!p.conns.is_empty()
                         || p.lan.is_some()
-                        || !p.reach.direct.is_empty()
+                        || (p.reach.public && !p.reach.direct.is_empty())
                         || p.reach.relay.is_some())
             })
             .map(|(n, _)| *n)
@@ -1427,7 +1553,17 @@ impl Node {
         if candidates.len() <= self.cfg.target_peers {
             return candidates;
         }
-        // Ring neighbours by id (two each way), then the best by rendezvous hashing.
+        // Sticky: wanted peers we already have a verified path to stay wanted, so a view
+        // that grows (discovery keeps adding peers) does not keep moving paths around.
+        let before: Vec<NetId> = self.wanted_cache.peek().unwrap_or_default();
+        let mut want: BTreeSet<NetId> = before
+            .into_iter()
+            .filter(|n| {
+                candidates.contains(n) && self.peers.get(n).is_some_and(|p| !p.verified.is_empty())
+            })
+            .take(self.cfg.target_peers)
+            .collect();
+        // Then ring neighbours by id (two each way), then the best by rendezvous hashing.
         let mut ring: Vec<NetId> = candidates.clone();
         ring.push(self.cfg.net);
         ring.sort();
@@ -1436,16 +1572,21 @@ impl Node {
             .position(|n| *n == self.cfg.net)
             .expect("inserted");
         let len = ring.len();
-        let mut want: BTreeSet<NetId> = BTreeSet::new();
         for d in [1, 2] {
+            if want.len() + 2 > self.cfg.target_peers {
+                break;
+            }
             want.insert(ring[(at + d) % len]);
             want.insert(ring[(at + len - d) % len]);
         }
         want.remove(&self.cfg.net);
-        let mut scored: Vec<(u64, NetId)> = candidates
+        let mut scored: Vec<(bool, u64, NetId)> = candidates
             .iter()
             .filter(|n| !want.contains(n))
-            .map(|n| (pair_score(self.cfg.net, *n), *n))
+            .map(|n| {
+                let verified = self.peers.get(n).is_some_and(|p| !p.verified.is_empty());
+                (!verified, pair_score(self.cfg.net, *n), *n)
+            })
             .collect();
         scored.sort();
         // Relays are a shared, limited resource: beyond the ring, at most a quarter of the
@@ -1456,7 +1597,7 @@ impl Node {
                 .is_some_and(|p| p.punch_failed && !p.reach.public && p.lan.is_none())
         };
         let mut relayed = want.iter().filter(|n| relay_only(n)).count();
-        for (_, n) in scored {
+        for (_, _, n) in scored {
             if want.len() >= self.cfg.target_peers {
                 break;
             }
@@ -1507,9 +1648,12 @@ impl Node {
             } else if let Some((relay, addr)) = p.reach.relay {
                 // We need the relay first: it is a bootstrap node we are not connected to,
                 // or one we did not know of.
-                if !self.peers.contains_key(&relay) && self.infra.len() < INFRA_MAX {
+                if !self.peers.contains_key(&relay)
+                    && (self.infra.len() < INFRA_MAX || self.infra.contains_key(&relay))
+                {
                     let inf = self.infra.entry(relay).or_default();
                     inf.addr.get_or_insert(addr);
+                    inf.needed_until = now + Duration::from_secs(60);
                 }
             }
         }
@@ -1629,9 +1773,12 @@ impl Node {
         match current {
             None => {
                 let m = self.cfg.minimum_nodes.max(1);
-                // Wait for a quorum of members and for the view to settle a moment.
+                // Wait for a quorum of members and for the view to settle a moment, and (with
+                // bootstrap nodes) until every node had its chance to publish: a node behind
+                // NAT publishes once its relay is reserved, or at the grace period.
                 if self.member_table.len() < m
                     || now.since(self.members_stable_since) < Duration::from_secs(2)
+                    || (!self.infra.is_empty() && now.since(self.started) < PUBLISH_GRACE)
                 {
                     return;
                 }
@@ -1640,6 +1787,10 @@ impl Node {
                 let mut ranked: Vec<PeerKey> = self.member_table.keys().copied().collect();
                 ranked.sort_by_key(|k| (std::cmp::Reverse(key_fnv(k)), *k));
                 ranked.truncate(m);
+                // Only the electorate's votes count: the others need not write one.
+                if !ranked.contains(&self.me) {
+                    return;
+                }
                 let cand = ranked[0];
                 // A founding vote that led nowhere is retried in the next epoch.
                 let epoch = match (self.my_vote(), self.vote_cast) {

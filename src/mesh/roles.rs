@@ -31,6 +31,19 @@ pub struct Assignment {
     pub roles: BTreeMap<String, Role>,
 }
 
+/// FNV-32a of a key's name (the hex of its first 8 bytes, as nodes are named), without
+/// allocating: sort keys call it a lot. Elections and the ledger's owner cap rank by it,
+/// larger first.
+pub fn key_fnv(key: &[u8; 32]) -> u32 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for (i, b) in key[..8].iter().enumerate() {
+        buf[2 * i] = HEX[usize::from(b >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    fnv32a(&buf)
+}
+
 /// The leader among `ids`: largest FNV-32a hash, ties broken by the larger id.
 pub fn kairos_leader<'a>(ids: &[&'a str]) -> Option<&'a str> {
     ids.iter()
