@@ -15,10 +15,14 @@
 //!   the overlay is connected) are dialed directly when they are public or on the same LAN,
 //!   else through their relay; the side that accepts a relayed connection hole-punches
 //!   (DCUtR); once a direct connection exists the relayed one is closed.
-//! - **Token gate**: every message is sealed (ChaCha20-Poly1305) with the token's sealing key
-//!   for the current window (the previous and next are accepted, for skewed clocks). A peer
-//!   without the token cannot read anything and nothing it sends is accepted; a connection
-//!   whose first message does not open is closed.
+//! - **Token gate**: the first message on a connection (Hello) is sealed (ChaCha20-Poly1305)
+//!   with the token's sealing key for the current window (the previous and next are
+//!   accepted, for skewed clocks); a connection whose Hello does not open is closed and the
+//!   peer marked foreign. Nothing else is sent on a connection until the peer's Hello opened,
+//!   and nothing else is accepted before: the connection is then the peer's, as libp2p's
+//!   transport (Noise, authenticated by peer id, end to end through relays too) keeps it,
+//!   so later messages travel as plain frames inside it. A peer without the token reads
+//!   nothing but a sealed Hello and changes nothing.
 //! - **Ledger**: owner-signed entries merged as a CRDT; fresh entries are pushed (batched)
 //!   to a random ~ln N + 1 token peers, who pass them on; 16 bucket digests are compared
 //!   every few seconds, and differing buckets start a push-pull exchange of version
@@ -279,6 +283,10 @@ enum Wire {
     Lease(Entry),
 }
 
+/// The first byte of a message: a sealed Hello, or a plain frame on a verified connection.
+const FRAME_SEALED: u8 = 0;
+const FRAME_PLAIN: u8 = 1;
+
 /// A rendezvous record: sealed, so only token holders can read it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -308,6 +316,10 @@ pub const SYNC_VERSIONS_MAX: usize = 600;
 /// (founding waits for it).
 pub const PUBLISH_GRACE: Duration = Duration::from_secs(10);
 
+/// Peers a node keeps track of from discovery (connected peers and ledger members come on
+/// top): enough to pick paths from, bounded however large the mesh.
+pub const PEERS_MAX: usize = 128;
+
 /// Failed dials in a row after which a peer stops being wanted (until news of it arrives).
 pub const PEER_FAILURES_MAX: u32 = 3;
 
@@ -330,6 +342,8 @@ struct Peer {
     foreign: bool,
     /// The last hole punch with it failed: only a relay connects us.
     punch_failed: bool,
+    /// The nonce of its rendezvous record we opened last.
+    record: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -373,6 +387,9 @@ pub struct Node {
     conn_peer: BTreeMap<ConnRef, NetId>,
     /// Peer connections whose first message has not opened yet, since when.
     unverified: BTreeMap<ConnRef, Instant>,
+    /// Connections the peer has not yet shown it opened our Hello on (by a plain frame),
+    /// with when we last sent it: a Hello lost or overtaken is sent again.
+    hello_unacked: BTreeMap<ConnRef, Instant>,
     reach: Reach,
     relay: Option<(NetId, Instant)>,
     reserving: Option<NetId>,
@@ -507,6 +524,7 @@ impl Node {
             infra,
             conn_peer: BTreeMap::new(),
             unverified: BTreeMap::new(),
+            hello_unacked: BTreeMap::new(),
             reach: Reach {
                 direct: cfg.listen.clone(),
                 ..Reach::default()
@@ -809,6 +827,11 @@ impl Node {
         let p = self.peers.entry(peer).or_default();
         p.conns.insert(conn, path);
         p.dialing = false;
+        self.hello_unacked.insert(conn, now);
+        self.send_hello(now, conn);
+    }
+
+    fn send_hello(&mut self, now: Instant, conn: ConnRef) {
         let hello = Wire::Hello {
             key: self.me,
             reach: self.reach.clone(),
@@ -819,6 +842,7 @@ impl Node {
 
     pub fn handle_closed(&mut self, now: Instant, conn: ConnRef) {
         self.unverified.remove(&conn);
+        self.hello_unacked.remove(&conn);
         let Some(peer) = self.conn_peer.remove(&conn) else {
             return;
         };
@@ -878,6 +902,23 @@ impl Node {
             if net == self.cfg.net {
                 continue;
             }
+            // The record's nonce names it: the one we opened last time is not opened again.
+            let nonce = sealed
+                .get(..8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            match self
+                .peers
+                .get(&net)
+                .map(|p| p.foreign || p.record == Some(nonce))
+            {
+                Some(true) => continue,
+                Some(false) => {}
+                None => {
+                    if !self.make_room() {
+                        continue;
+                    }
+                }
+            }
             let Some(bytes) = self.open(now, &sealed) else {
                 continue; // another mesh's record, or garbage
             };
@@ -888,6 +929,7 @@ impl Node {
                 continue;
             }
             let p = self.peers.entry(net).or_default();
+            p.record = Some(nonce);
             if !p.foreign && p.reach != r.reach {
                 p.reach = r.reach;
                 p.failures = 0;
@@ -896,6 +938,27 @@ impl Node {
             }
         }
         self.next_maintenance = now;
+    }
+
+    /// Whether the peer table has room for one more discovered peer, after dropping one
+    /// that is no use (no connection, and dropped for failing) if it is full.
+    fn make_room(&mut self) -> bool {
+        if self.peers.len() < PEERS_MAX {
+            return true;
+        }
+        let useless = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.conns.is_empty() && !p.foreign && p.failures >= PEER_FAILURES_MAX)
+            .map(|(n, _)| *n);
+        match useless {
+            Some(n) => {
+                self.peers.remove(&n);
+                self.peers_gen += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn handle_reserved(&mut self, now: Instant, relay: NetId, ttl: Duration) {
@@ -960,10 +1023,29 @@ impl Node {
         let Some(&peer) = self.conn_peer.get(&conn) else {
             return;
         };
-        let Some(plain) = self.open(now, bytes) else {
+        let verified = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.verified.contains(&conn));
+        let plain = match bytes.split_first() {
+            Some((&FRAME_SEALED, sealed)) => self.open(now, sealed),
+            // Plain frames only on a connection whose Hello opened (one that arrives first,
+            // overtaking a retransmitted Hello, is dropped; the sender repairs it later).
+            Some((&FRAME_PLAIN, plain)) if verified => {
+                // The peer sends plain frames only once our Hello opened there.
+                self.hello_unacked.remove(&conn);
+                Some(plain.to_vec())
+            }
+            Some((&FRAME_PLAIN, _)) => {
+                self.stats.messages_refused += 1;
+                return;
+            }
+            _ => None,
+        };
+        let Some(plain) = plain else {
             self.stats.messages_refused += 1;
-            if let Some(p) = self.peers.get_mut(&peer) {
-                if !p.verified.contains(&conn) {
+            if !verified {
+                if let Some(p) = self.peers.get_mut(&peer) {
                     // Not one of us: stop talking to it.
                     p.foreign = true;
                     self.peers_gen += 1;
@@ -1016,6 +1098,9 @@ impl Node {
                     }
                 }
                 self.compare(now, conn, &buckets);
+                // A plain frame back tells the peer its Hello opened (see `hello_unacked`).
+                let ours = self.ledger.bucket_digests();
+                self.send(now, conn, &Wire::Head(ours));
             }
             Wire::Head(buckets) => self.compare(now, conn, &buckets),
             Wire::Versions {
@@ -1105,6 +1190,24 @@ impl Node {
             self.unverified.remove(&c);
             self.actions.push_back(Action::Close { conn: c });
         }
+        // A peer dropped for failing gets another try once its backoff is over (it may be
+        // back, or reachable again after a partition).
+        for p in self.peers.values_mut() {
+            if p.failures >= PEER_FAILURES_MAX && now >= p.next_try && p.conns.is_empty() {
+                p.failures = PEER_FAILURES_MAX - 1;
+                self.peers_gen += 1;
+            }
+        }
+        let resend: Vec<ConnRef> = self
+            .hello_unacked
+            .iter()
+            .filter(|(_, t)| now.since(**t) >= Duration::from_secs(2))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in resend {
+            self.hello_unacked.insert(c, now);
+            self.send_hello(now, c);
+        }
         self.maintain_infra(now);
         self.maintain_relay(now);
         self.publish_member(now, verifier);
@@ -1176,7 +1279,17 @@ impl Node {
 
     fn send(&mut self, now: Instant, conn: ConnRef, msg: &Wire) {
         let plain = postcard::to_allocvec(msg).expect("plain data serializes");
-        let bytes = self.seal(now, &plain);
+        // Frames: FRAME_SEALED + nonce + ciphertext (the Hello), FRAME_PLAIN + message.
+        let bytes = if matches!(msg, Wire::Hello { .. }) {
+            let mut b = vec![FRAME_SEALED];
+            b.extend(self.seal(now, &plain));
+            b
+        } else {
+            let mut b = Vec::with_capacity(plain.len() + 1);
+            b.push(FRAME_PLAIN);
+            b.extend(plain);
+            b
+        };
         let kind = match msg {
             Wire::Hello { .. } => 0,
             Wire::Head(_) => 1,
@@ -1538,8 +1651,8 @@ impl Node {
             // candidate: nothing would dial it (a stale record from a member evicted from a
             // capped ledger looks like that).
             // A peer we failed to reach three times in a row is dropped until news of it
-            // arrives (a record or member entry with another reach resets the count): it
-            // may have moved to another relay, or be gone.
+            // arrives (a record or member entry with another reach resets the count) or its
+            // backoff is over: it may have moved to another relay, or be gone.
             .filter(|(_, p)| {
                 !p.foreign
                     && (p.failures < PEER_FAILURES_MAX || !p.conns.is_empty())
@@ -2177,6 +2290,47 @@ mod tests {
         b.handle_connected(Instant::ZERO, c, NetId(1), PathKind::Direct, None);
         talk(&mut a, &mut b, c, v);
         (a, b)
+    }
+
+    /// Only the Hello is sealed. A plain frame on a connection whose Hello has not opened is
+    /// dropped (not taken for a foreign peer), and a Hello nobody answered is sent again.
+    #[test]
+    fn a_lost_hello_is_sent_again_and_plain_frames_wait_for_it() {
+        let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
+        let mut v = MemoVerifier::default();
+        let (mut a, mut b) = (node(&token, 1), node(&token, 2));
+        let (c, t0) = (ConnRef(1), Instant::ZERO);
+        a.handle_connected(t0, c, NetId(2), PathKind::Direct, None);
+        b.handle_connected(t0, c, NetId(1), PathKind::Direct, None);
+        let lost = sends(&mut a, c);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0][0], FRAME_SEALED);
+        for m in sends(&mut b, c) {
+            a.handle_message(t0, c, &m, &mut v);
+        }
+        assert!(a.paths().contains_key(&NetId(2)));
+        let to_b = sends(&mut a, c);
+        assert!(!to_b.is_empty() && to_b.iter().all(|m| m[0] == FRAME_PLAIN));
+        for m in &to_b {
+            b.handle_message(t0, c, m, &mut v);
+        }
+        assert!(!b.paths().contains_key(&NetId(1)));
+        assert!(!b.describe_peer(NetId(1)).contains("foreign true"));
+        // No plain frame came back to a: its Hello goes again, and now b opens it.
+        let t1 = t0 + Duration::from_millis(2500);
+        a.handle_timeout(t1, &mut v);
+        let again = sends(&mut a, c);
+        assert!(again.iter().any(|m| m[0] == FRAME_SEALED));
+        for m in &again {
+            b.handle_message(t1, c, m, &mut v);
+        }
+        assert!(b.paths().contains_key(&NetId(1)));
+        // b's answer is plain, which tells a its Hello opened: no more resends.
+        for m in sends(&mut b, c) {
+            a.handle_message(t1, c, &m, &mut v);
+        }
+        a.handle_timeout(t1 + Duration::from_secs(3), &mut v);
+        assert!(sends(&mut a, c).iter().all(|m| m[0] != FRAME_SEALED));
     }
 
     #[test]
