@@ -400,7 +400,7 @@ fn draw_nat(c: NatChoice, rng: &mut Rng) -> (Mapping, Filtering) {
     }
 }
 
-/// The payload the simulated swarm carries: bytes the node sealed.
+/// The payload the simulated swarm carries: the bytes a node sent (a sealed Hello or a plain frame).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Bytes(pub Vec<u8>);
 
@@ -787,7 +787,7 @@ impl World<'_> {
         };
         let n0 = self.nodes[first].node.as_ref().expect("live");
         let head = n0.head();
-        let view = n0.cluster().map(|c| (c.epoch, c.leader, c.masters));
+        let view = n0.cluster();
         let join = n0.join_data().cloned();
         let live_net: BTreeSet<NetId> = live
             .iter()
@@ -797,7 +797,8 @@ impl World<'_> {
             .iter()
             .map(|&i| self.nodes[i].key.verifying_key().to_bytes())
             .collect();
-        if let Some((_, leader, masters)) = &view {
+        if let Some(c) = &view {
+            let (leader, masters) = (&c.leader, &c.masters);
             if !live_keys.contains(leader) {
                 out.push(format!("node {first} follows a leader that is down"));
             }
@@ -819,7 +820,7 @@ impl World<'_> {
                     n.ledger().len(),
                     n0.ledger().len()
                 ));
-            } else if n.cluster().map(|c| (c.epoch, c.leader, c.masters)) != view {
+            } else if !same_decision(n.cluster().as_deref(), view.as_deref()) {
                 out.push(format!(
                     "node {i}: follows another cluster decision than node {first}"
                 ));
@@ -827,10 +828,10 @@ impl World<'_> {
                 out.push(format!("node {i}: has no role"));
             } else if n.join_data().is_none() || n.join_data().cloned() != join {
                 out.push(format!("node {i}: join data missing or different"));
-            } else if let Some((p, _)) = n
-                .wanted_paths()
+            } else if let Some(p) = n
+                .wanted_without_path()
                 .iter()
-                .find(|(p, k)| k.is_none() && live_net.contains(p))
+                .find(|p| live_net.contains(p))
             {
                 out.push(format!(
                     "node {i}: no path to wanted peer h{} ({})",
@@ -855,6 +856,18 @@ impl World<'_> {
         self.nodes
             .iter()
             .position(|n| n.key.verifying_key().to_bytes() == leader)
+    }
+}
+
+/// Whether two nodes follow the same decision: epoch, leader and masters.
+fn same_decision(
+    a: Option<&crate::mesh::node::Cluster>,
+    b: Option<&crate::mesh::node::Cluster>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.epoch == b.epoch && a.leader == b.leader && a.masters == b.masters,
+        (None, None) => true,
+        _ => false,
     }
 }
 

@@ -397,7 +397,9 @@ pub struct Node {
     actions: VecDeque<Action>,
     events: VecDeque<NodeEvent>,
     /// Entries changed since the last push, with the peer they came from.
-    outbox: Vec<(Entry, Option<NetId>)>,
+    /// Entries changed since the last push, with the peers known to hold them already (the
+    /// one it came from, and any that pushed us a copy before the flush).
+    outbox: Vec<(Entry, Vec<NetId>)>,
     flush_at: Option<Instant>,
     next_maintenance: Instant,
     next_head: Instant,
@@ -405,6 +407,8 @@ pub struct Node {
     /// changes, back to `head_interval` on any change or differing head.
     head_gap: Duration,
     next_mdns: Instant,
+    /// When peers dropped for failing are looked at again.
+    next_revive: Instant,
     next_lease: Instant,
     lease_version: u64,
     /// Per owner of a lease: the version seen and when (our clock) it last moved.
@@ -436,10 +440,11 @@ pub struct Node {
     roles_gen: u64,
     members_stable_since: Instant,
     members_grew: bool,
-    cluster_cache: Memo<Option<Cluster>>,
+    cluster_cache: Memo<Option<Arc<Cluster>>>,
     /// Bumped whenever what decides the wanted peers changes.
     peers_gen: u64,
     wanted_cache: Memo<Vec<NetId>>,
+    unpathed_cache: Memo<Vec<NetId>>,
     pub stats: NodeStats,
 }
 
@@ -540,6 +545,7 @@ impl Node {
             next_head: now + cfg.head_interval + jitter,
             head_gap: cfg.head_interval,
             next_mdns: now,
+            next_revive: now,
             next_lease: now,
             lease_version: 0,
             leases: BTreeMap::new(),
@@ -564,6 +570,7 @@ impl Node {
             cluster_cache: Memo::default(),
             peers_gen: 0,
             wanted_cache: Memo::default(),
+            unpathed_cache: Memo::default(),
             stats: NodeStats::default(),
             cfg,
         }
@@ -726,7 +733,7 @@ impl Node {
     }
 
     /// The cluster record this node follows (quorum mode), if any.
-    pub fn cluster(&self) -> Option<Cluster> {
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
         self.valid_cluster()
     }
 
@@ -745,6 +752,17 @@ impl Node {
                 (n, best)
             })
             .collect()
+    }
+
+    /// The wanted peers with no verified path (what convergence looks at, often).
+    pub fn wanted_without_path(&self) -> Vec<NetId> {
+        self.unpathed_cache.get(self.peers_gen, || {
+            self.wanted_paths()
+                .into_iter()
+                .filter(|(_, k)| k.is_none())
+                .map(|(n, _)| n)
+                .collect()
+        })
     }
 
     /// Every path this node has to a token peer, by peer.
@@ -861,9 +879,7 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.conns.remove(&conn);
             p.verified.remove(&conn);
-            if p.conns.is_empty() {
-                self.peers_gen += 1;
-            }
+            self.peers_gen += 1;
         }
         self.next_maintenance = self.next_maintenance.min(now + Duration::from_millis(100));
     }
@@ -1061,7 +1077,7 @@ impl Node {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if p.verified.insert(conn) && p.verified.len() == 1 {
+        if p.verified.insert(conn) {
             self.peers_gen += 1;
         }
         self.unverified.remove(&conn);
@@ -1151,13 +1167,27 @@ impl Node {
                 }
                 let mut changed = false;
                 for e in entries {
-                    if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), verifier) {
-                        self.entry_changed(&e);
-                        self.stats.entries_applied += 1;
-                        if push {
-                            self.outbox.push((e, Some(peer)));
+                    match self.ledger.apply(e.clone(), verifier) {
+                        Ok(Applied::Changed) => {
+                            self.entry_changed(&e);
+                            self.stats.entries_applied += 1;
+                            if push {
+                                self.outbox.push((e, vec![peer]));
+                            }
+                            changed = true;
                         }
-                        changed = true;
+                        // A copy of news we are about to pass on: not to this peer, then.
+                        Ok(Applied::Stale) if push => {
+                            if let Some((_, holders)) = self.outbox.iter_mut().find(|(x, _)| {
+                                x.owner == e.owner
+                                    && x.version == e.version
+                                    && x.sig == e.sig
+                                    && x.key == e.key
+                            }) {
+                                holders.push(peer);
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 if changed {
@@ -1192,10 +1222,13 @@ impl Node {
         }
         // A peer dropped for failing gets another try once its backoff is over (it may be
         // back, or reachable again after a partition).
-        for p in self.peers.values_mut() {
-            if p.failures >= PEER_FAILURES_MAX && now >= p.next_try && p.conns.is_empty() {
-                p.failures = PEER_FAILURES_MAX - 1;
-                self.peers_gen += 1;
+        if now >= self.next_revive {
+            self.next_revive = now + Duration::from_secs(10);
+            for p in self.peers.values_mut() {
+                if p.failures >= PEER_FAILURES_MAX && now >= p.next_try && p.conns.is_empty() {
+                    p.failures = PEER_FAILURES_MAX - 1;
+                    self.peers_gen += 1;
+                }
             }
         }
         let resend: Vec<ConnRef> = self
@@ -1400,7 +1433,7 @@ impl Node {
         for (n, c) in targets {
             let batch: Vec<Entry> = out
                 .iter()
-                .filter(|(_, from)| *from != Some(n))
+                .filter(|(_, holders)| !holders.contains(&n))
                 .map(|(e, _)| e.clone())
                 .collect();
             if !batch.is_empty() {
@@ -1427,7 +1460,7 @@ impl Node {
         let e = Entry::signed(&self.signer, key, version, Some(value));
         if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), verifier) {
             self.entry_changed(&e);
-            self.outbox.push((e, None));
+            self.outbox.push((e, Vec::new()));
             self.ledger_changed(now);
         }
     }
@@ -1467,7 +1500,13 @@ impl Node {
             .expect("serializes");
             self.seal(now, &record)
         });
-        let few_peers = self.peers.values().filter(|p| !p.foreign).count() < self.cfg.target_peers;
+        let few_peers = self
+            .peers
+            .values()
+            .filter(|p| !p.foreign)
+            .take(self.cfg.target_peers)
+            .count()
+            < self.cfg.target_peers;
         let interval = if few_peers {
             self.cfg.discover_interval
         } else {
@@ -1802,9 +1841,9 @@ impl Node {
     /// The decision this node follows: the lowest-epoch founding record that holds a
     /// majority of its electorate's votes, or the highest-epoch record descending from it
     /// that holds a majority of the same electorate.
-    fn valid_cluster(&self) -> Option<Cluster> {
+    fn valid_cluster(&self) -> Option<Arc<Cluster>> {
         self.cluster_cache
-            .get(self.roles_gen, || self.compute_cluster())
+            .get(self.roles_gen, || self.compute_cluster().map(Arc::new))
     }
 
     fn compute_cluster(&self) -> Option<Cluster> {
@@ -2087,7 +2126,7 @@ impl Node {
     }
 
     /// As leader: renew the lease and replace masters whose leases stopped.
-    fn lead(&mut self, now: Instant, c: Cluster, verifier: &mut dyn Verifier) {
+    fn lead(&mut self, now: Instant, c: Arc<Cluster>, verifier: &mut dyn Verifier) {
         self.heartbeat(now, verifier);
         if now.since(self.started) <= self.cfg.lease_timeout {
             return;
@@ -2104,7 +2143,10 @@ impl Node {
         let pool: Vec<PeerKey> = self.members().keys().copied().collect();
         let masters = self.pick_masters(&pool, &keep, now, false);
         if masters != c.masters {
-            let n = Cluster { masters, ..c };
+            let n = Cluster {
+                masters,
+                ..(*c).clone()
+            };
             self.write_cluster(now, &n, verifier);
         }
     }
@@ -2174,7 +2216,7 @@ impl Node {
                     } else {
                         Role::Worker
                     };
-                    (Some((role, c.epoch)), Some(c.join))
+                    (Some((role, c.epoch)), Some(c.join.clone()))
                 }
             },
             Mode::Kairos => match self.kairos_view() {
