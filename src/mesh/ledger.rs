@@ -516,12 +516,23 @@ mod tests {
         assert_eq!((memo.checks, memo.hits), (1, 4));
     }
 
-    /// Signed entries over 3 owners and 3 keys, with colliding versions and tombstones.
-    fn entries() -> impl Strategy<Value = Vec<Entry>> {
-        let signers: Vec<SigningKey> = (1..=3).map(signer).collect();
+    /// Signed entries over `owners` owners and `keys` keys, with colliding versions (below
+    /// `versions`) and tombstones.
+    fn signed_entries(
+        owners: u8,
+        keys: usize,
+        versions: u64,
+        len: usize,
+    ) -> impl Strategy<Value = Vec<Entry>> {
+        let signers: Vec<SigningKey> = (1..=owners).map(signer).collect();
         proptest::collection::vec(
-            (0usize..3, 0usize..3, 0u64..4, proptest::option::of(0u8..4)),
-            0..24,
+            (
+                0..usize::from(owners),
+                0..keys,
+                0..versions,
+                proptest::option::of(0u8..4),
+            ),
+            0..len,
         )
         .prop_map(move |specs| {
             specs
@@ -531,6 +542,10 @@ mod tests {
                 })
                 .collect()
         })
+    }
+
+    fn entries() -> impl Strategy<Value = Vec<Entry>> {
+        signed_entries(3, 3, 4, 24)
     }
 
     fn ledger(es: &[Entry], v: &mut MemoVerifier) -> Ledger {
@@ -547,21 +562,9 @@ mod tests {
         m
     }
 
-    /// Signed entries over 6 owners and 2 keys, for ledgers capped below that.
+    /// Signed entries over 6 owners, for ledgers capped below that.
     fn capped_entries() -> impl Strategy<Value = Vec<Entry>> {
-        let signers: Vec<SigningKey> = (1..=6).map(signer).collect();
-        proptest::collection::vec(
-            (0usize..6, 0usize..2, 0u64..3, proptest::option::of(0u8..3)),
-            0..30,
-        )
-        .prop_map(move |specs| {
-            specs
-                .into_iter()
-                .map(|(o, k, ver, val)| {
-                    Entry::signed(&signers[o], &format!("k{k}"), ver, val.map(|x| vec![x]))
-                })
-                .collect()
-        })
+        signed_entries(6, 2, 3, 30)
     }
 
     fn capped(es: &[Entry], v: &mut MemoVerifier) -> Ledger {
