@@ -197,12 +197,10 @@ pub struct Ledger {
     evicted: Vec<PeerKey>,
 }
 
-/// Best first: larger FNV-32a, then smaller key.
+/// Best first: larger FNV-32a, then smaller key ([`crate::mesh::roles::key_rank`]).
 type OwnerRank = (Reverse<u32>, PeerKey);
 
-fn owner_rank(owner: &PeerKey) -> OwnerRank {
-    (Reverse(crate::mesh::roles::key_fnv(owner)), *owner)
-}
+use crate::mesh::roles::key_rank as owner_rank;
 
 impl Ledger {
     /// An empty ledger refusing values over `value_bytes_max` (the token's max_message_size).
@@ -618,8 +616,7 @@ mod tests {
         let mut e = Entry::signed(worst, "a", 2, Some(vec![3]));
         e.sig = [0; 64];
         assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Outranked));
-        let summary = Ledger::new(16);
-        let mut lw = summary.clone();
+        let mut lw = Ledger::new(16);
         lw.apply(Entry::signed(worst, "a", 2, Some(vec![3])), &mut v)
             .unwrap();
         assert!(!l.lacks_any(&lw.versions(ALL_BUCKETS)));

@@ -46,6 +46,7 @@
 //! Peers are named by [`NetId`], the transport's id (libp2p: the `PeerId`; the simulator:
 //! the host); the ledger names owners by their ed25519 key.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddrV4 as Addr;
@@ -58,7 +59,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use super::ledger::{Applied, Entry, Ledger, PeerKey, Verifier, Version, BUCKETS};
-use super::roles::{fnv32a, kairos_assign, kairos_leader, key_fnv, Assignment, Role};
+use super::roles::{fnv32a, kairos_assign, kairos_leader, key_fnv, key_rank, Assignment, Role};
 use super::token::NetworkToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -396,7 +397,6 @@ pub struct Node {
     relay_next_try: Instant,
     actions: VecDeque<Action>,
     events: VecDeque<NodeEvent>,
-    /// Entries changed since the last push, with the peer they came from.
     /// Entries changed since the last push, with the peers known to hold them already (the
     /// one it came from, and any that pushed us a copy before the flush).
     outbox: Vec<(Entry, Vec<NetId>)>,
@@ -452,13 +452,6 @@ pub struct Node {
 /// generation moved.
 struct Memo<T>(RefCell<Option<(u64, T)>>);
 
-impl<T: Clone> Memo<T> {
-    /// The value last computed, whatever its generation.
-    fn peek(&self) -> Option<T> {
-        self.0.borrow().as_ref().map(|(_, v)| v.clone())
-    }
-}
-
 impl<T> Default for Memo<T> {
     fn default() -> Self {
         Self(RefCell::new(None))
@@ -466,6 +459,11 @@ impl<T> Default for Memo<T> {
 }
 
 impl<T: Clone> Memo<T> {
+    /// The value last computed, whatever its generation.
+    fn peek(&self) -> Option<T> {
+        self.0.borrow().as_ref().map(|(_, v)| v.clone())
+    }
+
     fn get(&self, generation: u64, compute: impl FnOnce() -> T) -> T {
         if let Some((g, v)) = self.0.borrow().as_ref() {
             if *g == generation {
@@ -636,13 +634,7 @@ impl Node {
             .filter(|(n, _)| Some(*n) != from)
             .map(|(_, c)| c)
             .collect();
-        let mut targets = targets;
-        let fanout = self.fanout();
-        while targets.len() > fanout {
-            let k = self.rng.below(targets.len() as u64) as usize;
-            targets.swap_remove(k);
-        }
-        for c in targets {
+        for c in self.fanout_sample(targets) {
             self.send(now, c, &Wire::Lease(e.clone()));
         }
     }
@@ -1044,13 +1036,13 @@ impl Node {
             .get(&peer)
             .is_some_and(|p| p.verified.contains(&conn));
         let plain = match bytes.split_first() {
-            Some((&FRAME_SEALED, sealed)) => self.open(now, sealed),
+            Some((&FRAME_SEALED, sealed)) => self.open(now, sealed).map(Cow::Owned),
             // Plain frames only on a connection whose Hello opened (one that arrives first,
             // overtaking a retransmitted Hello, is dropped; the sender repairs it later).
             Some((&FRAME_PLAIN, plain)) if verified => {
                 // The peer sends plain frames only once our Hello opened there.
                 self.hello_unacked.remove(&conn);
-                Some(plain.to_vec())
+                Some(Cow::Borrowed(plain))
             }
             Some((&FRAME_PLAIN, _)) => {
                 self.stats.messages_refused += 1;
@@ -1405,6 +1397,16 @@ impl Node {
         ((n.ln().ceil() as usize) + 1).max(3)
     }
 
+    /// A random [`Node::fanout`] of `targets` (all of them when there are no more).
+    fn fanout_sample<T>(&mut self, mut targets: Vec<T>) -> Vec<T> {
+        let fanout = self.fanout();
+        while targets.len() > fanout {
+            let k = self.rng.below(targets.len() as u64) as usize;
+            targets.swap_remove(k);
+        }
+        targets
+    }
+
     fn ledger_changed(&mut self, now: Instant) {
         self.head_busy(now);
         if self.flush_at.is_none() {
@@ -1421,16 +1423,10 @@ impl Node {
         if out.is_empty() {
             return;
         }
-        let targets: Vec<(NetId, ConnRef)> = self.connected_best();
         // Push to a random subset (about ln N + 1 peers); the periodic bucket comparison
         // repairs what the epidemic misses.
-        let fanout = self.fanout();
-        let mut targets = targets;
-        while targets.len() > fanout {
-            let k = self.rng.below(targets.len() as u64) as usize;
-            targets.swap_remove(k);
-        }
-        for (n, c) in targets {
+        let targets = self.connected_best();
+        for (n, c) in self.fanout_sample(targets) {
             let batch: Vec<Entry> = out
                 .iter()
                 .filter(|(_, holders)| !holders.contains(&n))
@@ -1487,10 +1483,13 @@ impl Node {
 
     fn maintain_infra(&mut self, now: Instant) {
         let ns = self.ns(now);
+        // (Re-)register at a home node when our reachability changed or the rendezvous key
+        // rotated.
         let registered = Some((ns, self.reach.clone()));
-        let register = self.infra.values().any(|i| {
+        let due = |i: &Infra| {
             i.home && i.conn.is_some() && i.autonat.is_some() && i.registered != registered
-        });
+        };
+        let register = self.infra.values().any(due);
         // The record is sealed only when some registration is due.
         let sealed = register.then(|| {
             let record = postcard::to_allocvec(&Record {
@@ -1529,17 +1528,14 @@ impl Node {
                 }
                 Some(_) if !inf.home => {}
                 Some(_) => {
-                    // (Re-)register when our reachability changed or the rendezvous key
-                    // rotated, discover now and then.
-                    if inf.autonat.is_some()
-                        && inf.registered.as_ref() != Some(&(ns, self.reach.clone()))
-                    {
-                        inf.registered = Some((ns, self.reach.clone()));
+                    // Register when due (see above), discover now and then.
+                    if due(inf) {
+                        inf.registered = registered.clone();
                         self.actions.push_back(Action::Register {
                             server: n,
                             ns,
                             ttl: Duration::from_secs(7200),
-                            record: sealed.clone().unwrap_or_default(),
+                            record: sealed.clone().expect("sealed when a registration is due"),
                         });
                     }
                     if now >= inf.next_discover {
@@ -1613,9 +1609,9 @@ impl Node {
             .ledger
             .get(&self.me, K_MEMBER)
             .and_then(|b| postcard::from_bytes::<Member>(b).ok());
-        // Publish once reachability is known (or after a grace period with no bootstrap).
-        // and, behind NAT, once a relay holds our reservation: each change after the first
-        // entry is a new version every member receives.
+        // Publish once reachability is known and, behind NAT, a relay holds our reservation
+        // (each change after the first entry is a new version every member receives); with
+        // no bootstrap nodes at once, and at the latest after the grace period.
         let grace = now.since(self.started) > PUBLISH_GRACE;
         let known = self.infra.is_empty()
             || grace
@@ -1937,7 +1933,7 @@ impl Node {
                 // The electorate: the M members with the largest FNV-32a ids in our view (views
                 // converge, and so does this set); the candidate is the first of them.
                 let mut ranked: Vec<PeerKey> = self.member_table.keys().copied().collect();
-                ranked.sort_by_key(|k| (std::cmp::Reverse(key_fnv(k)), *k));
+                ranked.sort_by_key(key_rank);
                 ranked.truncate(m);
                 // Only the electorate's votes count: the others need not write one.
                 if !ranked.contains(&self.me) {
@@ -2030,8 +2026,7 @@ impl Node {
                 cands.sort_by_key(|k| {
                     (
                         !(c.masters.contains(k) && (self.lease_fresh(k, now) || *k == self.me)),
-                        std::cmp::Reverse(key_fnv(k)),
-                        *k,
+                        key_rank(k),
                     )
                 });
                 let Some(&cand) = cands.first() else { return };
@@ -2092,7 +2087,7 @@ impl Node {
                 .collect();
             rest.retain(|k| connected.contains(k) || self.lease_fresh(k, now));
         }
-        rest.sort_by_key(|k| (std::cmp::Reverse(key_fnv(k)), *k));
+        rest.sort_by_key(key_rank);
         for k in rest {
             if masters.len() > self.cfg.ha_masters {
                 break;

@@ -44,6 +44,12 @@ pub fn key_fnv(key: &[u8; 32]) -> u32 {
     fnv32a(&buf)
 }
 
+/// A key's place in the ranking elections and the ledger's owner cap use: larger FNV-32a
+/// first, then the smaller key. Sorting by this puts the best-ranked first.
+pub fn key_rank(key: &[u8; 32]) -> (std::cmp::Reverse<u32>, [u8; 32]) {
+    (std::cmp::Reverse(key_fnv(key)), *key)
+}
+
 /// The leader among `ids`: largest FNV-32a hash, ties broken by the larger id.
 pub fn kairos_leader<'a>(ids: &[&'a str]) -> Option<&'a str> {
     ids.iter()
