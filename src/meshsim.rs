@@ -433,7 +433,8 @@ pub struct Metrics {
     pub events: u64,
     pub messages: u64,
     pub message_bytes: u64,
-    /// Message bytes by kind: hello, head, versions, entries, lease.
+    /// Messages and their bytes by kind: hello, head, versions, entries, lease.
+    pub messages_by_kind: [u64; 5],
     pub message_bytes_by_kind: [u64; 5],
     pub packets: u64,
     pub packets_dropped: u64,
@@ -748,6 +749,7 @@ impl World<'_> {
                             .into_iter()
                             .map(|(h, b)| (NetId(u64::from(h.0)), b.0))
                             .collect(),
+                        v,
                     );
                     21
                 }
@@ -1206,6 +1208,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
     let mut messages = 0;
     let mut message_bytes = 0;
     let mut by_kind = [0u64; 5];
+    let mut count_by_kind = [0u64; 5];
     for &i in &live {
         let n = w.nodes[i].node.as_ref().expect("live");
         for k in n.paths().values() {
@@ -1218,6 +1221,9 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         messages += n.stats.messages_sent;
         message_bytes += n.stats.bytes_sent;
         for (a, b) in by_kind.iter_mut().zip(n.stats.bytes_by_kind) {
+            *a += b;
+        }
+        for (a, b) in count_by_kind.iter_mut().zip(n.stats.messages_by_kind) {
             *a += b;
         }
     }
@@ -1237,6 +1243,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         events: w.swarm.events_fired(),
         messages,
         message_bytes,
+        messages_by_kind: count_by_kind,
         message_bytes_by_kind: by_kind,
         packets: net.sent,
         packets_dropped: net.dropped.iter().sum(),
@@ -1437,7 +1444,8 @@ pub fn summary(o: &Outcome) -> String {
         "scenario {} seed {}: {}\n\
          nodes {} (+{} without the token, {} bootstrap), {} virtual s\n\
          converged at {}; after the last fault {}; at the end: {}\n\
-         events {}, packets {} ({} dropped), messages {} ({} bytes: hello {}, head {}, versions {}, entries {}, lease {})\n\
+         events {}, packets {} ({} dropped), messages {} ({} bytes)\n\
+         by kind: {}\n\
          connections {}, relayed {} ({} bytes), reservations {}\n\
          hole punches {} attempted, {} ok, {} failed\n\
          paths at the end: {} direct, {} relayed\n\
@@ -1458,11 +1466,15 @@ pub fn summary(o: &Outcome) -> String {
         m.packets_dropped,
         m.messages,
         m.message_bytes,
-        m.message_bytes_by_kind[0],
-        m.message_bytes_by_kind[1],
-        m.message_bytes_by_kind[2],
-        m.message_bytes_by_kind[3],
-        m.message_bytes_by_kind[4],
+        ["hello", "head", "versions", "entries", "lease"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!(
+                "{k} {} ({} bytes)",
+                m.messages_by_kind[i], m.message_bytes_by_kind[i]
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
         m.connections,
         m.relayed_connections,
         m.relayed_bytes,

@@ -37,24 +37,10 @@ pub struct Entry {
     pub key: String,
     pub version: u64,
     /// `None` is a tombstone.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
-    #[serde(with = "sig_bytes")]
+    #[serde(with = "serde_bytes")]
     pub sig: [u8; 64],
-}
-
-mod sig_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(sig))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let s = String::deserialize(d)?;
-        let v = hex::decode(&s).map_err(serde::de::Error::custom)?;
-        v.try_into()
-            .map_err(|_| serde::de::Error::custom("a signature is 64 bytes"))
-    }
 }
 
 fn signed_bytes(owner: &PeerKey, key: &str, version: u64, value: Option<&[u8]>) -> Vec<u8> {
@@ -101,9 +87,15 @@ impl Entry {
     }
 }
 
-/// Checks signatures. Implementations may remember results; they may not skip the check.
+/// Checks signatures and opens sealed rendezvous records. Implementations may remember
+/// results; they may not skip the check or the decryption.
 pub trait Verifier {
     fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool;
+
+    /// Opens a sealed record (`nonce ‖ ciphertext ‖ tag`) with `key`.
+    fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+        crate::mesh::token::open(key, sealed)
+    }
 }
 
 /// Checks every signature.
@@ -120,14 +112,20 @@ impl Verifier for Ed25519 {
     }
 }
 
-/// Remembers each (owner, message, signature) verdict: the simulator shares one across
-/// simulated nodes, which all check the same entries.
+/// Remembers each (owner, message, signature) verdict, and each record opened: the
+/// simulator shares one across simulated nodes, which all check the same entries and open
+/// the same records.
 #[derive(Debug, Default)]
 pub struct MemoVerifier {
     seen: HashMap<[u8; 32], bool>,
+    /// `key ‖ sealed` -> what it opened to.
+    opened: HashMap<Vec<u8>, Option<Vec<u8>>>,
     pub checks: u64,
     pub hits: u64,
 }
+
+/// Records remembered at most; the memo starts over when full.
+const OPENED_MAX: usize = 1 << 18;
 
 impl Verifier for MemoVerifier {
     fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool {
@@ -143,6 +141,19 @@ impl Verifier for MemoVerifier {
         self.checks += 1;
         let v = Ed25519.verify(owner, msg, sig);
         self.seen.insert(id, v);
+        v
+    }
+
+    fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+        let id = [key.as_slice(), sealed].concat();
+        if let Some(v) = self.opened.get(&id) {
+            return v.clone();
+        }
+        if self.opened.len() >= OPENED_MAX {
+            self.opened.clear();
+        }
+        let v = crate::mesh::token::open(key, sealed);
+        self.opened.insert(id, v.clone());
         v
     }
 }

@@ -53,14 +53,12 @@ use std::net::SocketAddrV4 as Addr;
 use std::sync::Arc;
 
 use bootyard_sim::{Duration, Instant, Rng};
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use super::ledger::{Applied, Entry, Ledger, PeerKey, Verifier, Version, BUCKETS};
 use super::roles::{fnv32a, kairos_assign, kairos_leader, key_fnv, key_rank, Assignment, Role};
-use super::token::NetworkToken;
+use super::token::{self, NetworkToken};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NetId(pub u64);
@@ -103,8 +101,9 @@ pub enum Mode {
     /// id among the M largest it sees; a candidate with votes from a strict majority of those
     /// M writes the founding record and is the cluster-init master. Every later epoch needs a
     /// majority of the same founding electorate, so after founding two sides of a partition
-    /// can never both elect. The leader and masters renew signed leases (flooded, not
-    /// stored); when the leader's lease stops moving, the electorate votes for the best master
+    /// can never both elect. The leader and masters renew signed leases (not stored; sent to
+    /// the council, the leader, masters and electorate, who hold paths to each other and pass
+    /// them on among themselves); when the leader's lease stops moving, the electorate votes for the best master
     /// whose lease is fresh, in a new epoch; the leader replaces masters whose leases stop.
     /// The highest epoch descending from the founding wins. Caveat: the founding itself is
     /// only as safe as views agree: groups that never saw each other (each with M members)
@@ -258,6 +257,13 @@ pub struct Cluster {
     pub join: JoinData,
 }
 
+impl Cluster {
+    /// The council: the leader, masters and electorate, the nodes that read leases.
+    pub fn in_council(&self, k: &PeerKey) -> bool {
+        self.leader == *k || self.masters.contains(k) || self.electorate.contains(k)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Wire {
     /// Our key, how to reach us, and our ledger's bucket digests.
@@ -280,7 +286,8 @@ enum Wire {
         push: bool,
     },
     /// A master's signed lease renewal (key `lease`, version = its clock in ms). Leases are
-    /// soft state, flooded and never stored in the ledger, so a converged ledger stays still.
+    /// soft state, never stored in the ledger (a converged ledger stays still), and go to
+    /// the council only: the leader, masters and electorate are the only readers.
     Lease(Entry),
 }
 
@@ -372,7 +379,8 @@ pub struct NodeStats {
     pub entries_applied: u64,
     pub hole_punches: u64,
     pub hole_punches_ok: u64,
-    /// Bytes sent per message kind: hello, head, versions, entries, lease.
+    /// Messages and bytes sent per kind: hello, head, versions, entries, lease.
+    pub messages_by_kind: [u64; 5],
     pub bytes_by_kind: [u64; 5],
 }
 
@@ -444,6 +452,9 @@ pub struct Node {
     /// Bumped whenever what decides the wanted peers changes.
     peers_gen: u64,
     wanted_cache: Memo<Vec<NetId>>,
+    /// Bumped whenever a peer connection opens, closes or is verified.
+    conns_gen: u64,
+    connected_cache: Memo<Vec<(NetId, ConnRef)>>,
     unpathed_cache: Memo<Vec<NetId>>,
     pub stats: NodeStats,
 }
@@ -568,6 +579,8 @@ impl Node {
             cluster_cache: Memo::default(),
             peers_gen: 0,
             wanted_cache: Memo::default(),
+            conns_gen: 0,
+            connected_cache: Memo::default(),
             unpathed_cache: Memo::default(),
             stats: NodeStats::default(),
             cfg,
@@ -627,14 +640,26 @@ impl Node {
         self.forward_lease(now, Some(from), &e);
     }
 
+    /// Passes a lease on to every council member we have a path to (but its owner and where
+    /// it came from). The council wants paths to each other (see `compute_wanted`), so a
+    /// lease reaches every member directly or through another.
     fn forward_lease(&mut self, now: Instant, from: Option<NetId>, e: &Entry) {
+        let Some(c) = self.valid_cluster() else {
+            return;
+        };
         let targets: Vec<ConnRef> = self
             .connected_best()
             .into_iter()
             .filter(|(n, _)| Some(*n) != from)
+            .filter(|(n, _)| {
+                self.peers
+                    .get(n)
+                    .and_then(|p| p.key)
+                    .is_some_and(|k| k != e.owner && c.in_council(&k))
+            })
             .map(|(_, c)| c)
             .collect();
-        for c in self.fanout_sample(targets) {
+        for c in targets {
             self.send(now, c, &Wire::Lease(e.clone()));
         }
     }
@@ -748,7 +773,7 @@ impl Node {
 
     /// The wanted peers with no verified path (what convergence looks at, often).
     pub fn wanted_without_path(&self) -> Vec<NetId> {
-        self.unpathed_cache.get(self.peers_gen, || {
+        self.unpathed_cache.get(self.wanted_gen(), || {
             self.wanted_paths()
                 .into_iter()
                 .filter(|(_, k)| k.is_none())
@@ -833,6 +858,7 @@ impl Node {
             return;
         }
         self.peers_gen += 1;
+        self.conns_gen += 1;
         self.unverified.insert(conn, now);
         let p = self.peers.entry(peer).or_default();
         p.conns.insert(conn, path);
@@ -872,6 +898,7 @@ impl Node {
             p.conns.remove(&conn);
             p.verified.remove(&conn);
             self.peers_gen += 1;
+            self.conns_gen += 1;
         }
         self.next_maintenance = self.next_maintenance.min(now + Duration::from_millis(100));
     }
@@ -905,7 +932,12 @@ impl Node {
         self.next_maintenance = now;
     }
 
-    pub fn handle_discovered(&mut self, now: Instant, records: Vec<(NetId, Vec<u8>)>) {
+    pub fn handle_discovered(
+        &mut self,
+        now: Instant,
+        records: Vec<(NetId, Vec<u8>)>,
+        verifier: &mut dyn Verifier,
+    ) {
         for (net, sealed) in records {
             if net == self.cfg.net {
                 continue;
@@ -927,7 +959,7 @@ impl Node {
                     }
                 }
             }
-            let Some(bytes) = self.open(now, &sealed) else {
+            let Some(bytes) = self.open_record(now, &sealed, verifier) else {
                 continue; // another mesh's record, or garbage
             };
             let Ok(r) = postcard::from_bytes::<Record>(&bytes) else {
@@ -1071,6 +1103,7 @@ impl Node {
         };
         if p.verified.insert(conn) {
             self.peers_gen += 1;
+            self.conns_gen += 1;
         }
         self.unverified.remove(&conn);
         if p.foreign {
@@ -1280,26 +1313,31 @@ impl Node {
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         nonce[8..].copy_from_slice(&(self.rng.next_u64() as u32).to_le_bytes());
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&key));
-        let mut out = nonce.to_vec();
-        out.extend(
-            cipher
-                .encrypt(Nonce::from_slice(&nonce), plain)
-                .expect("in-memory encryption does not fail"),
-        );
-        out
+        token::seal(&key, nonce, plain)
     }
 
+    /// Opens a sealed Hello with the current, previous or next window's key.
     fn open(&mut self, now: Instant, sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < 12 + 16 || sealed.len() > SEALED_BYTES_MAX {
+        if sealed.len() > SEALED_BYTES_MAX {
             return None;
         }
-        let (nonce, body) = sealed.split_at(12);
-        self.keys(now).iter().find_map(|k| {
-            ChaCha20Poly1305::new(Key::from_slice(k))
-                .decrypt(Nonce::from_slice(nonce), body)
-                .ok()
-        })
+        self.keys(now).iter().find_map(|k| token::open(k, sealed))
+    }
+
+    /// Opens a rendezvous record: as [`Node::open`], through `verifier`, which may remember
+    /// records (every node that discovers one opens the same bytes).
+    fn open_record(
+        &mut self,
+        now: Instant,
+        sealed: &[u8],
+        verifier: &mut dyn Verifier,
+    ) -> Option<Vec<u8>> {
+        if sealed.len() > SEALED_BYTES_MAX {
+            return None;
+        }
+        self.keys(now)
+            .iter()
+            .find_map(|k| verifier.open_record(k, sealed))
     }
 
     fn send(&mut self, now: Instant, conn: ConnRef, msg: &Wire) {
@@ -1322,6 +1360,7 @@ impl Node {
             Wire::Entries { .. } => 3,
             Wire::Lease(_) => 4,
         };
+        self.stats.messages_by_kind[kind] += 1;
         self.stats.bytes_by_kind[kind] += bytes.len() as u64;
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
@@ -1336,18 +1375,22 @@ impl Node {
     /// Each peer we have a verified connection to, with its best connection (direct before
     /// relayed). Walks the connections, not the (much larger) peer table.
     fn connected_best(&self) -> Vec<(NetId, ConnRef)> {
-        let peers: BTreeSet<NetId> = self.conn_peer.values().copied().collect();
-        peers
-            .into_iter()
-            .filter_map(|n| {
-                let p = self.peers.get(&n)?;
-                p.conns
-                    .iter()
-                    .filter(|(c, _)| p.verified.contains(c))
-                    .min_by_key(|(_, k)| **k)
-                    .map(|(c, _)| (n, *c))
-            })
-            .collect()
+        self.connected_cache.get(self.conns_gen, || {
+            let mut peers: Vec<NetId> = self.conn_peer.values().copied().collect();
+            peers.sort_unstable();
+            peers.dedup();
+            peers
+                .into_iter()
+                .filter_map(|n| {
+                    let p = self.peers.get(&n)?;
+                    p.conns
+                        .iter()
+                        .filter(|(c, _)| p.verified.contains(c))
+                        .min_by_key(|(_, k)| **k)
+                        .map(|(c, _)| (n, *c))
+                })
+                .collect()
+        })
     }
 
     /// Starts a push-pull exchange of the buckets whose digests differ from `theirs`.
@@ -1674,11 +1717,13 @@ impl Node {
     /// The peers this node keeps paths to.
     fn wanted(&self) -> Vec<NetId> {
         self.wanted_cache
-            .get(self.peers_gen, || self.compute_wanted())
+            .get(self.wanted_gen(), || self.compute_wanted())
     }
 
     fn compute_wanted(&self) -> Vec<NetId> {
-        let candidates: Vec<NetId> = self
+        // Each candidate with whether we hold a verified path to it, and whether only a
+        // relay connects us (hole punching failed, not public, not on our LAN).
+        let candidates: Vec<(NetId, bool, bool)> = self
             .peers
             .iter()
             // Peers we can reach (on the LAN, public, or through their relay), and those
@@ -1696,60 +1741,72 @@ impl Node {
                         || (p.reach.public && !p.reach.direct.is_empty())
                         || p.reach.relay.is_some())
             })
-            .map(|(n, _)| *n)
+            .map(|(n, p)| {
+                let relay_only = p.punch_failed && !p.reach.public && p.lan.is_none();
+                (*n, !p.verified.is_empty(), relay_only)
+            })
             .collect();
         if candidates.len() <= self.cfg.target_peers {
-            return candidates;
+            return candidates.into_iter().map(|(n, _, _)| n).collect();
         }
+        // `candidates` is in id order (the peer table's).
+        let find = |n: &NetId| {
+            candidates
+                .binary_search_by_key(n, |(c, _, _)| *c)
+                .ok()
+                .map(|i| candidates[i])
+        };
         // Sticky: wanted peers we already have a verified path to stay wanted, so a view
         // that grows (discovery keeps adding peers) does not keep moving paths around.
         let before: Vec<NetId> = self.wanted_cache.peek().unwrap_or_default();
         let mut want: BTreeSet<NetId> = before
             .into_iter()
-            .filter(|n| {
-                candidates.contains(n) && self.peers.get(n).is_some_and(|p| !p.verified.is_empty())
-            })
+            .filter(|n| find(n).is_some_and(|(_, verified, _)| verified))
             .take(self.cfg.target_peers)
             .collect();
+        // A council member wants the rest of the council (leases travel among them), on top
+        // of its share of the overlay.
+        let council = self.valid_cluster().filter(|c| c.in_council(&self.me));
+        if let Some(c) = council {
+            let others = c.masters.iter().chain(&c.electorate).chain([&c.leader]);
+            for k in others.filter(|k| **k != self.me) {
+                if let Some(m) = self.member_table.get(k) {
+                    if find(&m.net).is_some() {
+                        want.insert(m.net);
+                    }
+                }
+            }
+        }
+        if want.len() >= self.cfg.target_peers {
+            return want.into_iter().collect();
+        }
         // Then ring neighbours by id (two each way), then the best by rendezvous hashing.
-        let mut ring: Vec<NetId> = candidates.clone();
-        ring.push(self.cfg.net);
-        ring.sort();
-        let at = ring
-            .iter()
-            .position(|n| *n == self.cfg.net)
-            .expect("inserted");
-        let len = ring.len();
-        for d in [1, 2] {
+        // We are not among the candidates.
+        let len = candidates.len();
+        let at = candidates.partition_point(|(n, _, _)| *n < self.cfg.net);
+        for d in [0, 1] {
             if want.len() + 2 > self.cfg.target_peers {
                 break;
             }
-            want.insert(ring[(at + d) % len]);
-            want.insert(ring[(at + len - d) % len]);
+            want.insert(candidates[(at + d) % len].0);
+            want.insert(candidates[(at + len - 1 - d) % len].0);
         }
-        want.remove(&self.cfg.net);
-        let mut scored: Vec<(bool, u64, NetId)> = candidates
-            .iter()
-            .filter(|n| !want.contains(n))
-            .map(|n| {
-                let verified = self.peers.get(n).is_some_and(|p| !p.verified.is_empty());
-                (!verified, pair_score(self.cfg.net, *n), *n)
-            })
-            .collect();
-        scored.sort();
         // Relays are a shared, limited resource: beyond the ring, at most a quarter of the
         // picks may be peers only a relay reaches.
-        let relay_only = |n: &NetId| {
-            self.peers
-                .get(n)
-                .is_some_and(|p| p.punch_failed && !p.reach.public && p.lan.is_none())
-        };
+        let relay_only = |n: &NetId| find(n).is_some_and(|(_, _, r)| r);
         let mut relayed = want.iter().filter(|n| relay_only(n)).count();
-        for (_, _, n) in scored {
+        // Verified first, then by rendezvous hash (unique ids: an unstable sort is exact).
+        let mut scored: Vec<(bool, u64, NetId, bool)> = candidates
+            .iter()
+            .filter(|(n, _, _)| !want.contains(n))
+            .map(|&(n, verified, r)| (!verified, pair_score(self.cfg.net, n), n, r))
+            .collect();
+        scored.sort_unstable();
+        for (_, _, n, r) in scored {
             if want.len() >= self.cfg.target_peers {
                 break;
             }
-            if relay_only(&n) {
+            if r {
                 if relayed >= self.cfg.target_peers / 4 {
                     continue;
                 }
@@ -1760,8 +1817,16 @@ impl Node {
         want.into_iter().collect()
     }
 
+    /// What the wanted peers depend on: the peer table, and (for a council member) the
+    /// cluster decision. Both generations only grow, so their sum moves when either does.
+    fn wanted_gen(&self) -> u64 {
+        self.peers_gen + self.roles_gen
+    }
+
     fn maintain_paths(&mut self, now: Instant) {
-        let wanted = self.wanted();
+        // Peers with a verified path need nothing; those with a connection still opening
+        // are skipped below.
+        let wanted = self.wanted_without_path();
         let connected_infra: BTreeSet<NetId> = self
             .infra
             .iter()

@@ -24,6 +24,8 @@
 //! big-endian window number, rendered as `length` lowercase hex digits. These derivations
 //! are bootyard's; only the token format is shared with Kairos.
 
+use chacha20poly1305::aead::Aead;
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -246,6 +248,31 @@ impl NetworkToken {
         let key = |w: u64| labelled("bootyard/seal/v1", &[self.otp.crypto.code(w).as_bytes()]);
         [key(w), key(w.saturating_sub(1))]
     }
+}
+
+/// Seals `plain` with `key` (ChaCha20-Poly1305): `nonce ‖ ciphertext ‖ tag`.
+pub fn seal(key: &[u8; 32], nonce: [u8; 12], plain: &[u8]) -> Vec<u8> {
+    let cipher = <ChaCha20Poly1305 as chacha20poly1305::KeyInit>::new(Key::from_slice(key));
+    let mut out = Vec::with_capacity(12 + plain.len() + 16);
+    out.extend_from_slice(&nonce);
+    out.extend(
+        cipher
+            .encrypt(Nonce::from_slice(&nonce), plain)
+            .expect("in-memory encryption does not fail"),
+    );
+    out
+}
+
+/// Opens what [`seal`] made with `key`; `None` when it does not open (another key, or
+/// tampered).
+pub fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 12 + 16 {
+        return None;
+    }
+    let (nonce, body) = sealed.split_at(12);
+    <ChaCha20Poly1305 as chacha20poly1305::KeyInit>::new(Key::from_slice(key))
+        .decrypt(Nonce::from_slice(nonce), body)
+        .ok()
 }
 
 #[cfg(test)]
