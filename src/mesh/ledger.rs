@@ -479,6 +479,26 @@ mod tests {
     }
 
     #[test]
+    fn remembered_records_open_as_fresh_ones_do() {
+        use crate::mesh::token::{open, seal};
+        let (key, other) = ([7u8; 32], [8u8; 32]);
+        let good = seal(&key, [1; 12], b"record");
+        let mut tampered = good.clone();
+        *tampered.last_mut().expect("not empty") ^= 1;
+        let mut memo = MemoVerifier::default();
+        for _ in 0..2 {
+            for (k, sealed) in [(&key, &good), (&other, &good), (&key, &tampered)] {
+                assert_eq!(memo.open_record(k, sealed), open(k, sealed));
+            }
+        }
+        assert_eq!(
+            memo.open_record(&key, &good).as_deref(),
+            Some(&b"record"[..])
+        );
+        assert_eq!(memo.open_record(&key, &good[..20]), None);
+    }
+
+    #[test]
     fn owners_write_their_own_entries_only() {
         let (a, b) = (signer(1), signer(2));
         let mut l = Ledger::new(1024);

@@ -103,8 +103,9 @@ pub enum Mode {
     /// majority of the same founding electorate, so after founding two sides of a partition
     /// can never both elect. The leader and masters renew signed leases (not stored; sent to
     /// the council, the leader, masters and electorate, who hold paths to each other and pass
-    /// them on among themselves); when the leader's lease stops moving, the electorate votes for the best master
-    /// whose lease is fresh, in a new epoch; the leader replaces masters whose leases stop.
+    /// them on among themselves); when the leader's lease stops moving, the electorate votes
+    /// for the best master whose lease is fresh, in a new epoch; the leader replaces masters
+    /// whose leases stop.
     /// The highest epoch descending from the founding wins. Caveat: the founding itself is
     /// only as safe as views agree: groups that never saw each other (each with M members)
     /// can each found a cluster; the lowest epoch is then followed everywhere once they meet.
@@ -1528,11 +1529,15 @@ impl Node {
         let ns = self.ns(now);
         // (Re-)register at a home node when our reachability changed or the rendezvous key
         // rotated.
-        let registered = Some((ns, self.reach.clone()));
-        let due = |i: &Infra| {
-            i.home && i.conn.is_some() && i.autonat.is_some() && i.registered != registered
+        let due = |i: &Infra, reach: &Reach| {
+            i.home
+                && i.conn.is_some()
+                && i.autonat.is_some()
+                && i.registered
+                    .as_ref()
+                    .is_none_or(|(n, r)| *n != ns || r != reach)
         };
-        let register = self.infra.values().any(due);
+        let register = self.infra.values().any(|i| due(i, &self.reach));
         // The record is sealed only when some registration is due.
         let sealed = register.then(|| {
             let record = postcard::to_allocvec(&Record {
@@ -1554,9 +1559,7 @@ impl Node {
         } else {
             Duration::from_micros(self.cfg.discover_interval.as_micros() * 10)
         };
-        let known: Vec<NetId> = self.infra.keys().copied().collect();
-        for n in known {
-            let inf = self.infra.get_mut(&n).expect("listed");
+        for (&n, inf) in self.infra.iter_mut() {
             match inf.conn {
                 None => {
                     if !inf.dialing && now >= inf.next_try && (inf.home || now < inf.needed_until) {
@@ -1572,8 +1575,8 @@ impl Node {
                 Some(_) if !inf.home => {}
                 Some(_) => {
                     // Register when due (see above), discover now and then.
-                    if due(inf) {
-                        inf.registered = registered.clone();
+                    if due(inf, &self.reach) {
+                        inf.registered = Some((ns, self.reach.clone()));
                         self.actions.push_back(Action::Register {
                             server: n,
                             ns,
@@ -1643,15 +1646,11 @@ impl Node {
     }
 
     fn publish_member(&mut self, now: Instant, verifier: &mut dyn Verifier) {
-        let m = Member {
-            net: self.cfg.net,
-            name: self.name.clone(),
-            reach: self.reach.clone(),
-        };
-        let current = self
-            .ledger
-            .get(&self.me, K_MEMBER)
-            .and_then(|b| postcard::from_bytes::<Member>(b).ok());
+        // Our entry as the ledger holds it (the member table mirrors member entries).
+        let current = self.member_table.get(&self.me);
+        let same = current
+            .is_some_and(|c| c.net == self.cfg.net && c.name == self.name && c.reach == self.reach);
+        let published = current.is_some();
         // Publish once reachability is known and, behind NAT, a relay holds our reservation
         // (each change after the first entry is a new version every member receives); with
         // no bootstrap nodes at once, and at the latest after the grace period.
@@ -1663,10 +1662,15 @@ impl Node {
         // A member ranked below the ledger's cap is known by its rendezvous records and
         // connections, not by a ledger entry.
         if known
-            && current.as_ref() != Some(&m)
+            && !same
             && !self.ledger.outranked(&self.me)
-            && (current.is_some() || self.may_join_ledger(now))
+            && (published || self.may_join_ledger(now))
         {
+            let m = Member {
+                net: self.cfg.net,
+                name: self.name.clone(),
+                reach: self.reach.clone(),
+            };
             self.member_version += 1;
             let v = self.member_version.max(
                 self.ledger
