@@ -1276,10 +1276,9 @@ impl Node {
             self.head_gap = Duration::from_micros(
                 (self.head_gap.as_micros() * 2).min(self.cfg.head_interval.as_micros() * 4),
             );
-            let buckets = self.ledger.bucket_digests();
-            let conns: Vec<ConnRef> = self.token_conns();
-            for c in conns {
-                self.send(now, c, &Wire::Head(buckets));
+            let (kind, bytes) = self.encode(now, &Wire::Head(self.ledger.bucket_digests()));
+            for c in self.token_conns() {
+                self.send_encoded(c, kind, bytes.clone());
             }
         }
         match self.cfg.mode {
@@ -1342,6 +1341,12 @@ impl Node {
     }
 
     fn send(&mut self, now: Instant, conn: ConnRef, msg: &Wire) {
+        let (kind, bytes) = self.encode(now, msg);
+        self.send_encoded(conn, kind, bytes);
+    }
+
+    /// A message as framed on the wire, with its kind (for the stats).
+    fn encode(&mut self, now: Instant, msg: &Wire) -> (usize, Vec<u8>) {
         let plain = postcard::to_allocvec(msg).expect("plain data serializes");
         // Frames: FRAME_SEALED + nonce + ciphertext (the Hello), FRAME_PLAIN + message.
         let bytes = if matches!(msg, Wire::Hello { .. }) {
@@ -1361,6 +1366,11 @@ impl Node {
             Wire::Entries { .. } => 3,
             Wire::Lease(_) => 4,
         };
+        (kind, bytes)
+    }
+
+    /// Sends what [`Node::encode`] made (one encoding may go to several peers).
+    fn send_encoded(&mut self, conn: ConnRef, kind: usize, bytes: Vec<u8>) {
         self.stats.messages_by_kind[kind] += 1;
         self.stats.bytes_by_kind[kind] += bytes.len() as u64;
         self.stats.messages_sent += 1;
@@ -1402,6 +1412,9 @@ impl Node {
             return;
         }
         let mine = self.ledger.bucket_digests();
+        if mine == *theirs {
+            return;
+        }
         // The differing buckets, as many as fit one summary.
         let sizes = self.ledger.bucket_sizes();
         let mut mask = 0u16;
@@ -1469,23 +1482,27 @@ impl Node {
         }
         // Push to a random subset (about ln N + 1 peers); the periodic bucket comparison
         // repairs what the epidemic misses.
+        // Peers get the same batch unless they sent us some of it: each distinct batch is
+        // encoded once.
         let targets = self.connected_best();
+        let mut encoded: Vec<(Vec<usize>, usize, Vec<u8>)> = Vec::new();
         for (n, c) in self.fanout_sample(targets) {
-            let batch: Vec<Entry> = out
-                .iter()
-                .filter(|(_, holders)| !holders.contains(&n))
-                .map(|(e, _)| e.clone())
-                .collect();
-            if !batch.is_empty() {
-                self.send(
-                    now,
-                    c,
-                    &Wire::Entries {
-                        entries: batch,
-                        push: true,
-                    },
-                );
+            let picks: Vec<usize> = (0..out.len()).filter(|&i| !out[i].1.contains(&n)).collect();
+            if picks.is_empty() {
+                continue;
             }
+            if let Some((_, kind, bytes)) = encoded.iter().find(|(p, _, _)| *p == picks) {
+                let (kind, bytes) = (*kind, bytes.clone());
+                self.send_encoded(c, kind, bytes);
+                continue;
+            }
+            let msg = Wire::Entries {
+                entries: picks.iter().map(|&i| out[i].0.clone()).collect(),
+                push: true,
+            };
+            let (kind, bytes) = self.encode(now, &msg);
+            encoded.push((picks, kind, bytes.clone()));
+            self.send_encoded(c, kind, bytes);
         }
     }
 
