@@ -56,6 +56,16 @@ fn a_mesh_larger_than_the_ledger_cap_keeps_a_bounded_ledger_and_heals() {
         "{} entries: the cap did not hold",
         o.metrics.ledger_entries
     );
+    // Leases stay within the council (electorate, masters, leader): each renewal of the 3
+    // holders (every 10 s) reaches each member at most once from each other member. A flood
+    // through all 150 nodes would be ten times this.
+    let council = 5 + 3 + 1;
+    let bound = 3 * council * (council - 1) * (150 / 10 + 2);
+    assert!(
+        o.metrics.messages_by_kind[4] <= bound as u64,
+        "{} lease messages, more than the council's {bound}",
+        o.metrics.messages_by_kind[4]
+    );
 }
 
 #[test]

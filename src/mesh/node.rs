@@ -1481,9 +1481,8 @@ impl Node {
             return;
         }
         // Push to a random subset (about ln N + 1 peers); the periodic bucket comparison
-        // repairs what the epidemic misses.
-        // Peers get the same batch unless they sent us some of it: each distinct batch is
-        // encoded once.
+        // repairs what the epidemic misses. Peers get the same batch unless they sent us some
+        // of it: each distinct batch is encoded once.
         let targets = self.connected_best();
         let mut encoded: Vec<(Vec<usize>, usize, Vec<u8>)> = Vec::new();
         for (n, c) in self.fanout_sample(targets) {
