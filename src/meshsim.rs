@@ -24,7 +24,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::mesh::ledger::{Ledger, MemoVerifier};
+use crate::mesh::ledger::{Ledger, MemoCrypto};
 use crate::mesh::node::{
     Action, Bootstrap, ConnRef, Mode, NetId, Node, NodeConfig, NodeEvent, PathKind,
 };
@@ -500,7 +500,7 @@ struct World<'t> {
     nodes: Vec<SimNode>,
     by_host: BTreeMap<HostId, usize>,
     bootstrap: Vec<HostId>,
-    verifier: MemoVerifier,
+    crypto: MemoCrypto,
     hasher: Sha256,
     trace: &'t mut dyn TraceSink,
     /// Every cluster-init any node ran (a node running it twice counts twice).
@@ -669,7 +669,7 @@ impl World<'_> {
         }
         let local = self.local(i, now);
         let node = self.nodes[i].node.as_mut().expect("checked");
-        let v = &mut self.verifier;
+        let v = &mut self.crypto;
         let mut digest: Vec<u8> = Vec::new();
         let tag = match step {
             Step::Wake(_) => {
@@ -1003,7 +1003,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         nodes,
         by_host,
         bootstrap,
-        verifier: MemoVerifier::default(),
+        crypto: MemoCrypto::default(),
         hasher: Sha256::new(),
         trace,
         cluster_inits: Vec::new(),
@@ -1258,8 +1258,8 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         relayed_paths_at_end: relayed / 2,
         cluster_inits: w.cluster_inits.len(),
         leader_epochs: w.max_epoch,
-        signature_checks: w.verifier.checks,
-        signature_memo_hits: w.verifier.hits,
+        signature_checks: w.crypto.checks,
+        signature_memo_hits: w.crypto.hits,
         ledger_entries: live.first().map_or(0, |&i| {
             w.nodes[i].node.as_ref().expect("live").ledger().len()
         }),

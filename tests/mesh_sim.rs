@@ -38,7 +38,8 @@ fn the_probelab_mix_with_intruders_passes() {
 /// best-ranked members only; the leader dies and the electorate (drawn from those) elects
 /// another. What each node replicates stays bounded by the cap, not by the mesh.
 #[test]
-fn a_mesh_larger_than_the_ledger_cap_keeps_a_bounded_ledger_and_heals() {
+fn a_mesh_larger_than_the_ledger_cap_keeps_a_bounded_ledger_heals_and_keeps_leases_in_the_council()
+{
     let f = SimFile::parse(
         "name = 'capped-150'\nduration = 150\nminimum_nodes = 5\nha_masters = 2\nbootstrap = 3\n\
          [[group]]\ncount = 50\nplacement = 'public'\n\

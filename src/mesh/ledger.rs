@@ -16,8 +16,9 @@
 //! election needs of the membership (the best-ranked members) is always kept, and a mesh of
 //! any size replicates a bounded map.
 //!
-//! Pure: no clock, no IO. Signature checks go through a [`Verifier`], so a simulator can
-//! memoize the same check across thousands of simulated nodes (the check still happens).
+//! Pure: no clock, no IO. Signature checks go through a [`Crypto`], the node's pure
+//! crypto work, so a simulator can memoize the same check across thousands of simulated
+//! nodes (the check still happens once).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -87,9 +88,10 @@ impl Entry {
     }
 }
 
-/// Checks signatures and opens sealed rendezvous records. Implementations may remember
-/// results; they may not skip the check or the decryption.
-pub trait Verifier {
+/// The pure crypto work a node asks for: checking signatures and opening sealed
+/// rendezvous records. Implementations may remember results (the same bytes give the same
+/// answer); they may not skip the check or the decryption.
+pub trait Crypto {
     fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool;
 
     /// Opens a sealed record (`nonce ‖ ciphertext ‖ tag`) with `key`.
@@ -98,11 +100,11 @@ pub trait Verifier {
     }
 }
 
-/// Checks every signature.
+/// Does every check and every decryption afresh (the real driver's).
 #[derive(Debug, Default)]
-pub struct Ed25519;
+pub struct FreshCrypto;
 
-impl Verifier for Ed25519 {
+impl Crypto for FreshCrypto {
     fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool {
         let Ok(key) = VerifyingKey::from_bytes(owner) else {
             return false;
@@ -116,18 +118,22 @@ impl Verifier for Ed25519 {
 /// simulator shares one across simulated nodes, which all check the same entries and open
 /// the same records.
 #[derive(Debug, Default)]
-pub struct MemoVerifier {
+pub struct MemoCrypto {
     seen: HashMap<[u8; 32], bool>,
-    /// `key ‖ sealed` -> what it opened to.
-    opened: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Per key: sealed record -> what it opened to (looked up by slice, no copy on a hit).
+    opened: HashMap<[u8; 32], Opened>,
+    opened_len: usize,
     pub checks: u64,
     pub hits: u64,
 }
 
+/// Sealed record -> its plaintext, or `None` when it did not open.
+type Opened = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// Records remembered at most; the memo starts over when full.
 const OPENED_MAX: usize = 1 << 18;
 
-impl Verifier for MemoVerifier {
+impl Crypto for MemoCrypto {
     fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool {
         let mut h = Sha256::new();
         h.update(owner);
@@ -139,21 +145,25 @@ impl Verifier for MemoVerifier {
             return *v;
         }
         self.checks += 1;
-        let v = Ed25519.verify(owner, msg, sig);
+        let v = FreshCrypto.verify(owner, msg, sig);
         self.seen.insert(id, v);
         v
     }
 
     fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
-        let id = [key.as_slice(), sealed].concat();
-        if let Some(v) = self.opened.get(&id) {
+        if let Some(v) = self.opened.get(key).and_then(|m| m.get(sealed)) {
             return v.clone();
         }
-        if self.opened.len() >= OPENED_MAX {
+        if self.opened_len >= OPENED_MAX {
             self.opened.clear();
+            self.opened_len = 0;
         }
         let v = crate::mesh::token::open(key, sealed);
-        self.opened.insert(id, v.clone());
+        self.opened
+            .entry(*key)
+            .or_default()
+            .insert(sealed.to_vec(), v.clone());
+        self.opened_len += 1;
         v
     }
 }
@@ -299,7 +309,7 @@ impl Ledger {
 
     /// Checks and merges one entry. A copy of what is already held (same version and
     /// signature) or anything older is recognised without hashing or verifying.
-    pub fn apply(&mut self, e: Entry, v: &mut dyn Verifier) -> Result<Applied, LedgerError> {
+    pub fn apply(&mut self, e: Entry, v: &mut dyn Crypto) -> Result<Applied, LedgerError> {
         if e.key.len() > KEY_BYTES_MAX {
             return Err(LedgerError::KeyTooLong(e.key.len()));
         }
@@ -367,7 +377,7 @@ impl Ledger {
     }
 
     /// Merges everything `other` holds (already verified there, verified again here).
-    pub fn merge(&mut self, other: &Ledger, v: &mut dyn Verifier) -> usize {
+    pub fn merge(&mut self, other: &Ledger, v: &mut dyn Crypto) -> usize {
         other
             .entries()
             .filter(|e| matches!(self.apply((*e).clone(), v), Ok(Applied::Changed)))
@@ -485,7 +495,7 @@ mod tests {
         let good = seal(&key, [1; 12], b"record");
         let mut tampered = good.clone();
         *tampered.last_mut().expect("not empty") ^= 1;
-        let mut memo = MemoVerifier::default();
+        let mut memo = MemoCrypto::default();
         for _ in 0..2 {
             for (k, sealed) in [(&key, &good), (&other, &good), (&key, &tampered)] {
                 assert_eq!(memo.open_record(k, sealed), open(k, sealed));
@@ -502,7 +512,7 @@ mod tests {
     fn owners_write_their_own_entries_only() {
         let (a, b) = (signer(1), signer(2));
         let mut l = Ledger::new(1024);
-        let mut v = Ed25519;
+        let mut v = FreshCrypto;
         let e = Entry::signed(&a, "role", 1, Some(b"master".to_vec()));
         assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Changed));
         assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Stale));
@@ -534,10 +544,10 @@ mod tests {
     }
 
     #[test]
-    fn the_memo_verifier_checks_each_signature_once() {
+    fn the_memo_checks_each_signature_once() {
         let a = signer(3);
         let e = Entry::signed(&a, "k", 1, Some(b"v".to_vec()));
-        let mut memo = MemoVerifier::default();
+        let mut memo = MemoCrypto::default();
         for _ in 0..5 {
             let mut l = Ledger::new(1024);
             l.apply(e.clone(), &mut memo).unwrap();
@@ -577,7 +587,7 @@ mod tests {
         signed_entries(3, 3, 4, 24)
     }
 
-    fn ledger(es: &[Entry], v: &mut MemoVerifier) -> Ledger {
+    fn ledger(es: &[Entry], v: &mut MemoCrypto) -> Ledger {
         let mut l = Ledger::new(16);
         for e in es {
             let _ = l.apply(e.clone(), v);
@@ -585,7 +595,7 @@ mod tests {
         l
     }
 
-    fn merged(a: &Ledger, b: &Ledger, v: &mut MemoVerifier) -> Ledger {
+    fn merged(a: &Ledger, b: &Ledger, v: &mut MemoCrypto) -> Ledger {
         let mut m = a.clone();
         m.merge(b, v);
         m
@@ -596,7 +606,7 @@ mod tests {
         signed_entries(6, 2, 3, 30)
     }
 
-    fn capped(es: &[Entry], v: &mut MemoVerifier) -> Ledger {
+    fn capped(es: &[Entry], v: &mut MemoCrypto) -> Ledger {
         let mut l = Ledger::with_owner_cap(16, 3);
         for e in es {
             let _ = l.apply(e.clone(), v);
@@ -617,7 +627,7 @@ mod tests {
             .map(|s| s.verifying_key().to_bytes())
             .collect();
         owners.sort_by_key(owner_rank);
-        let mut v = Ed25519;
+        let mut v = FreshCrypto;
         let mut l = Ledger::with_owner_cap(16, 3);
         // Worst first: each better owner evicts the worst held once the cap is reached.
         for o in owners.iter().rev() {
@@ -662,7 +672,7 @@ mod tests {
         fn merge_is_commutative_associative_idempotent(
             a in entries(), b in entries(), c in entries()
         ) {
-            let mut v = MemoVerifier::default();
+            let mut v = MemoCrypto::default();
             let (la, lb, lc) = (ledger(&a, &mut v), ledger(&b, &mut v), ledger(&c, &mut v));
             prop_assert_eq!(merged(&la, &lb, &mut v), merged(&lb, &la, &mut v));
             prop_assert_eq!(
@@ -680,7 +690,7 @@ mod tests {
         /// top 3 of every owner seen, whatever the order or grouping.
         #[test]
         fn capped_merge_is_a_join_too(a in capped_entries(), b in capped_entries(), c in capped_entries()) {
-            let mut v = MemoVerifier::default();
+            let mut v = MemoCrypto::default();
             let (la, lb, lc) = (capped(&a, &mut v), capped(&b, &mut v), capped(&c, &mut v));
             prop_assert_eq!(held(&merged(&la, &lb, &mut v)), held(&merged(&lb, &la, &mut v)));
             prop_assert_eq!(
@@ -703,7 +713,7 @@ mod tests {
 
         #[test]
         fn anti_entropy_converges_two_replicas(a in entries(), b in entries()) {
-            let mut v = MemoVerifier::default();
+            let mut v = MemoCrypto::default();
             let (mut la, mut lb) = (ledger(&a, &mut v), ledger(&b, &mut v));
             for e in lb.newer_than(&la.versions(ALL_BUCKETS), ALL_BUCKETS) {
                 let _ = la.apply(e, &mut v);
@@ -719,7 +729,7 @@ mod tests {
         /// equal, and then every bucket digest agrees.
         #[test]
         fn exchanging_only_differing_buckets_converges(a in entries(), b in entries()) {
-            let mut v = MemoVerifier::default();
+            let mut v = MemoCrypto::default();
             let (mut la, mut lb) = (ledger(&a, &mut v), ledger(&b, &mut v));
             let (da, db) = (la.bucket_digests(), lb.bucket_digests());
             let mask = (0..BUCKETS).filter(|&i| da[i] != db[i]).fold(0u16, |m, i| m | (1 << i));

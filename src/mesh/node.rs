@@ -56,7 +56,7 @@ use bootyard_sim::{Duration, Instant, Rng};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{Applied, Entry, Ledger, PeerKey, Verifier, Version, BUCKETS};
+use super::ledger::{Applied, Crypto, Entry, Ledger, PeerKey, Version, BUCKETS};
 use super::roles::{fnv32a, kairos_assign, kairos_leader, key_fnv, key_rank, Assignment, Role};
 use super::token::{self, NetworkToken};
 
@@ -355,6 +355,17 @@ struct Peer {
     record: Option<u64>,
 }
 
+impl Peer {
+    /// Its best verified connection (direct before relayed) and that path's kind.
+    fn best_verified(&self) -> Option<(ConnRef, PathKind)> {
+        self.conns
+            .iter()
+            .filter(|(c, _)| self.verified.contains(c))
+            .min_by_key(|(_, k)| **k)
+            .map(|(c, k)| (*c, *k))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Infra {
     addr: Option<Addr>,
@@ -452,31 +463,31 @@ pub struct Node {
     cluster_cache: Memo<Option<Arc<Cluster>>>,
     /// Bumped whenever what decides the wanted peers changes.
     peers_gen: u64,
-    wanted_cache: Memo<Vec<NetId>>,
+    wanted_cache: Memo<Vec<NetId>, (u64, u64)>,
     /// Bumped whenever a peer connection opens, closes or is verified.
     conns_gen: u64,
     connected_cache: Memo<Vec<(NetId, ConnRef)>>,
-    unpathed_cache: Memo<Vec<NetId>>,
+    unpathed_cache: Memo<Vec<NetId>, (u64, u64)>,
     pub stats: NodeStats,
 }
 
-/// A value derived from state that carries a generation number: recomputed only when the
-/// generation moved.
-struct Memo<T>(RefCell<Option<(u64, T)>>);
+/// A value derived from state that carries a generation (a counter, or a tuple of them):
+/// recomputed only when the generation moved.
+struct Memo<T, G = u64>(RefCell<Option<(G, T)>>);
 
-impl<T> Default for Memo<T> {
+impl<T, G> Default for Memo<T, G> {
     fn default() -> Self {
         Self(RefCell::new(None))
     }
 }
 
-impl<T: Clone> Memo<T> {
+impl<T: Clone, G: PartialEq> Memo<T, G> {
     /// The value last computed, whatever its generation.
     fn peek(&self) -> Option<T> {
         self.0.borrow().as_ref().map(|(_, v)| v.clone())
     }
 
-    fn get(&self, generation: u64, compute: impl FnOnce() -> T) -> T {
+    fn get(&self, generation: G, compute: impl FnOnce() -> T) -> T {
         if let Some((g, v)) = self.0.borrow().as_ref() {
             if *g == generation {
                 return v.clone();
@@ -615,7 +626,7 @@ impl Node {
     }
 
     /// Handles a lease renewal: a newer, correctly signed one is recorded and passed on.
-    fn on_lease(&mut self, now: Instant, from: NetId, e: Entry, verifier: &mut dyn Verifier) {
+    fn on_lease(&mut self, now: Instant, from: NetId, e: Entry, crypto: &mut dyn Crypto) {
         if e.key != K_LEASE || e.value.is_some() {
             return;
         }
@@ -633,7 +644,7 @@ impl Node {
         {
             return;
         }
-        if !verifier.verify(&e.owner, &e.signed_bytes(), &e.sig) {
+        if !crypto.verify(&e.owner, &e.signed_bytes(), &e.sig) {
             self.stats.messages_refused += 1;
             return;
         }
@@ -660,8 +671,9 @@ impl Node {
             })
             .map(|(_, c)| c)
             .collect();
+        let (kind, bytes) = self.encode(now, &Wire::Lease(e.clone()));
         for c in targets {
-            self.send(now, c, &Wire::Lease(e.clone()));
+            self.send_encoded(c, kind, bytes.clone());
         }
     }
 
@@ -760,14 +772,8 @@ impl Node {
         self.wanted()
             .into_iter()
             .map(|n| {
-                let best = self.peers.get(&n).and_then(|p| {
-                    p.conns
-                        .iter()
-                        .filter(|(c, _)| p.verified.contains(c))
-                        .map(|(_, k)| *k)
-                        .min()
-                });
-                (n, best)
+                let best = self.peers.get(&n).and_then(Peer::best_verified);
+                (n, best.map(|(_, k)| k))
             })
             .collect()
     }
@@ -787,14 +793,7 @@ impl Node {
     pub fn paths(&self) -> BTreeMap<NetId, PathKind> {
         self.peers
             .iter()
-            .filter_map(|(n, p)| {
-                p.conns
-                    .iter()
-                    .filter(|(c, _)| p.verified.contains(c))
-                    .map(|(_, k)| *k)
-                    .min()
-                    .map(|k| (*n, k))
-            })
+            .filter_map(|(n, p)| p.best_verified().map(|(_, k)| (*n, k)))
             .collect()
     }
 
@@ -937,7 +936,7 @@ impl Node {
         &mut self,
         now: Instant,
         records: Vec<(NetId, Vec<u8>)>,
-        verifier: &mut dyn Verifier,
+        crypto: &mut dyn Crypto,
     ) {
         for (net, sealed) in records {
             if net == self.cfg.net {
@@ -960,7 +959,7 @@ impl Node {
                     }
                 }
             }
-            let Some(bytes) = self.open_record(now, &sealed, verifier) else {
+            let Some(bytes) = self.open_record(now, &sealed, crypto) else {
                 continue; // another mesh's record, or garbage
             };
             let Ok(r) = postcard::from_bytes::<Record>(&bytes) else {
@@ -1059,7 +1058,7 @@ impl Node {
         now: Instant,
         conn: ConnRef,
         bytes: &[u8],
-        verifier: &mut dyn Verifier,
+        crypto: &mut dyn Crypto,
     ) {
         let Some(&peer) = self.conn_peer.get(&conn) else {
             return;
@@ -1186,14 +1185,14 @@ impl Node {
                     );
                 }
             }
-            Wire::Lease(e) => self.on_lease(now, peer, e, verifier),
+            Wire::Lease(e) => self.on_lease(now, peer, e, crypto),
             Wire::Entries { entries, push } => {
                 if !push {
                     self.pull_until = None;
                 }
                 let mut changed = false;
                 for e in entries {
-                    match self.ledger.apply(e.clone(), verifier) {
+                    match self.ledger.apply(e.clone(), crypto) {
                         Ok(Applied::Changed) => {
                             self.entry_changed(&e);
                             self.stats.entries_applied += 1;
@@ -1223,7 +1222,7 @@ impl Node {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+    pub fn handle_timeout(&mut self, now: Instant, crypto: &mut dyn Crypto) {
         if self.flush_at.is_some_and(|f| f <= now) {
             self.flush(now);
         }
@@ -1269,7 +1268,7 @@ impl Node {
         }
         self.maintain_infra(now);
         self.maintain_relay(now);
-        self.publish_member(now, verifier);
+        self.publish_member(now, crypto);
         self.maintain_paths(now);
         if now >= self.next_head {
             self.next_head = now + self.head_gap;
@@ -1282,8 +1281,8 @@ impl Node {
             }
         }
         match self.cfg.mode {
-            Mode::Quorum => self.elect_quorum(now, verifier),
-            Mode::Kairos => self.elect_kairos(now, verifier),
+            Mode::Quorum => self.elect_quorum(now, crypto),
+            Mode::Kairos => self.elect_kairos(now, crypto),
         }
         self.follow(now);
     }
@@ -1318,26 +1317,31 @@ impl Node {
 
     /// Opens a sealed Hello with the current, previous or next window's key.
     fn open(&mut self, now: Instant, sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() > SEALED_BYTES_MAX {
-            return None;
-        }
-        self.keys(now).iter().find_map(|k| token::open(k, sealed))
+        self.open_with(now, sealed, token::open)
     }
 
-    /// Opens a rendezvous record: as [`Node::open`], through `verifier`, which may remember
+    /// Opens a rendezvous record: as [`Node::open`], through `crypto`, which may remember
     /// records (every node that discovers one opens the same bytes).
     fn open_record(
         &mut self,
         now: Instant,
         sealed: &[u8],
-        verifier: &mut dyn Verifier,
+        crypto: &mut dyn Crypto,
+    ) -> Option<Vec<u8>> {
+        self.open_with(now, sealed, |k, s| crypto.open_record(k, s))
+    }
+
+    /// Tries `open` with each window's key, on anything not too large to open.
+    fn open_with(
+        &mut self,
+        now: Instant,
+        sealed: &[u8],
+        mut open: impl FnMut(&[u8; 32], &[u8]) -> Option<Vec<u8>>,
     ) -> Option<Vec<u8>> {
         if sealed.len() > SEALED_BYTES_MAX {
             return None;
         }
-        self.keys(now)
-            .iter()
-            .find_map(|k| verifier.open_record(k, sealed))
+        self.keys(now).iter().find_map(|k| open(k, sealed))
     }
 
     fn send(&mut self, now: Instant, conn: ConnRef, msg: &Wire) {
@@ -1392,14 +1396,7 @@ impl Node {
             peers.dedup();
             peers
                 .into_iter()
-                .filter_map(|n| {
-                    let p = self.peers.get(&n)?;
-                    p.conns
-                        .iter()
-                        .filter(|(c, _)| p.verified.contains(c))
-                        .min_by_key(|(_, k)| **k)
-                        .map(|(c, _)| (n, *c))
-                })
+                .filter_map(|n| Some((n, self.peers.get(&n)?.best_verified()?.0)))
                 .collect()
         })
     }
@@ -1511,10 +1508,10 @@ impl Node {
         key: &str,
         version: u64,
         value: Vec<u8>,
-        verifier: &mut dyn Verifier,
+        crypto: &mut dyn Crypto,
     ) {
         let e = Entry::signed(&self.signer, key, version, Some(value));
-        if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), verifier) {
+        if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), crypto) {
             self.entry_changed(&e);
             self.outbox.push((e, Vec::new()));
             self.ledger_changed(now);
@@ -1661,7 +1658,7 @@ impl Node {
         self.actions.push_back(Action::Reserve { relay: r });
     }
 
-    fn publish_member(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+    fn publish_member(&mut self, now: Instant, crypto: &mut dyn Crypto) {
         // Our entry as the ledger holds it (the member table mirrors member entries).
         let current = self.member_table.get(&self.me);
         let same = current
@@ -1696,7 +1693,7 @@ impl Node {
             );
             self.member_version = v;
             let bytes = postcard::to_allocvec(&m).expect("serializes");
-            self.write(now, K_MEMBER, v, bytes, verifier);
+            self.write(now, K_MEMBER, v, bytes, crypto);
         }
         // Peers learned from the ledger: the members that changed.
         let changed = std::mem::take(&mut self.member_changed);
@@ -1838,9 +1835,9 @@ impl Node {
     }
 
     /// What the wanted peers depend on: the peer table, and (for a council member) the
-    /// cluster decision. Both generations only grow, so their sum moves when either does.
-    fn wanted_gen(&self) -> u64 {
-        self.peers_gen + self.roles_gen
+    /// cluster decision.
+    fn wanted_gen(&self) -> (u64, u64) {
+        (self.peers_gen, self.roles_gen)
     }
 
     fn maintain_paths(&mut self, now: Instant) {
@@ -1971,12 +1968,12 @@ impl Node {
             .max_by_key(|v| v.epoch)
     }
 
-    fn vote(&mut self, now: Instant, epoch: u64, candidate: PeerKey, verifier: &mut dyn Verifier) {
+    fn vote(&mut self, now: Instant, epoch: u64, candidate: PeerKey, crypto: &mut dyn Crypto) {
         if self.my_vote().is_some_and(|v| v.epoch >= epoch) {
             return;
         }
         let bytes = postcard::to_allocvec(&Vote { epoch, candidate }).expect("serializes");
-        self.write(now, &vote_key(epoch), 1, bytes, verifier);
+        self.write(now, &vote_key(epoch), 1, bytes, crypto);
         self.vote_cast = Some((epoch, now));
     }
 
@@ -1997,7 +1994,7 @@ impl Node {
         format!("https://{}:{}", a.ip(), self.cfg.k3s_port)
     }
 
-    fn elect_quorum(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+    fn elect_quorum(&mut self, now: Instant, crypto: &mut dyn Crypto) {
         let current = self.valid_cluster();
         if let Some(c) = &current {
             let watch: Vec<PeerKey> = c.masters.iter().chain([&c.leader]).copied().collect();
@@ -2039,7 +2036,7 @@ impl Node {
                     (Some(v), _) => v.epoch,
                     (None, _) => 1,
                 };
-                self.vote(now, epoch, cand, verifier);
+                self.vote(now, epoch, cand, crypto);
                 if cand == self.me && self.votes_for(epoch, &self.me, &ranked) * 2 > ranked.len() {
                     let token = format!(
                         "K10{:016x}{:016x}",
@@ -2058,7 +2055,7 @@ impl Node {
                             token,
                         },
                     };
-                    self.write_cluster(now, &c, verifier);
+                    self.write_cluster(now, &c, crypto);
                 }
             }
             Some(c) => {
@@ -2067,11 +2064,11 @@ impl Node {
                     self.skipped_epoch = c.epoch;
                 }
                 if c.leader == self.me {
-                    self.lead(now, c, verifier);
+                    self.lead(now, c, crypto);
                     return;
                 }
                 if c.masters.contains(&self.me) {
-                    self.heartbeat(now, verifier);
+                    self.heartbeat(now, crypto);
                 }
                 if !c.electorate.contains(&self.me) {
                     return;
@@ -2115,7 +2112,7 @@ impl Node {
                     )
                 });
                 let Some(&cand) = cands.first() else { return };
-                self.vote(now, epoch, cand, verifier);
+                self.vote(now, epoch, cand, crypto);
                 if cand == self.me
                     && self.votes_for(epoch, &self.me, &c.electorate) * 2 > c.electorate.len()
                 {
@@ -2142,7 +2139,7 @@ impl Node {
                             token: c.join.token.clone(),
                         },
                     };
-                    self.write_cluster(now, &n, verifier);
+                    self.write_cluster(now, &n, crypto);
                 }
             }
         }
@@ -2182,16 +2179,16 @@ impl Node {
         masters
     }
 
-    fn write_cluster(&mut self, now: Instant, c: &Cluster, verifier: &mut dyn Verifier) {
+    fn write_cluster(&mut self, now: Instant, c: &Cluster, crypto: &mut dyn Crypto) {
         // One record per epoch: earlier decisions stay, and keep proving later ones.
         let key = format!("{K_CLUSTER}/{}", c.epoch);
         let v = self.ledger.entry(&self.me, &key).map_or(0, |e| e.version) + 1;
         let bytes = postcard::to_allocvec(c).expect("serializes");
-        self.write(now, &key, v, bytes, verifier);
+        self.write(now, &key, v, bytes, crypto);
         self.next_lease = now;
     }
 
-    fn heartbeat(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+    fn heartbeat(&mut self, now: Instant, crypto: &mut dyn Crypto) {
         if now >= self.next_lease {
             self.next_lease = now + self.cfg.lease_interval;
             // Versions are wall-clock milliseconds, so a restarted master's renewals rank
@@ -2199,15 +2196,15 @@ impl Node {
             let wall_ms = self.cfg.epoch_secs * 1000 + now.as_micros() / 1000;
             self.lease_version = (self.lease_version + 1).max(wall_ms);
             let e = Entry::signed(&self.signer, K_LEASE, self.lease_version, None);
-            let _ = verifier;
+            let _ = crypto;
             self.leases.insert(self.me, (self.lease_version, now));
             self.forward_lease(now, None, &e);
         }
     }
 
     /// As leader: renew the lease and replace masters whose leases stopped.
-    fn lead(&mut self, now: Instant, c: Arc<Cluster>, verifier: &mut dyn Verifier) {
-        self.heartbeat(now, verifier);
+    fn lead(&mut self, now: Instant, c: Arc<Cluster>, crypto: &mut dyn Crypto) {
+        self.heartbeat(now, crypto);
         if now.since(self.started) <= self.cfg.lease_timeout {
             return;
         }
@@ -2227,11 +2224,11 @@ impl Node {
                 masters,
                 ..(*c).clone()
             };
-            self.write_cluster(now, &n, verifier);
+            self.write_cluster(now, &n, crypto);
         }
     }
 
-    fn elect_kairos(&mut self, now: Instant, verifier: &mut dyn Verifier) {
+    fn elect_kairos(&mut self, now: Instant, crypto: &mut dyn Crypto) {
         let members = self.members();
         if members.len() < self.cfg.minimum_nodes {
             return;
@@ -2247,7 +2244,7 @@ impl Node {
                 &mut self.rng,
             ) {
                 let bytes = postcard::to_allocvec(&a).expect("serializes");
-                self.write(now, K_ROLES, 1, bytes, verifier);
+                self.write(now, K_ROLES, 1, bytes, crypto);
             }
         }
         if let Some((Role::ClusterInit, _)) = self
@@ -2265,7 +2262,7 @@ impl Node {
                     token,
                 })
                 .expect("serializes");
-                self.write(now, K_JOIN, 1, bytes, verifier);
+                self.write(now, K_JOIN, 1, bytes, crypto);
             }
         }
     }
@@ -2367,7 +2364,7 @@ fn pair_score(a: NetId, b: NetId) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::ledger::MemoVerifier;
+    use crate::mesh::ledger::MemoCrypto;
 
     fn node(token: &Arc<NetworkToken>, id: u64) -> Node {
         let mut cfg = NodeConfig::new(NetId(id), token.clone());
@@ -2388,7 +2385,7 @@ mod tests {
     }
 
     /// Runs a connected pair for 20 virtual seconds, carrying what each sends on `conn`.
-    fn talk(a: &mut Node, b: &mut Node, conn: ConnRef, v: &mut MemoVerifier) {
+    fn talk(a: &mut Node, b: &mut Node, conn: ConnRef, v: &mut MemoCrypto) {
         let mut now = Instant::ZERO;
         for _ in 0..40 {
             now = now + Duration::from_millis(500);
@@ -2405,7 +2402,7 @@ mod tests {
     }
 
     /// Two nodes of one token, connected on `ConnRef(1)` and talked to agreement.
-    fn synced_pair(token: &Arc<NetworkToken>, v: &mut MemoVerifier) -> (Node, Node) {
+    fn synced_pair(token: &Arc<NetworkToken>, v: &mut MemoCrypto) -> (Node, Node) {
         let (mut a, mut b) = (node(token, 1), node(token, 2));
         let c = ConnRef(1);
         a.handle_connected(Instant::ZERO, c, NetId(2), PathKind::Direct, None);
@@ -2419,7 +2416,7 @@ mod tests {
     #[test]
     fn a_lost_hello_is_sent_again_and_plain_frames_wait_for_it() {
         let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
-        let mut v = MemoVerifier::default();
+        let mut v = MemoCrypto::default();
         let (mut a, mut b) = (node(&token, 1), node(&token, 2));
         let (c, t0) = (ConnRef(1), Instant::ZERO);
         a.handle_connected(t0, c, NetId(2), PathKind::Direct, None);
@@ -2460,7 +2457,7 @@ mod tests {
         let mut rng = Rng::seed(3);
         let token = Arc::new(NetworkToken::generate(&mut rng));
         let other = Arc::new(NetworkToken::generate(&mut rng));
-        let mut v = MemoVerifier::default();
+        let mut v = MemoCrypto::default();
         // Same token: the pair syncs, elects one cluster-init and the other gets join data.
         let (mut a, b) = synced_pair(&token, &mut v);
         assert_eq!(a.head(), b.head());
@@ -2496,7 +2493,7 @@ mod tests {
     #[test]
     fn a_restarted_founder_does_not_run_cluster_init_again() {
         let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
-        let mut v = MemoVerifier::default();
+        let mut v = MemoCrypto::default();
         let (a, b) = synced_pair(&token, &mut v);
         let founder = if a.did_cluster_init() { a } else { b };
         let id = if founder.cfg.net == NetId(1) { 1 } else { 2 };
