@@ -671,6 +671,8 @@ impl World<'_> {
         let node = self.nodes[i].node.as_mut().expect("checked");
         let v = &mut self.crypto;
         let mut digest: Vec<u8> = Vec::new();
+        // A message's bytes go into the trace hash as they are (not copied).
+        let mut message = None;
         let tag = match step {
             Step::Wake(_) => {
                 if self.nodes[i].wake.is_some_and(|w| w <= now) {
@@ -717,8 +719,8 @@ impl World<'_> {
                     13
                 }
                 Event::Message { conn, msg, .. } => {
-                    digest.extend(&msg.0);
                     node.handle_message(local, ConnRef(conn.0), &msg.0, v);
+                    message = Some(msg);
                     14
                 }
                 Event::Reserved { relay, ttl } => {
@@ -760,7 +762,10 @@ impl World<'_> {
                 Event::CommandFailed { .. } => 23,
             },
         };
-        self.hash_step(now, host, tag, &[&digest]);
+        match &message {
+            Some(m) => self.hash_step(now, host, tag, &[&m.0]),
+            None => self.hash_step(now, host, tag, &[&digest]),
+        }
         self.drain(i, now)
     }
 

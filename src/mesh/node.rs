@@ -373,7 +373,8 @@ struct Infra {
     dialing: bool,
     next_try: Instant,
     autonat: Option<bool>,
-    registered: Option<(u64, Reach)>,
+    /// The rendezvous namespace and reachability we registered (and `reach_gen` then).
+    registered: Option<(u64, u64, Reach)>,
     next_discover: Instant,
     /// Discovery starts eager and backs off to `discover_interval`.
     discover_gap: Duration,
@@ -412,6 +413,8 @@ pub struct Node {
     /// with when we last sent it: a Hello lost or overtaken is sent again.
     hello_unacked: BTreeMap<ConnRef, Instant>,
     reach: Reach,
+    /// Bumped whenever `reach` may have changed (see [`Node::reach_mut`]).
+    reach_gen: u64,
     relay: Option<(NetId, Instant)>,
     reserving: Option<NetId>,
     relay_next_try: Instant,
@@ -464,10 +467,15 @@ pub struct Node {
     /// Bumped whenever what decides the wanted peers changes.
     peers_gen: u64,
     wanted_cache: Memo<Vec<NetId>, (u64, u64)>,
+    /// Peers at [`PEER_FAILURES_MAX`] failed dials or more (see [`set_failures`]).
+    failed_peers: usize,
     /// Bumped whenever a peer connection opens, closes or is verified.
     conns_gen: u64,
     connected_cache: Memo<Vec<(NetId, ConnRef)>>,
     unpathed_cache: Memo<Vec<NetId>, (u64, u64)>,
+    /// Per (ledger, reach) generation: whether the ledger holds our member entry as it
+    /// should read now, whether it holds one at all, and whether our rank keeps us out.
+    publish_cache: Memo<(bool, bool, bool), (u64, u64)>,
     pub stats: NodeStats,
 }
 
@@ -555,6 +563,7 @@ impl Node {
                 direct: cfg.listen.clone(),
                 ..Reach::default()
             },
+            reach_gen: 0,
             relay: None,
             reserving: None,
             relay_next_try: now,
@@ -591,9 +600,11 @@ impl Node {
             cluster_cache: Memo::default(),
             peers_gen: 0,
             wanted_cache: Memo::default(),
+            failed_peers: 0,
             conns_gen: 0,
             connected_cache: Memo::default(),
             unpathed_cache: Memo::default(),
+            publish_cache: Memo::default(),
             stats: NodeStats::default(),
             cfg,
         }
@@ -603,6 +614,7 @@ impl Node {
     /// entries must survive a restart: a node never votes twice in one epoch).
     pub fn restore(&mut self, ledger: Ledger) {
         self.ledger = ledger;
+        self.gen += 1;
         let all: Vec<Entry> = self.ledger.entries().cloned().collect();
         for e in &all {
             self.entry_changed(e);
@@ -718,6 +730,16 @@ impl Node {
 
     pub fn reach(&self) -> &Reach {
         &self.reach
+    }
+
+    /// Changes our reachability; the generation moves when it did change (what compares
+    /// against it looks again).
+    fn set_reach(&mut self, change: impl FnOnce(&mut Reach)) {
+        let before = self.reach.clone();
+        change(&mut self.reach);
+        if self.reach != before {
+            self.reach_gen += 1;
+        }
     }
 
     pub fn did_cluster_init(&self) -> bool {
@@ -839,6 +861,7 @@ impl Node {
         // and the join address is built from these); the oldest goes when full.
         if let Some(o) = observed.filter(|_| self.infra.contains_key(&peer)) {
             if !self.reach.direct.contains(&o) {
+                self.reach_gen += 1;
                 if self.reach.direct.len() >= 8 {
                     let listen = &self.cfg.listen;
                     if let Some(i) = self.reach.direct.iter().position(|a| !listen.contains(a)) {
@@ -891,7 +914,7 @@ impl Node {
             if self.relay.is_some_and(|(r, _)| r == peer) || self.reserving == Some(peer) {
                 self.relay = None;
                 self.reserving = None;
-                self.reach.relay = None;
+                self.set_reach(|r| r.relay = None);
             }
         }
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -911,7 +934,7 @@ impl Node {
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.dialing = false;
-            p.failures += 1;
+            set_failures(p, p.failures + 1, &mut self.failed_peers);
             p.next_try = now + backoff(p.failures);
             if p.failures == PEER_FAILURES_MAX {
                 self.peers_gen += 1;
@@ -972,7 +995,7 @@ impl Node {
             p.record = Some(nonce);
             if !p.foreign && p.reach != r.reach {
                 p.reach = r.reach;
-                p.failures = 0;
+                set_failures(p, 0, &mut self.failed_peers);
                 p.next_try = now;
                 self.peers_gen += 1;
             }
@@ -986,6 +1009,10 @@ impl Node {
         if self.peers.len() < PEERS_MAX {
             return true;
         }
+        // Only a peer dropped for failing is of no use: none, no walk over the table.
+        if self.failed_peers == 0 {
+            return false;
+        }
         let useless = self
             .peers
             .iter()
@@ -994,6 +1021,7 @@ impl Node {
         match useless {
             Some(n) => {
                 self.peers.remove(&n);
+                self.failed_peers -= 1;
                 self.peers_gen += 1;
                 true
             }
@@ -1007,7 +1035,7 @@ impl Node {
         self.relay = Some((relay, renew));
         let addr = self.infra.get(&relay).and_then(|i| i.addr);
         if let Some(addr) = addr {
-            self.reach.relay = Some((relay, addr));
+            self.set_reach(|r| r.relay = Some((relay, addr)));
         }
         self.next_maintenance = now;
     }
@@ -1016,7 +1044,7 @@ impl Node {
         if self.reserving == Some(relay) || self.relay.is_some_and(|(r, _)| r == relay) {
             self.reserving = None;
             self.relay = None;
-            self.reach.relay = None;
+            self.set_reach(|r| r.relay = None);
         }
         if let Some(i) = self.infra.get_mut(&relay) {
             i.next_try = now + Duration::from_secs(30);
@@ -1029,7 +1057,11 @@ impl Node {
     /// it arrives.
     pub fn handle_relayed_dial_failed(&mut self, now: Instant, target: NetId) {
         if let Some(p) = self.peers.get_mut(&target) {
-            p.failures = p.failures.max(PEER_FAILURES_MAX - 1);
+            set_failures(
+                p,
+                p.failures.max(PEER_FAILURES_MAX - 1),
+                &mut self.failed_peers,
+            );
         }
         self.handle_dial_failed(now, target);
     }
@@ -1049,7 +1081,7 @@ impl Node {
         }
         let answers: Vec<bool> = self.infra.values().filter_map(|i| i.autonat).collect();
         let yes = answers.iter().filter(|a| **a).count();
-        self.reach.public = yes * 2 > answers.len();
+        self.set_reach(|r| r.public = yes * 2 > answers.len());
         self.next_maintenance = now;
     }
 
@@ -1110,7 +1142,7 @@ impl Node {
             self.peers_gen += 1;
         }
         p.foreign = false;
-        p.failures = 0;
+        set_failures(p, 0, &mut self.failed_peers);
         match msg {
             Wire::Hello {
                 key,
@@ -1249,10 +1281,20 @@ impl Node {
         // back, or reachable again after a partition).
         if now >= self.next_revive {
             self.next_revive = now + Duration::from_secs(10);
-            for p in self.peers.values_mut() {
-                if p.failures >= PEER_FAILURES_MAX && now >= p.next_try && p.conns.is_empty() {
-                    p.failures = PEER_FAILURES_MAX - 1;
-                    self.peers_gen += 1;
+            debug_assert_eq!(
+                self.failed_peers,
+                self.peers
+                    .values()
+                    .filter(|p| p.failures >= PEER_FAILURES_MAX)
+                    .count()
+            );
+            // (The walk over the table is skipped when no peer is dropped.)
+            if self.failed_peers > 0 {
+                for p in self.peers.values_mut() {
+                    if p.failures >= PEER_FAILURES_MAX && now >= p.next_try && p.conns.is_empty() {
+                        set_failures(p, PEER_FAILURES_MAX - 1, &mut self.failed_peers);
+                        self.peers_gen += 1;
+                    }
                 }
             }
         }
@@ -1542,13 +1584,14 @@ impl Node {
         let ns = self.ns(now);
         // (Re-)register at a home node when our reachability changed or the rendezvous key
         // rotated.
+        let gen = self.reach_gen;
         let due = |i: &Infra, reach: &Reach| {
             i.home
                 && i.conn.is_some()
                 && i.autonat.is_some()
                 && i.registered
                     .as_ref()
-                    .is_none_or(|(n, r)| *n != ns || r != reach)
+                    .is_none_or(|(n, g, r)| *n != ns || (*g != gen && r != reach))
         };
         let register = self.infra.values().any(|i| due(i, &self.reach));
         // The record is sealed only when some registration is due.
@@ -1560,17 +1603,14 @@ impl Node {
             .expect("serializes");
             self.seal(now, &record)
         });
-        let few_peers = self
-            .peers
-            .values()
-            .filter(|p| !p.foreign)
-            .take(self.cfg.target_peers)
-            .count()
-            < self.cfg.target_peers;
-        let interval = if few_peers {
-            self.cfg.discover_interval
-        } else {
-            Duration::from_micros(self.cfg.discover_interval.as_micros() * 10)
+        // Whether we know fewer token peers than we want (looked at only when some
+        // discovery is due).
+        let (peers, target) = (&self.peers, self.cfg.target_peers);
+        let mut few: Option<bool> = None;
+        let mut few_peers = || {
+            *few.get_or_insert_with(|| {
+                peers.values().filter(|p| !p.foreign).take(target).count() < target
+            })
         };
         for (&n, inf) in self.infra.iter_mut() {
             match inf.conn {
@@ -1589,7 +1629,7 @@ impl Node {
                 Some(_) => {
                     // Register when due (see above), discover now and then.
                     if due(inf, &self.reach) {
-                        inf.registered = Some((ns, self.reach.clone()));
+                        inf.registered = Some((ns, gen, self.reach.clone()));
                         self.actions.push_back(Action::Register {
                             server: n,
                             ns,
@@ -1598,6 +1638,12 @@ impl Node {
                         });
                     }
                     if now >= inf.next_discover {
+                        let few_peers = few_peers();
+                        let interval = if few_peers {
+                            self.cfg.discover_interval
+                        } else {
+                            Duration::from_micros(self.cfg.discover_interval.as_micros() * 10)
+                        };
                         inf.discover_gap = if few_peers {
                             Duration::from_micros(
                                 (inf.discover_gap.as_micros() * 2)
@@ -1660,10 +1706,14 @@ impl Node {
 
     fn publish_member(&mut self, now: Instant, crypto: &mut dyn Crypto) {
         // Our entry as the ledger holds it (the member table mirrors member entries).
-        let current = self.member_table.get(&self.me);
-        let same = current
-            .is_some_and(|c| c.net == self.cfg.net && c.name == self.name && c.reach == self.reach);
-        let published = current.is_some();
+        let (same, published, outranked) =
+            self.publish_cache.get((self.gen, self.reach_gen), || {
+                let current = self.member_table.get(&self.me);
+                let same = current.is_some_and(|c| {
+                    c.net == self.cfg.net && c.name == self.name && c.reach == self.reach
+                });
+                (same, current.is_some(), self.ledger.outranked(&self.me))
+            });
         // Publish once reachability is known and, behind NAT, a relay holds our reservation
         // (each change after the first entry is a new version every member receives); with
         // no bootstrap nodes at once, and at the latest after the grace period.
@@ -1674,11 +1724,7 @@ impl Node {
                 && (self.reach.public || self.relay.is_some()));
         // A member ranked below the ledger's cap is known by its rendezvous records and
         // connections, not by a ledger entry.
-        if known
-            && !same
-            && !self.ledger.outranked(&self.me)
-            && (published || self.may_join_ledger(now))
-        {
+        if known && !same && !outranked && (published || self.may_join_ledger(now)) {
             let m = Member {
                 net: self.cfg.net,
                 name: self.name.clone(),
@@ -1705,7 +1751,7 @@ impl Node {
             if p.key != Some(key) || p.reach != m.reach {
                 p.key = Some(key);
                 p.reach = m.reach.clone();
-                p.failures = 0;
+                set_failures(p, 0, &mut self.failed_peers);
                 self.peers_gen += 1;
             }
         }
@@ -2346,6 +2392,17 @@ impl Node {
 
 fn vote_key(epoch: u64) -> String {
     format!("{K_VOTE}/{epoch}")
+}
+
+/// Sets a peer's count of failed dials in a row, keeping `failed` (the peers at
+/// [`PEER_FAILURES_MAX`] or more) in step.
+fn set_failures(p: &mut Peer, n: u32, failed: &mut usize) {
+    match (p.failures >= PEER_FAILURES_MAX, n >= PEER_FAILURES_MAX) {
+        (false, true) => *failed += 1,
+        (true, false) => *failed -= 1,
+        _ => {}
+    }
+    p.failures = n;
 }
 
 fn backoff(failures: u32) -> Duration {
