@@ -795,16 +795,16 @@ impl World<'_> {
         let n0 = self.nodes[first].node.as_ref().expect("live");
         let head = n0.head();
         let view = n0.cluster();
-        let join = n0.join_data().cloned();
+        let join = n0.join_data();
         let live_net: BTreeSet<NetId> = live
             .iter()
             .map(|&i| NetId(u64::from(self.nodes[i].host.0)))
             .collect();
-        let live_keys: BTreeSet<[u8; 32]> = live
-            .iter()
-            .map(|&i| self.nodes[i].key.verifying_key().to_bytes())
-            .collect();
         if let Some(c) = &view {
+            let live_keys: BTreeSet<[u8; 32]> = live
+                .iter()
+                .map(|&i| self.nodes[i].key.verifying_key().to_bytes())
+                .collect();
             let (leader, masters) = (&c.leader, &c.masters);
             if !live_keys.contains(leader) {
                 out.push(format!("node {first} follows a leader that is down"));
@@ -833,7 +833,7 @@ impl World<'_> {
                 ));
             } else if n.role().is_none() {
                 out.push(format!("node {i}: has no role"));
-            } else if n.join_data().is_none() || n.join_data().cloned() != join {
+            } else if n.join_data().is_none() || n.join_data() != join {
                 out.push(format!("node {i}: join data missing or different"));
             } else if let Some(p) = n
                 .wanted_without_path()
@@ -1179,15 +1179,25 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         }
         if now == next_sample {
             next_sample = now + Duration::from_millis(SAMPLE_MS);
+            // Most nodes follow the decision the node before them follows: that one is
+            // recorded already.
+            let mut last: Option<(u64, [u8; 32])> = None;
             for i in w.live_mesh() {
                 if let Some(c) = w.nodes[i].node.as_ref().and_then(Node::cluster) {
-                    w.leaders_by_epoch
-                        .entry(c.epoch)
-                        .or_default()
-                        .insert(c.leader);
+                    if last != Some((c.epoch, c.leader)) {
+                        last = Some((c.epoch, c.leader));
+                        w.leaders_by_epoch
+                            .entry(c.epoch)
+                            .or_default()
+                            .insert(c.leader);
+                    }
                 }
             }
-            if w.converged() {
+            // Convergence is looked at until both moments it reports are known (the end
+            // looks again).
+            let open = converged_at.is_none()
+                || (last_fault.is_some_and(|f| now >= f) && reconverged.is_none());
+            if open && w.converged() {
                 if converged_at.is_none() {
                     converged_at = Some(now);
                     w.trace

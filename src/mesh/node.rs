@@ -50,6 +50,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddrV4 as Addr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bootyard_sim::{Duration, Instant, Rng};
@@ -466,13 +467,13 @@ pub struct Node {
     cluster_cache: Memo<Option<Arc<Cluster>>>,
     /// Bumped whenever what decides the wanted peers changes.
     peers_gen: u64,
-    wanted_cache: Memo<Vec<NetId>, (u64, u64)>,
+    wanted_cache: Memo<Rc<[NetId]>, (u64, u64)>,
     /// Peers at [`PEER_FAILURES_MAX`] failed dials or more (see [`set_failures`]).
     failed_peers: usize,
     /// Bumped whenever a peer connection opens, closes or is verified.
     conns_gen: u64,
-    connected_cache: Memo<Vec<(NetId, ConnRef)>>,
-    unpathed_cache: Memo<Vec<NetId>, (u64, u64)>,
+    connected_cache: Memo<Rc<[(NetId, ConnRef)]>>,
+    unpathed_cache: Memo<Rc<[NetId]>, (u64, u64)>,
     /// Per (ledger, reach) generation: whether the ledger holds our member entry as it
     /// should read now, whether it holds one at all, and whether our rank keeps us out.
     publish_cache: Memo<(bool, bool, bool), (u64, u64)>,
@@ -673,7 +674,7 @@ impl Node {
         };
         let targets: Vec<ConnRef> = self
             .connected_best()
-            .into_iter()
+            .iter()
             .filter(|(n, _)| Some(*n) != from)
             .filter(|(n, _)| {
                 self.peers
@@ -681,7 +682,7 @@ impl Node {
                     .and_then(|p| p.key)
                     .is_some_and(|k| k != e.owner && c.in_council(&k))
             })
-            .map(|(_, c)| c)
+            .map(|(_, c)| *c)
             .collect();
         let (kind, bytes) = self.encode(now, &Wire::Lease(e.clone()));
         for c in targets {
@@ -792,8 +793,8 @@ impl Node {
     /// Peers this node wants a path to, and whether it has one to each.
     pub fn wanted_paths(&self) -> Vec<(NetId, Option<PathKind>)> {
         self.wanted()
-            .into_iter()
-            .map(|n| {
+            .iter()
+            .map(|&n| {
                 let best = self.peers.get(&n).and_then(Peer::best_verified);
                 (n, best.map(|(_, k)| k))
             })
@@ -801,7 +802,7 @@ impl Node {
     }
 
     /// The wanted peers with no verified path (what convergence looks at, often).
-    pub fn wanted_without_path(&self) -> Vec<NetId> {
+    pub fn wanted_without_path(&self) -> Rc<[NetId]> {
         self.unpathed_cache.get(self.wanted_gen(), || {
             self.wanted_paths()
                 .into_iter()
@@ -1426,12 +1427,12 @@ impl Node {
 
     /// Connections to peers that proved they hold the token, one per peer, best path first.
     fn token_conns(&self) -> Vec<ConnRef> {
-        self.connected_best().into_iter().map(|(_, c)| c).collect()
+        self.connected_best().iter().map(|(_, c)| *c).collect()
     }
 
     /// Each peer we have a verified connection to, with its best connection (direct before
     /// relayed). Walks the connections, not the (much larger) peer table.
-    fn connected_best(&self) -> Vec<(NetId, ConnRef)> {
+    fn connected_best(&self) -> Rc<[(NetId, ConnRef)]> {
         self.connected_cache.get(self.conns_gen, || {
             let mut peers: Vec<NetId> = self.conn_peer.values().copied().collect();
             peers.sort_unstable();
@@ -1522,7 +1523,7 @@ impl Node {
         // Push to a random subset (about ln N + 1 peers); the periodic bucket comparison
         // repairs what the epidemic misses. Peers get the same batch unless they sent us some
         // of it: each distinct batch is encoded once.
-        let targets = self.connected_best();
+        let targets = self.connected_best().to_vec();
         let mut encoded: Vec<(Vec<usize>, usize, Vec<u8>)> = Vec::new();
         for (n, c) in self.fanout_sample(targets) {
             let picks: Vec<usize> = (0..out.len()).filter(|&i| !out[i].1.contains(&n)).collect();
@@ -1778,9 +1779,9 @@ impl Node {
     }
 
     /// The peers this node keeps paths to.
-    fn wanted(&self) -> Vec<NetId> {
+    fn wanted(&self) -> Rc<[NetId]> {
         self.wanted_cache
-            .get(self.wanted_gen(), || self.compute_wanted())
+            .get(self.wanted_gen(), || self.compute_wanted().into())
     }
 
     fn compute_wanted(&self) -> Vec<NetId> {
@@ -1821,9 +1822,10 @@ impl Node {
         };
         // Sticky: wanted peers we already have a verified path to stay wanted, so a view
         // that grows (discovery keeps adding peers) does not keep moving paths around.
-        let before: Vec<NetId> = self.wanted_cache.peek().unwrap_or_default();
+        let before: Rc<[NetId]> = self.wanted_cache.peek().unwrap_or_default();
         let mut want: BTreeSet<NetId> = before
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|n| find(n).is_some_and(|(_, verified, _)| verified))
             .take(self.cfg.target_peers)
             .collect();
@@ -1890,13 +1892,16 @@ impl Node {
         // Peers with a verified path need nothing; those with a connection still opening
         // are skipped below.
         let wanted = self.wanted_without_path();
+        if wanted.is_empty() {
+            return;
+        }
         let connected_infra: BTreeSet<NetId> = self
             .infra
             .iter()
             .filter(|(_, i)| i.conn.is_some())
             .map(|(n, _)| *n)
             .collect();
-        for n in wanted {
+        for &n in wanted.iter() {
             let p = self.peers.get_mut(&n).expect("wanted peers are known");
             if !p.conns.is_empty() || p.dialing || now < p.next_try {
                 continue;
