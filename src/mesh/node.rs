@@ -414,7 +414,7 @@ pub struct Node {
     /// with when we last sent it: a Hello lost or overtaken is sent again.
     hello_unacked: BTreeMap<ConnRef, Instant>,
     reach: Reach,
-    /// Bumped whenever `reach` may have changed (see [`Node::reach_mut`]).
+    /// Bumped whenever `reach` changes (see [`Node::set_reach`]).
     reach_gen: u64,
     relay: Option<(NetId, Instant)>,
     reserving: Option<NetId>,
