@@ -116,21 +116,46 @@ impl Crypto for FreshCrypto {
 
 /// Remembers each (owner, message, signature) verdict, and each record opened: the
 /// simulator shares one across simulated nodes, which all check the same entries and open
-/// the same records.
-#[derive(Debug, Default)]
+/// the same records. Both memos are bounded: a full one starts over (the work is done
+/// again, the answers stay the same).
+#[derive(Debug)]
 pub struct MemoCrypto {
     seen: HashMap<[u8; 32], bool>,
+    seen_max: usize,
     /// Per key: sealed record -> what it opened to (looked up by slice, no copy on a hit).
     opened: HashMap<[u8; 32], Opened>,
     opened_len: usize,
+    opened_max: usize,
     pub checks: u64,
     pub hits: u64,
+}
+
+impl Default for MemoCrypto {
+    fn default() -> Self {
+        Self::bounded(SEEN_MAX, OPENED_MAX)
+    }
+}
+
+impl MemoCrypto {
+    /// A memo of at most `seen_max` signature verdicts and `opened_max` records.
+    pub fn bounded(seen_max: usize, opened_max: usize) -> Self {
+        Self {
+            seen: HashMap::new(),
+            seen_max,
+            opened: HashMap::new(),
+            opened_len: 0,
+            opened_max,
+            checks: 0,
+            hits: 0,
+        }
+    }
 }
 
 /// Sealed record -> its plaintext, or `None` when it did not open.
 type Opened = HashMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// Records remembered at most; the memo starts over when full.
+/// Signature verdicts and records remembered at most by default.
+const SEEN_MAX: usize = 1 << 20;
 const OPENED_MAX: usize = 1 << 18;
 
 impl Crypto for MemoCrypto {
@@ -146,6 +171,9 @@ impl Crypto for MemoCrypto {
         }
         self.checks += 1;
         let v = FreshCrypto.verify(owner, msg, sig);
+        if self.seen.len() >= self.seen_max {
+            self.seen.clear();
+        }
         self.seen.insert(id, v);
         v
     }
@@ -154,7 +182,7 @@ impl Crypto for MemoCrypto {
         if let Some(v) = self.opened.get(key).and_then(|m| m.get(sealed)) {
             return v.clone();
         }
-        if self.opened_len >= OPENED_MAX {
+        if self.opened_len >= self.opened_max {
             self.opened.clear();
             self.opened_len = 0;
         }
@@ -553,6 +581,31 @@ mod tests {
             l.apply(e.clone(), &mut memo).unwrap();
         }
         assert_eq!((memo.checks, memo.hits), (1, 4));
+    }
+
+    #[test]
+    fn a_full_memo_starts_over_and_answers_the_same() {
+        use crate::mesh::token::seal;
+        let mut memo = MemoCrypto::bounded(2, 2);
+        let entries: Vec<Entry> = (1..=3)
+            .map(|i| Entry::signed(&signer(i), "k", 1, Some(vec![i])))
+            .collect();
+        let mut forged = entries[0].clone();
+        forged.value = Some(b"forged".to_vec());
+        for e in entries.iter().chain([&forged]).chain(&entries) {
+            let good = !std::ptr::eq(e, &forged);
+            assert_eq!(memo.verify(&e.owner, &e.signed_bytes(), &e.sig), good);
+            assert!(memo.seen.len() <= 2);
+        }
+        // Four distinct checks fill a memo of two twice over: nothing is remembered long
+        // enough for a hit.
+        assert_eq!((memo.checks, memo.hits), (7, 0));
+        let key = [9u8; 32];
+        let records: Vec<Vec<u8>> = (0..3u8).map(|i| seal(&key, [i; 12], &[i])).collect();
+        for r in records.iter().chain(&records) {
+            assert_eq!(memo.open_record(&key, r), Some(vec![r[0]]));
+            assert!(memo.opened_len <= 2);
+        }
     }
 
     /// Signed entries over `owners` owners and `keys` keys, with colliding versions (below
