@@ -496,6 +496,15 @@ impl<T: Clone, G: PartialEq> Memo<T, G> {
         self.0.borrow().as_ref().map(|(_, v)| v.clone())
     }
 
+    /// The value, if computed for this generation.
+    fn fresh(&self, generation: &G) -> Option<T> {
+        self.0
+            .borrow()
+            .as_ref()
+            .filter(|(g, _)| g == generation)
+            .map(|(_, v)| v.clone())
+    }
+
     fn get(&self, generation: G, compute: impl FnOnce() -> T) -> T {
         if let Some((g, v)) = self.0.borrow().as_ref() {
             if *g == generation {
@@ -790,9 +799,14 @@ impl Node {
         self.valid_cluster()
     }
 
-    /// Peers this node wants a path to, and whether it has one to each.
+    /// Peers this node wants a path to, and whether it has one to each. For observers:
+    /// looking changes nothing (see [`Node::wanted_unremembered`]).
     pub fn wanted_paths(&self) -> Vec<(NetId, Option<PathKind>)> {
-        self.wanted()
+        self.paths_of(&self.wanted_unremembered())
+    }
+
+    fn paths_of(&self, wanted: &[NetId]) -> Vec<(NetId, Option<PathKind>)> {
+        wanted
             .iter()
             .map(|&n| {
                 let best = self.peers.get(&n).and_then(Peer::best_verified);
@@ -801,14 +815,19 @@ impl Node {
             .collect()
     }
 
-    /// The wanted peers with no verified path (what convergence looks at, often).
+    /// The wanted peers with no verified path (what convergence looks at). For observers,
+    /// as [`Node::wanted_paths`].
     pub fn wanted_without_path(&self) -> Rc<[NetId]> {
+        match self.unpathed_cache.fresh(&self.wanted_gen()) {
+            Some(u) => u,
+            None => unpathed(self.paths_of(&self.wanted_unremembered())),
+        }
+    }
+
+    /// The wanted peers with no verified path, as the node's own maintenance sees them.
+    fn unpathed(&self) -> Rc<[NetId]> {
         self.unpathed_cache.get(self.wanted_gen(), || {
-            self.wanted_paths()
-                .into_iter()
-                .filter(|(_, k)| k.is_none())
-                .map(|(n, _)| n)
-                .collect()
+            unpathed(self.paths_of(&self.wanted()))
         })
     }
 
@@ -1778,10 +1797,21 @@ impl Node {
         now.since(self.started) >= delay
     }
 
-    /// The peers this node keeps paths to.
+    /// The peers this node keeps paths to, as its own maintenance computes and remembers
+    /// them.
     fn wanted(&self) -> Rc<[NetId]> {
         self.wanted_cache
             .get(self.wanted_gen(), || self.compute_wanted().into())
+    }
+
+    /// The same for an observer (the simulator's convergence check): computed afresh if
+    /// the node's own is stale, and not remembered. Which peers stay wanted depends on the
+    /// set the node last computed (see `compute_wanted`), so a look that remembered its
+    /// answer would change the run (how often a simulation samples would matter).
+    fn wanted_unremembered(&self) -> Rc<[NetId]> {
+        self.wanted_cache
+            .fresh(&self.wanted_gen())
+            .unwrap_or_else(|| self.compute_wanted().into())
     }
 
     fn compute_wanted(&self) -> Vec<NetId> {
@@ -1891,7 +1921,7 @@ impl Node {
     fn maintain_paths(&mut self, now: Instant) {
         // Peers with a verified path need nothing; those with a connection still opening
         // are skipped below.
-        let wanted = self.wanted_without_path();
+        let wanted = self.unpathed();
         if wanted.is_empty() {
             return;
         }
@@ -2397,6 +2427,15 @@ impl Node {
 
 fn vote_key(epoch: u64) -> String {
     format!("{K_VOTE}/{epoch}")
+}
+
+/// The peers of `paths` without a path.
+fn unpathed(paths: Vec<(NetId, Option<PathKind>)>) -> Rc<[NetId]> {
+    paths
+        .into_iter()
+        .filter(|(_, k)| k.is_none())
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// Sets a peer's count of failed dials in a row, keeping `failed` (the peers at
