@@ -506,10 +506,8 @@ impl<T: Clone, G: PartialEq> Memo<T, G> {
     }
 
     fn get(&self, generation: G, compute: impl FnOnce() -> T) -> T {
-        if let Some((g, v)) = self.0.borrow().as_ref() {
-            if *g == generation {
-                return v.clone();
-            }
+        if let Some(v) = self.fresh(&generation) {
+            return v;
         }
         let v = compute();
         *self.0.borrow_mut() = Some((generation, v.clone()));
