@@ -338,6 +338,9 @@ enum Frame<P> {
 
 const HEADER_BYTES: u32 = 48;
 
+/// Frames a dialer holds for a connection whose handshake answer has not arrived yet.
+const EARLY_FRAMES_MAX: usize = 16;
+
 impl<P: WireSize> Body<P> {
     fn len(&self) -> u32 {
         match self {
@@ -545,6 +548,10 @@ pub struct Swarm<P> {
     kernel: Kernel<Ev<P>>,
     hosts: Vec<HostState<P>>,
     conns: DetMap<ConnId, Conn>,
+    /// Frames that reached a dialer before the answer to its handshake did (the listener
+    /// may send as soon as it accepts, and jitter reorders packets): delivered once the
+    /// dialer's end opens, as a transport holds data until its handshake completes.
+    early: BTreeMap<ConnId, Vec<Body<P>>>,
     next_conn: u64,
     rng: Rng,
     out: VecDeque<Step<P>>,
@@ -559,6 +566,7 @@ impl<P: Clone + WireSize> Swarm<P> {
             kernel: Kernel::with_capacity(events_max),
             hosts: Vec::new(),
             conns: DetMap::default(),
+            early: BTreeMap::new(),
             next_conn: 1,
             rng,
             out: VecDeque::new(),
@@ -970,6 +978,7 @@ impl<P: Clone + WireSize> Swarm<P> {
         let Some(conn) = self.conns.remove(&c) else {
             return Ok(());
         };
+        self.early.remove(&c);
         for e in conn.ends {
             let st = &mut self.hosts[e.host.0 as usize];
             st.conns.remove(&c);
@@ -1294,6 +1303,9 @@ impl<P: Clone + WireSize> Swarm<P> {
                 if pending {
                     self.hosts[h.0 as usize].dialing.remove(&peer);
                     self.open_end(h, conn, true, Some(observed));
+                    for body in self.early.remove(&conn).unwrap_or_default() {
+                        self.on_body(h, peer, conn, body)?;
+                    }
                     Ok(())
                 } else if !cn.ends[0].open {
                     // A late answer to a dial already settled: this connection is surplus.
@@ -1310,6 +1322,17 @@ impl<P: Clone + WireSize> Swarm<P> {
                     return Ok(());
                 };
                 if !cn.ends[i].open {
+                    // The dialer's end (the first) waits for the handshake's answer.
+                    let dialing = i == 0
+                        && self.hosts[h.0 as usize]
+                            .dialing
+                            .contains_key(&cn.ends[1].host);
+                    if dialing {
+                        let held = self.early.entry(conn).or_default();
+                        if held.len() < EARLY_FRAMES_MAX {
+                            held.push(body);
+                        }
+                    }
                     return Ok(());
                 }
                 cn.ends[i].last_heard = now;

@@ -30,11 +30,11 @@ impl Instant {
 impl Duration {
     pub const ZERO: Duration = Duration(0);
 
-    pub fn from_micros(us: u64) -> Self {
+    pub const fn from_micros(us: u64) -> Self {
         Self(us)
     }
 
-    pub fn from_millis(ms: u64) -> Self {
+    pub const fn from_millis(ms: u64) -> Self {
         Self(ms.saturating_mul(1_000))
     }
 
@@ -42,7 +42,7 @@ impl Duration {
         Self(s.saturating_mul(1_000_000))
     }
 
-    pub fn as_micros(self) -> u64 {
+    pub const fn as_micros(self) -> u64 {
         self.0
     }
 }

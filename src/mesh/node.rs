@@ -333,6 +333,13 @@ pub const PEERS_MAX: usize = 128;
 /// Failed dials in a row after which a peer stops being wanted (until news of it arrives).
 pub const PEER_FAILURES_MAX: u32 = 3;
 
+/// How long news waits before it is pushed on, so that what arrives together travels
+/// together (one batch per peer).
+pub const FLUSH_DELAY: Duration = Duration::from_millis(250);
+
+/// Plain frames held per connection while the peer's Hello has not opened.
+pub const HELD_FRAMES_MAX: usize = 8;
+
 /// A message or record larger than this is refused before it is opened.
 pub const SEALED_BYTES_MAX: usize = 4 << 20;
 
@@ -413,6 +420,10 @@ pub struct Node {
     /// Connections the peer has not yet shown it opened our Hello on (by a plain frame),
     /// with when we last sent it: a Hello lost or overtaken is sent again.
     hello_unacked: BTreeMap<ConnRef, Instant>,
+    /// Plain frames that arrived before the peer's Hello opened, per connection (at most
+    /// `HELD_FRAMES_MAX` each and `SEALED_BYTES_MAX` in all), and their bytes.
+    held: BTreeMap<ConnRef, Vec<Vec<u8>>>,
+    held_bytes: usize,
     reach: Reach,
     /// Bumped whenever `reach` changes (see [`Node::set_reach`]).
     reach_gen: u64,
@@ -453,6 +464,9 @@ pub struct Node {
     ns_cache: Option<(u64, u64)>,
     /// A pull (summary sent, entries awaited) is outstanding until then.
     pull_until: Option<Instant>,
+    /// A differing head heard while a pull was outstanding (the latest), compared once
+    /// the pull is answered.
+    deferred: Option<(ConnRef, [u64; BUCKETS])>,
     head_cache: Memo<[u8; 32]>,
     /// Bumped on every ledger change; what is derived from the ledger is cached per value.
     gen: u64,
@@ -567,6 +581,8 @@ impl Node {
             conn_peer: BTreeMap::new(),
             unverified: BTreeMap::new(),
             hello_unacked: BTreeMap::new(),
+            held: BTreeMap::new(),
+            held_bytes: 0,
             reach: Reach {
                 direct: cfg.listen.clone(),
                 ..Reach::default()
@@ -598,6 +614,7 @@ impl Node {
             seal_cache: None,
             ns_cache: None,
             pull_until: None,
+            deferred: None,
             head_cache: Memo::default(),
             gen: 0,
             member_table: BTreeMap::new(),
@@ -714,6 +731,7 @@ impl Node {
             + peers
             + self.conn_peer.len() * 48
             + self.outbox.len() * 256
+            + self.held_bytes
     }
 
     pub fn key(&self) -> PeerKey {
@@ -920,6 +938,9 @@ impl Node {
     pub fn handle_closed(&mut self, now: Instant, conn: ConnRef) {
         self.unverified.remove(&conn);
         self.hello_unacked.remove(&conn);
+        if let Some(held) = self.held.remove(&conn) {
+            self.held_bytes -= held.iter().map(Vec::len).sum::<usize>();
+        }
         let Some(peer) = self.conn_peer.remove(&conn) else {
             return;
         };
@@ -1110,8 +1131,26 @@ impl Node {
         bytes: &[u8],
         crypto: &mut dyn Crypto,
     ) {
+        if self.receive(now, conn, bytes, crypto) {
+            // The peer's Hello opened just now: the plain frames that overtook it follow.
+            for held in self.held.remove(&conn).unwrap_or_default() {
+                self.held_bytes -= held.len();
+                self.receive(now, conn, &held, crypto);
+            }
+        }
+    }
+
+    /// Handles one message; true when it is the one that showed the connection's peer
+    /// holds the token (its Hello opened).
+    fn receive(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        bytes: &[u8],
+        crypto: &mut dyn Crypto,
+    ) -> bool {
         let Some(&peer) = self.conn_peer.get(&conn) else {
-            return;
+            return false;
         };
         let verified = self
             .peers
@@ -1119,16 +1158,25 @@ impl Node {
             .is_some_and(|p| p.verified.contains(&conn));
         let plain = match bytes.split_first() {
             Some((&FRAME_SEALED, sealed)) => self.open(now, sealed).map(Cow::Owned),
-            // Plain frames only on a connection whose Hello opened (one that arrives first,
-            // overtaking a retransmitted Hello, is dropped; the sender repairs it later).
+            // Plain frames only on a connection whose Hello opened.
             Some((&FRAME_PLAIN, plain)) if verified => {
                 // The peer sends plain frames only once our Hello opened there.
                 self.hello_unacked.remove(&conn);
                 Some(Cow::Borrowed(plain))
             }
+            // One that overtook the peer's Hello (messages on separate streams arrive in
+            // any order) waits for it, within bounds; beyond them it is dropped, and the
+            // peer repairs that by sending its Hello again.
             Some((&FRAME_PLAIN, _)) => {
-                self.stats.messages_refused += 1;
-                return;
+                let held = self.held.entry(conn).or_default();
+                if held.len() < HELD_FRAMES_MAX && self.held_bytes + bytes.len() <= SEALED_BYTES_MAX
+                {
+                    held.push(bytes.to_vec());
+                    self.held_bytes += bytes.len();
+                } else {
+                    self.stats.messages_refused += 1;
+                }
+                return false;
             }
             _ => None,
         };
@@ -1142,16 +1190,17 @@ impl Node {
                     self.actions.push_back(Action::Close { conn });
                 }
             }
-            return;
+            return false;
         };
         let Ok(msg) = postcard::from_bytes::<Wire>(&plain) else {
             self.stats.messages_refused += 1;
-            return;
+            return false;
         };
         let Some(p) = self.peers.get_mut(&peer) else {
-            return;
+            return false;
         };
-        if p.verified.insert(conn) {
+        let opened = p.verified.insert(conn);
+        if opened {
             self.peers_gen += 1;
             self.conns_gen += 1;
         }
@@ -1188,12 +1237,16 @@ impl Node {
                         self.actions.push_back(Action::Close { conn: c });
                     }
                 }
-                self.compare(now, conn, &buckets);
-                // A plain frame back tells the peer its Hello opened (see `hello_unacked`).
-                let ours = self.ledger.bucket_digests();
-                self.send(now, conn, &Wire::Head(ours));
+                // A plain frame back tells the peer its Hello opened (see `hello_unacked`):
+                // the summary that starts a sync, or else our head.
+                if !self.compare(now, conn, &buckets) {
+                    let ours = self.ledger.bucket_digests();
+                    self.send(now, conn, &Wire::Head(ours));
+                }
             }
-            Wire::Head(buckets) => self.compare(now, conn, &buckets),
+            Wire::Head(buckets) => {
+                self.compare(now, conn, &buckets);
+            }
             Wire::Versions {
                 versions,
                 mask,
@@ -1234,12 +1287,13 @@ impl Node {
                         },
                     );
                 }
+                // The answer to our summary ends with theirs (after any entries we lacked).
+                if reply {
+                    self.pull_answered(now);
+                }
             }
             Wire::Lease(e) => self.on_lease(now, peer, e, crypto),
             Wire::Entries { entries, push } => {
-                if !push {
-                    self.pull_until = None;
-                }
                 let mut changed = false;
                 for e in entries {
                     match self.ledger.apply(e.clone(), crypto) {
@@ -1268,8 +1322,12 @@ impl Node {
                 if changed {
                     self.ledger_changed(now);
                 }
+                if !push {
+                    self.pull_answered(now);
+                }
             }
         }
+        opened
     }
 
     pub fn handle_timeout(&mut self, now: Instant, crypto: &mut dyn Crypto) {
@@ -1335,9 +1393,20 @@ impl Node {
             self.head_gap = Duration::from_micros(
                 (self.head_gap.as_micros() * 2).min(self.cfg.head_interval.as_micros() * 4),
             );
-            let (kind, bytes) = self.encode(now, &Wire::Head(self.ledger.bucket_digests()));
-            for c in self.token_conns() {
-                self.send_encoded(c, kind, bytes.clone());
+            // One end of each connection sends the round (see `heads_from`): a head that
+            // differs starts a push-pull exchange, which repairs both ends.
+            let me = self.cfg.net;
+            let conns: Vec<ConnRef> = self
+                .connected_best()
+                .iter()
+                .filter(|(n, _)| heads_from(me, *n))
+                .map(|(_, c)| *c)
+                .collect();
+            if !conns.is_empty() {
+                let (kind, bytes) = self.encode(now, &Wire::Head(self.ledger.bucket_digests()));
+                for c in conns {
+                    self.send_encoded(c, kind, bytes.clone());
+                }
             }
         }
         match self.cfg.mode {
@@ -1411,17 +1480,17 @@ impl Node {
 
     /// A message as framed on the wire, with its kind (for the stats).
     fn encode(&mut self, now: Instant, msg: &Wire) -> (usize, Vec<u8>) {
-        let plain = postcard::to_allocvec(msg).expect("plain data serializes");
         // Frames: FRAME_SEALED + nonce + ciphertext (the Hello), FRAME_PLAIN + message.
         let bytes = if matches!(msg, Wire::Hello { .. }) {
+            let plain = postcard::to_allocvec(msg).expect("plain data serializes");
             let mut b = vec![FRAME_SEALED];
             b.extend(self.seal(now, &plain));
             b
         } else {
-            let mut b = Vec::with_capacity(plain.len() + 1);
+            // Serialized behind the frame byte: no second buffer.
+            let mut b = Vec::with_capacity(256);
             b.push(FRAME_PLAIN);
-            b.extend(plain);
-            b
+            postcard::to_extend(msg, b).expect("plain data serializes")
         };
         let kind = match msg {
             Wire::Hello { .. } => 0,
@@ -1442,11 +1511,6 @@ impl Node {
         self.actions.push_back(Action::Send { conn, bytes });
     }
 
-    /// Connections to peers that proved they hold the token, one per peer, best path first.
-    fn token_conns(&self) -> Vec<ConnRef> {
-        self.connected_best().iter().map(|(_, c)| *c).collect()
-    }
-
     /// Each peer we have a verified connection to, with its best connection (direct before
     /// relayed). Walks the connections, not the (much larger) peer table.
     fn connected_best(&self) -> Rc<[(NetId, ConnRef)]> {
@@ -1461,16 +1525,20 @@ impl Node {
         })
     }
 
-    /// Starts a push-pull exchange of the buckets whose digests differ from `theirs`.
-    fn compare(&mut self, now: Instant, conn: ConnRef, theirs: &[u64; BUCKETS]) {
-        // One pull at a time: a node that just joined hears a differing head from every
-        // peer at once, and syncing with all of them would fetch the ledger many times over.
-        if self.pull_until.is_some_and(|t| now < t) {
-            return;
-        }
+    /// Starts a push-pull exchange of the buckets whose digests differ from `theirs`;
+    /// true when it sent the exchange's first message.
+    fn compare(&mut self, now: Instant, conn: ConnRef, theirs: &[u64; BUCKETS]) -> bool {
         let mine = self.ledger.bucket_digests();
         if mine == *theirs {
-            return;
+            return false;
+        }
+        // One pull at a time: a node that just joined hears a differing head from every
+        // peer at once, and syncing with all of them would fetch the ledger many times over.
+        // The latest such head is compared again once the pull is answered (the peer we
+        // pulled from may have lagged too).
+        if self.pull_until.is_some_and(|t| now < t) {
+            self.deferred = Some((conn, *theirs));
+            return false;
         }
         // The differing buckets, as many as fit one summary.
         let sizes = self.ledger.bucket_sizes();
@@ -1496,6 +1564,17 @@ impl Node {
                     reply: false,
                 },
             );
+        }
+        mask != 0
+    }
+
+    /// Our pull was answered: the next one may start, with the head heard meanwhile.
+    fn pull_answered(&mut self, now: Instant) {
+        self.pull_until = None;
+        if let Some((conn, theirs)) = self.deferred.take() {
+            if self.conn_peer.contains_key(&conn) {
+                self.compare(now, conn, &theirs);
+            }
         }
     }
 
@@ -1524,7 +1603,7 @@ impl Node {
     fn ledger_changed(&mut self, now: Instant) {
         self.head_busy(now);
         if self.flush_at.is_none() {
-            self.flush_at = Some(now + Duration::from_millis(100));
+            self.flush_at = Some(now + FLUSH_DELAY);
         }
         self.next_maintenance = self.next_maintenance.min(now + Duration::from_millis(100));
     }
@@ -2451,6 +2530,14 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs((5u64 << failures.min(4)).min(60))
 }
 
+/// Whether `me` sends the periodic head rounds to `peer`: exactly one end of each pair
+/// does (a comparison that finds a difference syncs both ends), picked by the pair's bit
+/// parity so that neither low nor high ids send them all.
+fn heads_from(me: NetId, peer: NetId) -> bool {
+    let odd = (me.0 ^ peer.0).count_ones() % 2 == 1;
+    (me < peer) == odd
+}
+
 /// Rendezvous hashing: a stable pseudo-random rank of a pair.
 fn pair_score(a: NetId, b: NetId) -> u64 {
     // splitmix64's finalizer over the pair: cheap, stable, well mixed.
@@ -2510,8 +2597,126 @@ mod tests {
         (a, b)
     }
 
+    /// A plain frame that overtakes the peer's Hello waits for it and is then handled; it
+    /// counts as the answer to our own Hello, so that is not sent again. At most
+    /// `HELD_FRAMES_MAX` wait per connection.
+    #[test]
+    fn plain_frames_that_overtake_the_hello_wait_for_it() {
+        let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
+        let mut v = MemoCrypto::default();
+        let (mut a, mut b) = (node(&token, 1), node(&token, 2));
+        let (c, t0) = (ConnRef(1), Instant::ZERO);
+        a.handle_connected(t0, c, NetId(2), PathKind::Direct, None);
+        b.handle_connected(t0, c, NetId(1), PathKind::Direct, None);
+        let (a_hello, b_hello) = (sends(&mut a, c), sends(&mut b, c));
+        for m in &a_hello {
+            b.handle_message(t0, c, m, &mut v);
+        }
+        let answer = sends(&mut b, c);
+        assert!(!answer.is_empty() && answer.iter().all(|m| m[0] == FRAME_PLAIN));
+        // b's answer overtakes b's Hello.
+        for m in &answer {
+            a.handle_message(t0, c, m, &mut v);
+        }
+        assert!(!a.paths().contains_key(&NetId(2)));
+        assert_eq!(a.stats.messages_refused, 0);
+        for m in &b_hello {
+            a.handle_message(t0, c, m, &mut v);
+        }
+        assert!(a.paths().contains_key(&NetId(2)));
+        assert!(a.held.is_empty() && a.held_bytes == 0);
+        a.handle_timeout(t0 + Duration::from_millis(2500), &mut v);
+        assert!(
+            sends(&mut a, c).iter().all(|m| m[0] != FRAME_SEALED),
+            "the held answer acknowledged a's Hello"
+        );
+        // A connection that never shows a Hello holds a bounded number of frames, and
+        // lets go of them when it closes.
+        let c2 = ConnRef(2);
+        a.handle_connected(t0, c2, NetId(3), PathKind::Direct, None);
+        for _ in 0..HELD_FRAMES_MAX + 3 {
+            a.handle_message(t0, c2, &answer[0], &mut v);
+        }
+        assert_eq!(a.held[&c2].len(), HELD_FRAMES_MAX);
+        assert_eq!(a.stats.messages_refused, 3);
+        a.handle_closed(t0, c2);
+        assert!(a.held.is_empty() && a.held_bytes == 0);
+    }
+
+    /// Exactly one end of every pair sends the head rounds, and the duty is spread: each
+    /// node sends them to about half of its peers.
+    #[test]
+    fn one_end_of_each_pair_sends_head_rounds() {
+        for a in 0..200u64 {
+            let mine = (0..200u64)
+                .filter(|&b| b != a)
+                .filter(|&b| {
+                    let (x, y) = (
+                        heads_from(NetId(a), NetId(b)),
+                        heads_from(NetId(b), NetId(a)),
+                    );
+                    assert_ne!(x, y, "{a} {b}");
+                    x
+                })
+                .count();
+            assert!(
+                (60..=140).contains(&mine),
+                "node {a} sends to {mine} of 199"
+            );
+        }
+    }
+
+    /// A node pulls from one peer at a time; a differing head heard meanwhile is compared
+    /// as soon as that pull is answered, not at the next head round.
+    #[test]
+    fn a_head_heard_during_a_pull_is_compared_when_the_pull_is_answered() {
+        let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
+        let mut v = MemoCrypto::default();
+        let (mut a, mut b, mut c) = (node(&token, 1), node(&token, 2), node(&token, 3));
+        // b and c publish their own member entries: their ledgers differ.
+        let t0 = Instant::ZERO + Duration::from_millis(2500);
+        b.handle_timeout(t0, &mut v);
+        c.handle_timeout(t0, &mut v);
+        assert_ne!(b.head(), c.head());
+        let (ab, ac) = (ConnRef(1), ConnRef(2));
+        a.handle_connected(t0, ab, NetId(2), PathKind::Direct, None);
+        a.handle_connected(t0, ac, NetId(3), PathKind::Direct, None);
+        b.handle_connected(t0, ab, NetId(1), PathKind::Direct, None);
+        c.handle_connected(t0, ac, NetId(1), PathKind::Direct, None);
+        let (b_hello, c_hello) = (sends(&mut b, ab), sends(&mut c, ac));
+        for m in &b_hello {
+            a.handle_message(t0, ab, m, &mut v);
+        }
+        let to_b: Vec<Vec<u8>> = std::iter::from_fn(|| a.poll_action())
+            .filter_map(|x| match x {
+                Action::Send { conn, bytes } if conn == ab => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        // c's head arrives while a pulls from b.
+        for m in &c_hello {
+            a.handle_message(t0, ac, m, &mut v);
+        }
+        let plain_to_c = |a: &mut Node| {
+            sends(a, ac)
+                .iter()
+                .filter(|m| m[0] == FRAME_PLAIN)
+                .filter_map(|m| postcard::from_bytes::<Wire>(&m[1..]).ok())
+                .filter(|w| matches!(w, Wire::Versions { .. }))
+                .count()
+        };
+        assert_eq!(plain_to_c(&mut a), 0, "one pull at a time");
+        for m in &to_b {
+            b.handle_message(t0, ab, m, &mut v);
+        }
+        for m in sends(&mut b, ab) {
+            a.handle_message(t0, ab, &m, &mut v);
+        }
+        assert_eq!(plain_to_c(&mut a), 1, "b answered: now a pulls from c");
+    }
+
     /// Only the Hello is sealed. A plain frame on a connection whose Hello has not opened is
-    /// dropped (not taken for a foreign peer), and a Hello nobody answered is sent again.
+    /// not taken for a foreign peer, and a Hello nobody answered is sent again.
     #[test]
     fn a_lost_hello_is_sent_again_and_plain_frames_wait_for_it() {
         let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));

@@ -127,6 +127,61 @@ fn a_public_host_is_dialed_and_messages_flow_both_ways() {
 }
 
 #[test]
+fn what_a_listener_sends_at_once_reaches_the_dialer_even_ahead_of_the_handshake() {
+    // Jitter far above the latency reorders the listener's answer and its first message
+    // about half the time; the dialer must hold the early message, not drop it.
+    let mut s = swarm();
+    let jittery = LinkSpec {
+        latency: Duration::from_millis(1),
+        jitter: Duration::from_millis(40),
+        ..LinkSpec::default()
+    };
+    let host = |s: &mut S| {
+        let h = s.net.add_host(RealmId::INTERNET, jittery).unwrap();
+        s.add_host(h, Services::default());
+        h
+    };
+    let pairs: Vec<(HostId, HostId)> = (0..24).map(|_| (host(&mut s), host(&mut s))).collect();
+    for &(a, b) in &pairs {
+        let addr = s.listen_addr(b);
+        s.command(
+            a,
+            Command::Dial {
+                peer: b,
+                addrs: vec![addr],
+            },
+        )
+        .unwrap();
+    }
+    let deadline = s.now() + Duration::from_secs(3);
+    let mut got = Vec::new();
+    while let Some(step) = s.step(deadline).unwrap() {
+        let Step::Event(h, e) = step else { continue };
+        match e {
+            // The listener speaks as soon as it accepts.
+            Event::Connected {
+                conn,
+                outbound: false,
+                ..
+            } => s
+                .command(
+                    h,
+                    Command::Send {
+                        conn,
+                        msg: b"hello".to_vec(),
+                    },
+                )
+                .unwrap(),
+            Event::Message { peer, .. } => got.push((h, peer)),
+            _ => {}
+        }
+    }
+    for (a, b) in pairs {
+        assert!(got.contains(&(a, b)), "{a:?} never heard {b:?}");
+    }
+}
+
+#[test]
 fn a_host_behind_a_nat_cannot_be_dialed_and_its_peers_notice_a_crash() {
     let mut s = swarm();
     let a = public(&mut s, Services::default());
