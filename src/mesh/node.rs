@@ -19,14 +19,17 @@
 //!   with the token's sealing key for the current window (the previous and next are
 //!   accepted, for skewed clocks); a connection whose Hello does not open is closed and the
 //!   peer marked foreign. Nothing else is sent on a connection until the peer's Hello opened,
-//!   and nothing else is accepted before: the connection is then the peer's, as libp2p's
-//!   transport (Noise, authenticated by peer id, end to end through relays too) keeps it,
-//!   so later messages travel as plain frames inside it. A peer without the token reads
+//!   and nothing else is acted on before (a plain frame that overtakes the Hello waits for
+//!   it, at most `HELD_FRAMES_MAX` per connection): the connection is then the peer's, as
+//!   libp2p's transport (Noise, authenticated by peer id, end to end through relays too)
+//!   keeps it, so later messages travel as plain frames inside it. A peer without the token reads
 //!   nothing but a sealed Hello and changes nothing.
 //! - **Ledger**: owner-signed entries merged as a CRDT; fresh entries are pushed (batched)
-//!   to a random ~ln N + 1 token peers, who pass them on; 16 bucket digests are compared
-//!   every few seconds, and differing buckets start a push-pull exchange of version
-//!   summaries, one pull at a time, in bounded batches.
+//!   250 ms after they arrive, to a random ~ln N + 1 token peers, who pass them on. One end
+//!   of each connection sends its 16 bucket digests every 10 s while anything changes
+//!   (backing off to 40 s when quiet); differing buckets start a push-pull exchange of
+//!   version summaries, one pull at a time (a head heard meanwhile is compared when the pull
+//!   is answered), in bounded batches.
 //! - **Roles**: Kairos-compatible mode, or the default quorum mode (see [`Mode`]).
 //!
 //! ## How it maps to libp2p (for the real driver)
