@@ -2178,6 +2178,21 @@ impl Node {
                 let mut ranked: Vec<PeerKey> = self.member_table.keys().copied().collect();
                 ranked.sort_by_key(key_rank);
                 ranked.truncate(m);
+                // A peer we talk to that would rank into the electorate but has not published
+                // yet does so by the grace period (behind NAT, once its relay is reserved): a
+                // vote cast before its entry arrives goes to another candidate than the votes
+                // cast after, and the epoch is lost. Wait for it a while.
+                let worst = ranked.last().map(key_rank);
+                let coming = now.since(self.started) < PUBLISH_GRACE + Duration::from_secs(5)
+                    && self.connected_best().iter().any(|(n, _)| {
+                        self.peers.get(n).and_then(|p| p.key).is_some_and(|k| {
+                            !self.member_table.contains_key(&k)
+                                && worst.as_ref().is_none_or(|w| key_rank(&k) < *w)
+                        })
+                    });
+                if coming {
+                    return;
+                }
                 // Only the electorate's votes count: the others need not write one.
                 if !ranked.contains(&self.me) {
                     return;
@@ -2666,6 +2681,65 @@ mod tests {
                 (60..=140).contains(&mine),
                 "node {a} sends to {mine} of 199"
             );
+        }
+    }
+
+    /// No founding vote while a peer we talk to, which would rank into the electorate, has
+    /// not published yet (it will, by the grace period): votes cast before and after its
+    /// entry arrives would go to different candidates.
+    #[test]
+    fn the_founding_vote_waits_for_a_better_ranked_peer_that_has_not_published() {
+        let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
+        let mut v = MemoCrypto::default();
+        let (a, b) = (node(&token, 1), node(&token, 2));
+        // A third node that outranks both.
+        let c = (3..64)
+            .map(|id| node(&token, id))
+            .find(|c| key_rank(&c.key()) < key_rank(&a.key()).min(key_rank(&b.key())))
+            .expect("some id outranks both");
+        let mut nodes = [a, b, c];
+        let nets: Vec<NetId> = nodes.iter().map(|n| n.cfg.net).collect();
+        let links = [(0, 1, ConnRef(1)), (0, 2, ConnRef(2)), (1, 2, ConnRef(3))];
+        for &(x, y, conn) in &links {
+            nodes[x].handle_connected(Instant::ZERO, conn, nets[y], PathKind::Direct, None);
+            nodes[y].handle_connected(Instant::ZERO, conn, nets[x], PathKind::Direct, None);
+        }
+        let votes = |n: &Node| {
+            n.ledger()
+                .entries()
+                .filter(|e| e.key.starts_with("vote/"))
+                .count()
+        };
+        let mut now = Instant::ZERO;
+        for step in 0..40 {
+            now = now + Duration::from_millis(500);
+            // c answers but does not publish until 9 s.
+            let ticking = if step < 18 { 2 } else { 3 };
+            for n in nodes.iter_mut().take(ticking) {
+                n.handle_timeout(now, &mut v);
+            }
+            let mut out: Vec<(usize, ConnRef, Vec<u8>)> = Vec::new();
+            for (i, n) in nodes.iter_mut().enumerate() {
+                while let Some(act) = n.poll_action() {
+                    if let Action::Send { conn, bytes } = act {
+                        out.push((i, conn, bytes));
+                    }
+                }
+            }
+            for (from, conn, bytes) in out {
+                let &(x, y, _) = links.iter().find(|l| l.2 == conn).expect("known link");
+                let to = if from == x { y } else { x };
+                nodes[to].handle_message(now, conn, &bytes, &mut v);
+            }
+            if step == 17 {
+                assert_eq!(nodes[0].members().len(), 2, "a and b know each other");
+                assert_eq!(votes(&nodes[0]) + votes(&nodes[1]), 0, "nobody voted yet");
+            }
+        }
+        let c_key = nodes[2].key();
+        for n in &nodes {
+            let cluster = n.cluster().expect("a cluster once c published");
+            assert_eq!((cluster.epoch, cluster.leader), (1, c_key));
         }
     }
 
