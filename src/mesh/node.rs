@@ -2605,13 +2605,19 @@ mod tests {
         }
     }
 
+    /// Two fresh nodes of one token (ids 1 and 2), told at time zero of their connection
+    /// `ConnRef(1)`.
+    fn connected_pair(token: &Arc<NetworkToken>) -> (Node, Node) {
+        let (mut a, mut b) = (node(token, 1), node(token, 2));
+        a.handle_connected(Instant::ZERO, ConnRef(1), NetId(2), PathKind::Direct, None);
+        b.handle_connected(Instant::ZERO, ConnRef(1), NetId(1), PathKind::Direct, None);
+        (a, b)
+    }
+
     /// Two nodes of one token, connected on `ConnRef(1)` and talked to agreement.
     fn synced_pair(token: &Arc<NetworkToken>, v: &mut MemoCrypto) -> (Node, Node) {
-        let (mut a, mut b) = (node(token, 1), node(token, 2));
-        let c = ConnRef(1);
-        a.handle_connected(Instant::ZERO, c, NetId(2), PathKind::Direct, None);
-        b.handle_connected(Instant::ZERO, c, NetId(1), PathKind::Direct, None);
-        talk(&mut a, &mut b, c, v);
+        let (mut a, mut b) = connected_pair(token);
+        talk(&mut a, &mut b, ConnRef(1), v);
         (a, b)
     }
 
@@ -2622,10 +2628,8 @@ mod tests {
     fn plain_frames_that_overtake_the_hello_wait_for_it() {
         let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
         let mut v = MemoCrypto::default();
-        let (mut a, mut b) = (node(&token, 1), node(&token, 2));
+        let (mut a, mut b) = connected_pair(&token);
         let (c, t0) = (ConnRef(1), Instant::ZERO);
-        a.handle_connected(t0, c, NetId(2), PathKind::Direct, None);
-        b.handle_connected(t0, c, NetId(1), PathKind::Direct, None);
         let (a_hello, b_hello) = (sends(&mut a, c), sends(&mut b, c));
         for m in &a_hello {
             b.handle_message(t0, c, m, &mut v);
@@ -2798,10 +2802,8 @@ mod tests {
     fn a_lost_hello_is_sent_again_and_plain_frames_wait_for_it() {
         let token = Arc::new(NetworkToken::generate(&mut Rng::seed(5)));
         let mut v = MemoCrypto::default();
-        let (mut a, mut b) = (node(&token, 1), node(&token, 2));
+        let (mut a, mut b) = connected_pair(&token);
         let (c, t0) = (ConnRef(1), Instant::ZERO);
-        a.handle_connected(t0, c, NetId(2), PathKind::Direct, None);
-        b.handle_connected(t0, c, NetId(1), PathKind::Direct, None);
         let lost = sends(&mut a, c);
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0][0], FRAME_SEALED);

@@ -37,6 +37,19 @@ fn natted(s: &mut S, m: Mapping, f: Filtering) -> HostId {
     h
 }
 
+/// `from` dials `to` at its listen address.
+fn dial(s: &mut S, from: HostId, to: HostId) {
+    let addr = s.listen_addr(to);
+    s.command(
+        from,
+        Command::Dial {
+            peer: to,
+            addrs: vec![addr],
+        },
+    )
+    .unwrap();
+}
+
 /// Runs until `deadline`, collecting every event.
 fn run(s: &mut S, secs: u64) -> Vec<(HostId, Event<Vec<u8>>)> {
     let deadline = s.now() + Duration::from_secs(secs);
@@ -72,15 +85,7 @@ fn a_public_host_is_dialed_and_messages_flow_both_ways() {
     let mut s = swarm();
     let a = public(&mut s, Services::default());
     let b = public(&mut s, Services::default());
-    let addr = s.listen_addr(b);
-    s.command(
-        a,
-        Command::Dial {
-            peer: b,
-            addrs: vec![addr],
-        },
-    )
-    .unwrap();
+    dial(&mut s, a, b);
     let evs = run(&mut s, 2);
     let (c, path) = connected(&evs, a, b).expect("a connected");
     assert_eq!(path, PathKind::Direct);
@@ -143,15 +148,7 @@ fn what_a_listener_sends_at_once_reaches_the_dialer_even_ahead_of_the_handshake(
     };
     let pairs: Vec<(HostId, HostId)> = (0..24).map(|_| (host(&mut s), host(&mut s))).collect();
     for &(a, b) in &pairs {
-        let addr = s.listen_addr(b);
-        s.command(
-            a,
-            Command::Dial {
-                peer: b,
-                addrs: vec![addr],
-            },
-        )
-        .unwrap();
+        dial(&mut s, a, b);
     }
     let deadline = s.now() + Duration::from_secs(3);
     let mut got = Vec::new();
@@ -191,26 +188,11 @@ fn a_host_behind_a_nat_cannot_be_dialed_and_its_peers_notice_a_crash() {
         Filtering::AddressAndPortDependent,
     );
     let b_addr = s.listen_addr(b);
-    s.command(
-        a,
-        Command::Dial {
-            peer: b,
-            addrs: vec![b_addr],
-        },
-    )
-    .unwrap();
+    dial(&mut s, a, b);
     let evs = run(&mut s, 10);
     assert!(evs.contains(&(a, Event::DialFailed { peer: b })));
     // The other way works, and the observed address is the NAT's.
-    let a_addr = s.listen_addr(a);
-    s.command(
-        b,
-        Command::Dial {
-            peer: a,
-            addrs: vec![a_addr],
-        },
-    )
-    .unwrap();
+    dial(&mut s, b, a);
     let evs = run(&mut s, 2);
     assert!(connected(&evs, b, a).is_some());
     assert_ne!(s.observed_addrs(b)[0], b_addr);
@@ -235,16 +217,8 @@ fn punch(ma: Mapping, fa: Filtering, mb: Mapping, fb: Filtering) -> (bool, S, Ho
     let r = public(&mut s, relay_services());
     let a = natted(&mut s, ma, fa);
     let b = natted(&mut s, mb, fb);
-    let r_addr = s.listen_addr(r);
     for h in [a, b] {
-        s.command(
-            h,
-            Command::Dial {
-                peer: r,
-                addrs: vec![r_addr],
-            },
-        )
-        .unwrap();
+        dial(&mut s, h, r);
     }
     run(&mut s, 2);
     s.command(b, Command::Reserve { relay: r }).unwrap();
@@ -394,7 +368,6 @@ fn relays_cap_reservations_and_refuse_unknown_targets() {
     let mut s = swarm();
     s.cfg.relay.max_reservations = 2;
     let r = public(&mut s, relay_services());
-    let r_addr = s.listen_addr(r);
     let clients: Vec<HostId> = (0..3)
         .map(|_| {
             natted(
@@ -405,14 +378,7 @@ fn relays_cap_reservations_and_refuse_unknown_targets() {
         })
         .collect();
     for &c in &clients {
-        s.command(
-            c,
-            Command::Dial {
-                peer: r,
-                addrs: vec![r_addr],
-            },
-        )
-        .unwrap();
+        dial(&mut s, c, r);
     }
     run(&mut s, 2);
     for &c in &clients {
@@ -473,16 +439,8 @@ fn autonat_tells_public_from_private() {
         .add_host(RealmId::INTERNET, LinkSpec::default())
         .unwrap();
     s.set_autonat_helper(server, helper);
-    let sa = s.listen_addr(server);
     for h in [open, closed, cone, restricted] {
-        s.command(
-            h,
-            Command::Dial {
-                peer: server,
-                addrs: vec![sa],
-            },
-        )
-        .unwrap();
+        dial(&mut s, h, server);
     }
     run(&mut s, 2);
     for h in [open, closed, cone, restricted] {
@@ -550,16 +508,8 @@ fn mdns_finds_lan_peers_only_and_rendezvous_returns_registrations() {
     let mut found = found;
     found.sort();
     assert_eq!(found, vec![hs[1], hs[2]]);
-    let oa = s.listen_addr(outsider);
     for &h in &hs {
-        s.command(
-            h,
-            Command::Dial {
-                peer: outsider,
-                addrs: vec![oa],
-            },
-        )
-        .unwrap();
+        dial(&mut s, h, outsider);
     }
     run(&mut s, 2);
     for &h in &hs {
@@ -611,15 +561,7 @@ fn lost_packets_are_retransmitted() {
             ..LinkSpec::default()
         },
     );
-    let addr = s.listen_addr(b);
-    s.command(
-        a,
-        Command::Dial {
-            peer: b,
-            addrs: vec![addr],
-        },
-    )
-    .unwrap();
+    dial(&mut s, a, b);
     let evs = run(&mut s, 5);
     let (c, _) = connected(&evs, a, b).expect("dial survives loss");
     for i in 0..50u8 {
