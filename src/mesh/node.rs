@@ -22,8 +22,8 @@
 //!   and nothing else is acted on before (a plain frame that overtakes the Hello waits for
 //!   it, at most `HELD_FRAMES_MAX` per connection): the connection is then the peer's, as
 //!   libp2p's transport (Noise, authenticated by peer id, end to end through relays too)
-//!   keeps it, so later messages travel as plain frames inside it. A peer without the token reads
-//!   nothing but a sealed Hello and changes nothing.
+//!   keeps it, so later messages travel as plain frames inside it. A peer without the token
+//!   reads nothing but a sealed Hello and changes nothing.
 //! - **Ledger**: owner-signed entries merged as a CRDT; fresh entries are pushed (batched)
 //!   250 ms after they arrive, to a random ~ln N + 1 token peers, who pass them on. One end
 //!   of each connection sends its 16 bucket digests every 10 s while anything changes
@@ -1168,8 +1168,8 @@ impl Node {
                 Some(Cow::Borrowed(plain))
             }
             // One that overtook the peer's Hello (messages on separate streams arrive in
-            // any order) waits for it, within bounds; beyond them it is dropped, and the
-            // peer repairs that by sending its Hello again.
+            // any order) waits for it, within bounds; beyond them it is dropped (the head
+            // rounds repair what it carried).
             Some((&FRAME_PLAIN, _)) => {
                 let held = self.held.entry(conn).or_default();
                 if held.len() < HELD_FRAMES_MAX && self.held_bytes + bytes.len() <= SEALED_BYTES_MAX
