@@ -233,7 +233,7 @@ fn bucket_of(owner: &PeerKey) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ledger {
     /// Each entry with its digest, computed once, by owner then key.
-    entries: BTreeMap<PeerKey, BTreeMap<String, (Entry, [u8; 32])>>,
+    entries: BTreeMap<PeerKey, OwnerEntries>,
     len: usize,
     /// Per bucket, XOR of the entries' digests: kept up to date in O(1) per change.
     xor: [[u8; 32]; BUCKETS],
@@ -244,6 +244,44 @@ pub struct Ledger {
     ranked: BTreeSet<OwnerRank>,
     /// Owners evicted since [`Ledger::take_evicted`] was last called.
     evicted: Vec<PeerKey>,
+}
+
+/// One owner's entries with their digests, sorted by key. An owner holds a handful of keys,
+/// and a B-tree's smallest node has room for 11 (about 2 KB here, per owner, per replica):
+/// a sorted vector keeps the simulator's thousands of replicas small.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct OwnerEntries(Vec<(Entry, [u8; 32])>);
+
+impl OwnerEntries {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(e, _)| e.key.as_str().cmp(key))
+    }
+
+    fn get(&self, key: &str) -> Option<&(Entry, [u8; 32])> {
+        self.find(key).ok().map(|i| &self.0[i])
+    }
+
+    /// Puts the entry under its key; what it replaced, if anything.
+    fn insert(&mut self, item: (Entry, [u8; 32])) -> Option<(Entry, [u8; 32])> {
+        match self.find(&item.0.key) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i], item)),
+            Err(i) => {
+                // Room for exactly one more (most owners hold one or two keys).
+                self.0.reserve_exact(1);
+                self.0.insert(i, item);
+                None
+            }
+        }
+    }
+
+    /// In key order.
+    fn values(&self) -> std::slice::Iter<'_, (Entry, [u8; 32])> {
+        self.0.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// Best first: larger FNV-32a, then smaller key ([`crate::mesh::roles::key_rank`]).
@@ -370,13 +408,7 @@ impl Ledger {
         }
         let b = bucket_of(&e.owner);
         let owner = e.owner;
-        let key = e.key.clone();
-        match self
-            .entries
-            .entry(owner)
-            .or_default()
-            .insert(key, (e, digest))
-        {
+        match self.entries.entry(owner).or_default().insert((e, digest)) {
             Some((_, old)) => xor_into(&mut self.xor[b], &old),
             None => self.len += 1,
         }

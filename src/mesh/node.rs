@@ -415,7 +415,8 @@ pub struct Node {
     name: String,
     rng: Rng,
     ledger: Ledger,
-    peers: BTreeMap<NetId, Peer>,
+    /// Boxed: a B-tree node has room for 11 values, and most of it would hold no peer.
+    peers: BTreeMap<NetId, Box<Peer>>,
     infra: BTreeMap<NetId, Infra>,
     conn_peer: BTreeMap<ConnRef, NetId>,
     /// Peer connections whose first message has not opened yet, since when.
@@ -828,7 +829,7 @@ impl Node {
         wanted
             .iter()
             .map(|&n| {
-                let best = self.peers.get(&n).and_then(Peer::best_verified);
+                let best = self.peers.get(&n).and_then(|p| p.best_verified());
                 (n, best.map(|(_, k)| k))
             })
             .collect()
