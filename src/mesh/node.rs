@@ -2666,10 +2666,10 @@ mod tests {
         assert!(a.held.is_empty() && a.held_bytes == 0);
     }
 
-    /// Exactly one end of every pair sends the head rounds, and the duty is spread: each
+    /// `heads_from` names exactly one end of every pair, and spreads the duty: each
     /// node sends them to about half of its peers.
     #[test]
-    fn one_end_of_each_pair_sends_head_rounds() {
+    fn heads_from_picks_exactly_one_end_of_each_pair_and_spreads_the_duty() {
         for a in 0..200u64 {
             let mine = (0..200u64)
                 .filter(|&b| b != a)
