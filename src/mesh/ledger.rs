@@ -375,14 +375,15 @@ impl Ledger {
 
     /// Checks and merges one entry. A copy of what is already held (same version and
     /// signature) or anything older is recognised without hashing or verifying.
-    pub fn apply(&mut self, e: Entry, v: &mut dyn Crypto) -> Result<Applied, LedgerError> {
+    /// The entry is copied only when it changes the ledger.
+    pub fn apply(&mut self, e: &Entry, v: &mut dyn Crypto) -> Result<Applied, LedgerError> {
         if e.key.len() > KEY_BYTES_MAX {
             return Err(LedgerError::KeyTooLong(e.key.len()));
         }
         if let Some(bytes) = e.value.as_ref().map(Vec::len) {
             if bytes > self.value_bytes_max {
                 return Err(LedgerError::ValueTooLarge {
-                    key: e.key,
+                    key: e.key.clone(),
                     bytes,
                     max: self.value_bytes_max,
                 });
@@ -404,11 +405,16 @@ impl Ledger {
             }
         }
         if !v.verify(&e.owner, &e.signed_bytes(), &e.sig) {
-            return Err(LedgerError::BadSignature { key: e.key });
+            return Err(LedgerError::BadSignature { key: e.key.clone() });
         }
         let b = bucket_of(&e.owner);
         let owner = e.owner;
-        match self.entries.entry(owner).or_default().insert((e, digest)) {
+        match self
+            .entries
+            .entry(owner)
+            .or_default()
+            .insert((e.clone(), digest))
+        {
             Some((_, old)) => xor_into(&mut self.xor[b], &old),
             None => self.len += 1,
         }
@@ -440,7 +446,7 @@ impl Ledger {
     pub fn merge(&mut self, other: &Ledger, v: &mut dyn Crypto) -> usize {
         other
             .entries()
-            .filter(|e| matches!(self.apply((*e).clone(), v), Ok(Applied::Changed)))
+            .filter(|e| matches!(self.apply(e, v), Ok(Applied::Changed)))
             .count()
     }
 
@@ -574,31 +580,31 @@ mod tests {
         let mut l = Ledger::new(1024);
         let mut v = FreshCrypto;
         let e = Entry::signed(&a, "role", 1, Some(b"master".to_vec()));
-        assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Changed));
-        assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Stale));
+        assert_eq!(l.apply(&e, &mut v), Ok(Applied::Changed));
+        assert_eq!(l.apply(&e, &mut v), Ok(Applied::Stale));
         // b re-signs a's entry under a's name: refused.
         let mut forged = Entry::signed(&b, "role", 2, Some(b"worker".to_vec()));
         forged.owner = a.verifying_key().to_bytes();
         assert_eq!(
-            l.apply(forged, &mut v),
+            l.apply(&forged, &mut v),
             Err(LedgerError::BadSignature { key: "role".into() })
         );
         // A tampered value breaks the signature.
         let mut tampered = Entry::signed(&a, "role", 3, Some(b"master".to_vec()));
         tampered.value = Some(b"worker".to_vec());
-        assert!(l.apply(tampered, &mut v).is_err());
+        assert!(l.apply(&tampered, &mut v).is_err());
         assert_eq!(
             l.get(&a.verifying_key().to_bytes(), "role"),
             Some(&b"master"[..])
         );
         // A tombstone deletes.
         let t = Entry::signed(&a, "role", 4, None);
-        assert_eq!(l.apply(t, &mut v), Ok(Applied::Changed));
+        assert_eq!(l.apply(&t, &mut v), Ok(Applied::Changed));
         assert_eq!(l.get(&a.verifying_key().to_bytes(), "role"), None);
         assert_eq!(l.live().count(), 0);
         let big = Entry::signed(&a, "blob", 5, Some(vec![0; 2048]));
         assert!(matches!(
-            l.apply(big, &mut v),
+            l.apply(&big, &mut v),
             Err(LedgerError::ValueTooLarge { .. })
         ));
     }
@@ -610,7 +616,7 @@ mod tests {
         let mut memo = MemoCrypto::default();
         for _ in 0..5 {
             let mut l = Ledger::new(1024);
-            l.apply(e.clone(), &mut memo).unwrap();
+            l.apply(&e, &mut memo).unwrap();
         }
         assert_eq!((memo.checks, memo.hits), (1, 4));
     }
@@ -675,7 +681,7 @@ mod tests {
     fn ledger(es: &[Entry], v: &mut MemoCrypto) -> Ledger {
         let mut l = Ledger::new(16);
         for e in es {
-            let _ = l.apply(e.clone(), v);
+            let _ = l.apply(&e, v);
         }
         l
     }
@@ -694,7 +700,7 @@ mod tests {
     fn capped(es: &[Entry], v: &mut MemoCrypto) -> Ledger {
         let mut l = Ledger::with_owner_cap(16, 3);
         for e in es {
-            let _ = l.apply(e.clone(), v);
+            let _ = l.apply(&e, v);
         }
         l
     }
@@ -720,9 +726,9 @@ mod tests {
                 .iter()
                 .find(|s| s.verifying_key().to_bytes() == *o)
                 .unwrap();
-            l.apply(Entry::signed(s, "a", 1, Some(vec![1])), &mut v)
+            l.apply(&Entry::signed(s, "a", 1, Some(vec![1])), &mut v)
                 .unwrap();
-            l.apply(Entry::signed(s, "b", 1, Some(vec![2])), &mut v)
+            l.apply(&Entry::signed(s, "b", 1, Some(vec![2])), &mut v)
                 .unwrap();
         }
         let kept: Vec<PeerKey> = l.entries().map(|e| e.owner).collect();
@@ -741,9 +747,9 @@ mod tests {
             .unwrap();
         let mut e = Entry::signed(worst, "a", 2, Some(vec![3]));
         e.sig = [0; 64];
-        assert_eq!(l.apply(e.clone(), &mut v), Ok(Applied::Outranked));
+        assert_eq!(l.apply(&e, &mut v), Ok(Applied::Outranked));
         let mut lw = Ledger::new(16);
-        lw.apply(Entry::signed(worst, "a", 2, Some(vec![3])), &mut v)
+        lw.apply(&Entry::signed(worst, "a", 2, Some(vec![3])), &mut v)
             .unwrap();
         assert!(!l.lacks_any(&lw.versions(ALL_BUCKETS)));
         // Evicting keeps the head consistent with what is held.
@@ -801,10 +807,10 @@ mod tests {
             let mut v = MemoCrypto::default();
             let (mut la, mut lb) = (ledger(&a, &mut v), ledger(&b, &mut v));
             for e in lb.newer_than(&la.versions(ALL_BUCKETS), ALL_BUCKETS) {
-                let _ = la.apply(e, &mut v);
+                let _ = la.apply(&e, &mut v);
             }
             for e in la.newer_than(&lb.versions(ALL_BUCKETS), ALL_BUCKETS) {
-                let _ = lb.apply(e, &mut v);
+                let _ = lb.apply(&e, &mut v);
             }
             prop_assert_eq!(la.head(), lb.head());
             prop_assert_eq!(la, lb);
@@ -821,10 +827,10 @@ mod tests {
             let (va, vb) = (la.versions(mask), lb.versions(mask));
             prop_assert_eq!(lb.lacks_any(&va), !la.newer_than(&vb, mask).is_empty());
             for e in lb.newer_than(&va, mask) {
-                let _ = la.apply(e, &mut v);
+                let _ = la.apply(&e, &mut v);
             }
             for e in la.newer_than(&vb, mask) {
-                let _ = lb.apply(e, &mut v);
+                let _ = lb.apply(&e, &mut v);
             }
             prop_assert_eq!(la.bucket_digests(), lb.bucket_digests());
             prop_assert_eq!(la, lb);

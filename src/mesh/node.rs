@@ -350,9 +350,8 @@ pub const SEALED_BYTES_MAX: usize = 4 << 20;
 struct Peer {
     key: Option<PeerKey>,
     reach: Reach,
-    conns: BTreeMap<ConnRef, PathKind>,
-    /// The conn's first message opened with the token.
-    verified: BTreeSet<ConnRef>,
+    /// Its connections, in id order (one or two: a small vector, not a tree).
+    conns: Vec<PeerConn>,
     dialing: bool,
     failures: u32,
     next_try: Instant,
@@ -366,14 +365,31 @@ struct Peer {
     record: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct PeerConn {
+    conn: ConnRef,
+    path: PathKind,
+    /// The conn's first message opened with the token.
+    verified: bool,
+}
+
 impl Peer {
-    /// Its best verified connection (direct before relayed) and that path's kind.
+    /// Its best verified connection (direct before relayed, then the older) and that path's
+    /// kind.
     fn best_verified(&self) -> Option<(ConnRef, PathKind)> {
         self.conns
             .iter()
-            .filter(|(c, _)| self.verified.contains(c))
-            .min_by_key(|(_, k)| **k)
-            .map(|(c, k)| (*c, *k))
+            .filter(|c| c.verified)
+            .min_by_key(|c| c.path)
+            .map(|c| (c.conn, c.path))
+    }
+
+    fn any_verified(&self) -> bool {
+        self.conns.iter().any(|c| c.verified)
+    }
+
+    fn conn_mut(&mut self, conn: ConnRef) -> Option<&mut PeerConn> {
+        self.conns.iter_mut().find(|c| c.conn == conn)
     }
 }
 
@@ -728,7 +744,10 @@ impl Node {
         let peers: usize = self
             .peers
             .values()
-            .map(|p| 160 + p.reach.direct.len() * 6 + p.conns.len() * 48 + p.verified.len() * 32)
+            .map(|p| {
+                160 + p.reach.direct.len() * 6
+                    + p.conns.capacity() * std::mem::size_of::<PeerConn>()
+            })
             .sum();
         std::mem::size_of::<Self>()
             + ledger
@@ -865,7 +884,7 @@ impl Node {
             None => "unknown".into(),
             Some(p) => format!(
                 "key {} reach {:?} conns {:?} verified {} dialing {} failures {} lan {:?} foreign {}",
-                p.key.is_some(), p.reach, p.conns, p.verified.len(), p.dialing, p.failures, p.lan, p.foreign
+                p.key.is_some(), p.reach, p.conns, p.conns.iter().filter(|c| c.verified).count(), p.dialing, p.failures, p.lan, p.foreign
             ),
         }
     }
@@ -924,7 +943,17 @@ impl Node {
         self.conns_gen += 1;
         self.unverified.insert(conn, now);
         let p = self.peers.entry(peer).or_default();
-        p.conns.insert(conn, path);
+        match p.conns.binary_search_by_key(&conn, |c| c.conn) {
+            Ok(i) => p.conns[i].path = path,
+            Err(i) => p.conns.insert(
+                i,
+                PeerConn {
+                    conn,
+                    path,
+                    verified: false,
+                },
+            ),
+        }
         p.dialing = false;
         self.hello_unacked.insert(conn, now);
         self.send_hello(now, conn);
@@ -961,8 +990,7 @@ impl Node {
             }
         }
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.conns.remove(&conn);
-            p.verified.remove(&conn);
+            p.conns.retain(|c| c.conn != conn);
             self.peers_gen += 1;
             self.conns_gen += 1;
         }
@@ -1159,7 +1187,8 @@ impl Node {
         let verified = self
             .peers
             .get(&peer)
-            .is_some_and(|p| p.verified.contains(&conn));
+            .and_then(|p| p.conns.iter().find(|c| c.conn == conn))
+            .is_some_and(|c| c.verified);
         let plain = match bytes.split_first() {
             Some((&FRAME_SEALED, sealed)) => self.open(now, sealed).map(Cow::Owned),
             // Plain frames only on a connection whose Hello opened.
@@ -1203,7 +1232,9 @@ impl Node {
         let Some(p) = self.peers.get_mut(&peer) else {
             return false;
         };
-        let opened = p.verified.insert(conn);
+        let opened = p
+            .conn_mut(conn)
+            .is_some_and(|c| !std::mem::replace(&mut c.verified, true));
         if opened {
             self.peers_gen += 1;
             self.conns_gen += 1;
@@ -1229,13 +1260,13 @@ impl Node {
                 let direct = p
                     .conns
                     .iter()
-                    .any(|(c, k)| *k == PathKind::Direct && p.verified.contains(c));
+                    .any(|c| c.path == PathKind::Direct && c.verified);
                 if direct {
                     let relayed: Vec<ConnRef> = p
                         .conns
                         .iter()
-                        .filter(|(_, k)| **k != PathKind::Direct)
-                        .map(|(c, _)| *c)
+                        .filter(|c| c.path != PathKind::Direct)
+                        .map(|c| c.conn)
                         .collect();
                     for c in relayed {
                         self.actions.push_back(Action::Close { conn: c });
@@ -1300,7 +1331,7 @@ impl Node {
             Wire::Entries { entries, push } => {
                 let mut changed = false;
                 for e in entries {
-                    match self.ledger.apply(e.clone(), crypto) {
+                    match self.ledger.apply(&e, crypto) {
                         Ok(Applied::Changed) => {
                             self.entry_changed(&e);
                             self.stats.entries_applied += 1;
@@ -1654,7 +1685,7 @@ impl Node {
         crypto: &mut dyn Crypto,
     ) {
         let e = Entry::signed(&self.signer, key, version, Some(value));
-        if let Ok(Applied::Changed) = self.ledger.apply(e.clone(), crypto) {
+        if let Ok(Applied::Changed) = self.ledger.apply(&e, crypto) {
             self.entry_changed(&e);
             self.outbox.push((e, Vec::new()));
             self.ledger_changed(now);
@@ -1896,30 +1927,36 @@ impl Node {
     }
 
     fn compute_wanted(&self) -> Vec<NetId> {
+        // Sticky: wanted peers we already have a verified path to stay wanted, so a view
+        // that grows (discovery keeps adding peers) does not keep moving paths around.
+        let before: Rc<[NetId]> = self.wanted_cache.peek().unwrap_or_default();
+        // Usually they are enough by themselves: then a few look-ups decide, not a walk
+        // over the whole table (the same answer as below: there are at least as many
+        // candidates as these).
+        let sticky: Vec<NetId> = before
+            .iter()
+            .copied()
+            .filter(|n| {
+                self.peers
+                    .get(n)
+                    .and_then(|p| candidate(p))
+                    .is_some_and(|(verified, _)| verified)
+            })
+            .take(self.cfg.target_peers)
+            .collect();
+        if sticky.len() >= self.cfg.target_peers {
+            let mut want: BTreeSet<NetId> = sticky.into_iter().collect();
+            self.add_council(&mut want, |n| {
+                self.peers.get(n).and_then(|p| candidate(p)).is_some()
+            });
+            return want.into_iter().collect();
+        }
         // Each candidate with whether we hold a verified path to it, and whether only a
-        // relay connects us (hole punching failed, not public, not on our LAN).
+        // relay connects us.
         let candidates: Vec<(NetId, bool, bool)> = self
             .peers
             .iter()
-            // Peers we can reach (on the LAN, public, or through their relay), and those
-            // that reached us. A peer behind NAT whose relay we do not know is not a
-            // candidate: nothing would dial it (a stale record from a member evicted from a
-            // capped ledger looks like that).
-            // A peer we failed to reach three times in a row is dropped until news of it
-            // arrives (a record or member entry with another reach resets the count) or its
-            // backoff is over: it may have moved to another relay, or be gone.
-            .filter(|(_, p)| {
-                !p.foreign
-                    && (p.failures < PEER_FAILURES_MAX || !p.conns.is_empty())
-                    && (!p.conns.is_empty()
-                        || p.lan.is_some()
-                        || (p.reach.public && !p.reach.direct.is_empty())
-                        || p.reach.relay.is_some())
-            })
-            .map(|(n, p)| {
-                let relay_only = p.punch_failed && !p.reach.public && p.lan.is_none();
-                (*n, !p.verified.is_empty(), relay_only)
-            })
+            .filter_map(|(n, p)| candidate(p).map(|(v, r)| (*n, v, r)))
             .collect();
         if candidates.len() <= self.cfg.target_peers {
             return candidates.into_iter().map(|(n, _, _)| n).collect();
@@ -1931,28 +1968,8 @@ impl Node {
                 .ok()
                 .map(|i| candidates[i])
         };
-        // Sticky: wanted peers we already have a verified path to stay wanted, so a view
-        // that grows (discovery keeps adding peers) does not keep moving paths around.
-        let before: Rc<[NetId]> = self.wanted_cache.peek().unwrap_or_default();
-        let mut want: BTreeSet<NetId> = before
-            .iter()
-            .copied()
-            .filter(|n| find(n).is_some_and(|(_, verified, _)| verified))
-            .take(self.cfg.target_peers)
-            .collect();
-        // A council member wants the rest of the council (leases travel among them), on top
-        // of its share of the overlay.
-        let council = self.valid_cluster().filter(|c| c.in_council(&self.me));
-        if let Some(c) = council {
-            let others = c.masters.iter().chain(&c.electorate).chain([&c.leader]);
-            for k in others.filter(|k| **k != self.me) {
-                if let Some(m) = self.member_table.get(k) {
-                    if find(&m.net).is_some() {
-                        want.insert(m.net);
-                    }
-                }
-            }
-        }
+        let mut want: BTreeSet<NetId> = sticky.into_iter().collect();
+        self.add_council(&mut want, |n| find(n).is_some());
         if want.len() >= self.cfg.target_peers {
             return want.into_iter().collect();
         }
@@ -1991,6 +2008,22 @@ impl Node {
             want.insert(n);
         }
         want.into_iter().collect()
+    }
+
+    /// A council member wants the rest of the council (leases travel among them), on top of
+    /// its share of the overlay: those that are candidates.
+    fn add_council(&self, want: &mut BTreeSet<NetId>, is_candidate: impl Fn(&NetId) -> bool) {
+        let council = self.valid_cluster().filter(|c| c.in_council(&self.me));
+        if let Some(c) = council {
+            let others = c.masters.iter().chain(&c.electorate).chain([&c.leader]);
+            for k in others.filter(|k| **k != self.me) {
+                if let Some(m) = self.member_table.get(k) {
+                    if is_candidate(&m.net) {
+                        want.insert(m.net);
+                    }
+                }
+            }
+        }
     }
 
     /// What the wanted peers depend on: the peer table, and (for a council member) the
@@ -2341,7 +2374,7 @@ impl Node {
             let connected: BTreeSet<PeerKey> = self
                 .peers
                 .values()
-                .filter(|p| !p.verified.is_empty())
+                .filter(|p| p.any_verified())
                 .filter_map(|p| p.key)
                 .collect();
             rest.retain(|k| connected.contains(k) || self.lease_fresh(k, now));
@@ -2536,6 +2569,27 @@ fn unpathed(paths: Vec<(NetId, Option<PathKind>)>) -> Rc<[NetId]> {
 
 /// Sets a peer's count of failed dials in a row, keeping `failed` (the peers at
 /// [`PEER_FAILURES_MAX`] or more) in step.
+/// Whether a peer is a candidate for a path, and if so whether we hold a verified path to it
+/// and whether only a relay connects us (hole punching failed, not public, not on our LAN).
+/// Candidates: peers we can reach (on the LAN, public, or through their relay), and those
+/// that reached us. A peer behind NAT whose relay we do not know is not one: nothing would
+/// dial it (a stale record from a member evicted from a capped ledger looks like that). A
+/// peer we failed to reach three times in a row is dropped until news of it arrives (a
+/// record or member entry with another reach resets the count) or its backoff is over: it
+/// may have moved to another relay, or be gone.
+fn candidate(p: &Peer) -> Option<(bool, bool)> {
+    let reachable = !p.conns.is_empty()
+        || p.lan.is_some()
+        || (p.reach.public && !p.reach.direct.is_empty())
+        || p.reach.relay.is_some();
+    let dropped = p.failures >= PEER_FAILURES_MAX && p.conns.is_empty();
+    if p.foreign || dropped || !reachable {
+        return None;
+    }
+    let relay_only = p.punch_failed && !p.reach.public && p.lan.is_none();
+    Some((p.any_verified(), relay_only))
+}
+
 fn set_failures(p: &mut Peer, n: u32, failed: &mut usize) {
     match (p.failures >= PEER_FAILURES_MAX, n >= PEER_FAILURES_MAX) {
         (false, true) => *failed += 1,
