@@ -10,7 +10,6 @@
 //! Everything iterated is ordered; randomness (jitter, loss, port choice) comes from the
 //! network's own [`Rng`].
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasherDefault;
@@ -21,7 +20,54 @@ use crate::time::{Duration, Instant};
 
 /// A hash map with a fixed hasher: the same inserts give the same iteration order, run after
 /// run (std's default hasher is randomly keyed per process).
-pub type DetMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+pub type DetMap<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
+
+/// The simulator's hasher for its own small keys (ids, ports, addresses): each word is
+/// mixed in with a rotate, an XOR and a multiply by an odd constant. Much cheaper than
+/// SipHash, and unkeyed: simulated state is not chosen by an adversary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WordHasher(u64);
+
+impl WordHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        // The table takes its buckets from the low bits: fold the well-mixed high ones in.
+        self.0 ^ (self.0 >> 32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
 
 pub type Addr = SocketAddrV4;
 

@@ -62,7 +62,61 @@ fn signed_bytes(owner: &PeerKey, key: &str, version: u64, value: Option<&[u8]>) 
     b
 }
 
+/// An entry as it travels, borrowed from the message it came in (or from an [`Entry`]):
+/// the same bytes on the wire. Copies of what a ledger already holds, most of what a node
+/// hears, are recognised without allocating; only an entry that changes the ledger is
+/// copied into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRef<'a> {
+    pub owner: PeerKey,
+    pub key: &'a str,
+    pub version: u64,
+    #[serde(borrow, with = "serde_bytes")]
+    pub value: Option<&'a [u8]>,
+    #[serde(with = "serde_bytes")]
+    pub sig: [u8; 64],
+}
+
+impl EntryRef<'_> {
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            owner: self.owner,
+            key: self.key.to_string(),
+            version: self.version,
+            value: self.value.map(<[u8]>::to_vec),
+            sig: self.sig,
+        }
+    }
+
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        signed_bytes(&self.owner, self.key, self.version, self.value)
+    }
+
+    /// As [`Entry::digest`].
+    pub fn digest(&self) -> [u8; 32] {
+        digest_of(&self.signed_bytes(), &self.sig)
+    }
+}
+
+/// SHA-256 of an entry's signed bytes and its signature.
+fn digest_of(signed: &[u8], sig: &[u8; 64]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(signed);
+    h.update(sig);
+    h.finalize().into()
+}
+
 impl Entry {
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            owner: self.owner,
+            key: &self.key,
+            version: self.version,
+            value: self.value.as_deref(),
+            sig: self.sig,
+        }
+    }
+
     /// A new entry (or tombstone, with `value: None`) signed by `signer`.
     pub fn signed(signer: &SigningKey, key: &str, version: u64, value: Option<Vec<u8>>) -> Self {
         let owner = signer.verifying_key().to_bytes();
@@ -84,7 +138,7 @@ impl Entry {
 
     /// SHA-256 of the signed bytes and the signature: names this exact entry.
     pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest([self.signed_bytes().as_slice(), &self.sig].concat()).into()
+        self.as_ref().digest()
     }
 }
 
@@ -93,6 +147,19 @@ impl Entry {
 /// answer); they may not skip the check or the decryption.
 pub trait Crypto {
     fn verify(&mut self, owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool;
+
+    /// As [`Crypto::verify`], for an entry's signed bytes (which hold `owner`) whose
+    /// [`Entry::digest`] the caller computed already: it names the check as well.
+    fn verify_entry(
+        &mut self,
+        digest: &[u8; 32],
+        owner: &PeerKey,
+        signed: &[u8],
+        sig: &[u8; 64],
+    ) -> bool {
+        let _ = digest;
+        self.verify(owner, signed, sig)
+    }
 
     /// Opens a sealed record (`nonce ‖ ciphertext ‖ tag`) with `key`.
     fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
@@ -151,6 +218,23 @@ impl MemoCrypto {
     }
 }
 
+impl MemoCrypto {
+    /// The verdict remembered under `id`, or checked and remembered.
+    fn verify_as(&mut self, id: [u8; 32], owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool {
+        if let Some(v) = self.seen.get(&id) {
+            self.hits += 1;
+            return *v;
+        }
+        self.checks += 1;
+        let v = FreshCrypto.verify(owner, msg, sig);
+        if self.seen.len() >= self.seen_max {
+            self.seen.clear();
+        }
+        self.seen.insert(id, v);
+        v
+    }
+}
+
 /// Sealed record -> its plaintext, or `None` when it did not open.
 type Opened = HashMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -165,17 +249,19 @@ impl Crypto for MemoCrypto {
         h.update(sig);
         h.update(msg);
         let id: [u8; 32] = h.finalize().into();
-        if let Some(v) = self.seen.get(&id) {
-            self.hits += 1;
-            return *v;
-        }
-        self.checks += 1;
-        let v = FreshCrypto.verify(owner, msg, sig);
-        if self.seen.len() >= self.seen_max {
-            self.seen.clear();
-        }
-        self.seen.insert(id, v);
-        v
+        self.verify_as(id, owner, msg, sig)
+    }
+
+    fn verify_entry(
+        &mut self,
+        digest: &[u8; 32],
+        owner: &PeerKey,
+        signed: &[u8],
+        sig: &[u8; 64],
+    ) -> bool {
+        // Another hash than `verify`'s ids (SHA-256 of the signed bytes, which begin with a
+        // fixed label and hold the owner, then the signature): the two kinds never meet.
+        self.verify_as(*digest, owner, signed, sig)
     }
 
     fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
@@ -377,13 +463,22 @@ impl Ledger {
     /// signature) or anything older is recognised without hashing or verifying.
     /// The entry is copied only when it changes the ledger.
     pub fn apply(&mut self, e: &Entry, v: &mut dyn Crypto) -> Result<Applied, LedgerError> {
+        self.apply_ref(e.as_ref(), v)
+    }
+
+    /// As [`Ledger::apply`], for an entry borrowed from a message.
+    pub fn apply_ref(
+        &mut self,
+        e: EntryRef<'_>,
+        v: &mut dyn Crypto,
+    ) -> Result<Applied, LedgerError> {
         if e.key.len() > KEY_BYTES_MAX {
             return Err(LedgerError::KeyTooLong(e.key.len()));
         }
-        if let Some(bytes) = e.value.as_ref().map(Vec::len) {
+        if let Some(bytes) = e.value.map(<[u8]>::len) {
             if bytes > self.value_bytes_max {
                 return Err(LedgerError::ValueTooLarge {
-                    key: e.key.clone(),
+                    key: e.key.to_string(),
                     bytes,
                     max: self.value_bytes_max,
                 });
@@ -392,20 +487,23 @@ impl Ledger {
         if self.outranked(&e.owner) {
             return Ok(Applied::Outranked);
         }
-        let held = self.entries.get(&e.owner).and_then(|m| m.get(&e.key));
+        let held = self.entries.get(&e.owner).and_then(|m| m.get(e.key));
         if let Some((have, _)) = held {
             if have.version > e.version || (have.version == e.version && have.sig == e.sig) {
                 return Ok(Applied::Stale);
             }
         }
-        let digest = e.digest();
+        let signed = e.signed_bytes();
+        let digest = digest_of(&signed, &e.sig);
         if let Some((have, d)) = held {
             if (have.version, *d) >= (e.version, digest) {
                 return Ok(Applied::Stale);
             }
         }
-        if !v.verify(&e.owner, &e.signed_bytes(), &e.sig) {
-            return Err(LedgerError::BadSignature { key: e.key.clone() });
+        if !v.verify_entry(&digest, &e.owner, &signed, &e.sig) {
+            return Err(LedgerError::BadSignature {
+                key: e.key.to_string(),
+            });
         }
         let b = bucket_of(&e.owner);
         let owner = e.owner;
@@ -413,7 +511,7 @@ impl Ledger {
             .entries
             .entry(owner)
             .or_default()
-            .insert((e.clone(), digest))
+            .insert((e.to_entry(), digest))
         {
             Some((_, old)) => xor_into(&mut self.xor[b], &old),
             None => self.len += 1,
@@ -552,6 +650,19 @@ mod tests {
 
     fn signer(n: u8) -> SigningKey {
         SigningKey::from_bytes(&[n; 32])
+    }
+
+    #[test]
+    fn an_entry_and_its_borrowed_view_are_the_same_bytes_on_the_wire() {
+        for value in [Some(vec![1, 2, 3]), Some(Vec::new()), None] {
+            let e = Entry::signed(&signer(7), "member", 3, value);
+            let owned = postcard::to_allocvec(&e).unwrap();
+            assert_eq!(postcard::to_allocvec(&e.as_ref()).unwrap(), owned);
+            let back: EntryRef = postcard::from_bytes(&owned).unwrap();
+            assert_eq!(back, e.as_ref());
+            assert_eq!(back.to_entry(), e);
+            assert_eq!(back.digest(), e.digest());
+        }
     }
 
     #[test]

@@ -60,7 +60,7 @@ use bootyard_sim::{Duration, Instant, Rng};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{Applied, Crypto, Entry, Ledger, PeerKey, Version, BUCKETS};
+use super::ledger::{Applied, Crypto, Entry, EntryRef, Ledger, PeerKey, Version, BUCKETS};
 use super::roles::{fnv32a, kairos_assign, kairos_leader, key_fnv, key_rank, Assignment, Role};
 use super::token::{self, NetworkToken};
 
@@ -269,8 +269,10 @@ impl Cluster {
     }
 }
 
+/// Entries travel borrowed (see [`EntryRef`]): decoding a message allocates for what changes
+/// the ledger only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-enum Wire {
+enum Wire<'a> {
     /// Our key, how to reach us, and our ledger's bucket digests.
     Hello {
         key: PeerKey,
@@ -287,7 +289,8 @@ enum Wire {
     /// Entries: pushed as fresh news (`push`, passed on), or answering a pull (not passed on:
     /// the rest of the mesh has them).
     Entries {
-        entries: Vec<Entry>,
+        #[serde(borrow)]
+        entries: Vec<EntryRef<'a>>,
         push: bool,
     },
     /// A master's signed lease renewal (key `lease`, version = its clock in ms). Leases are
@@ -1305,7 +1308,7 @@ impl Node {
                         now,
                         conn,
                         &Wire::Entries {
-                            entries: newer,
+                            entries: newer.iter().map(Entry::as_ref).collect(),
                             push: false,
                         },
                     );
@@ -1331,8 +1334,9 @@ impl Node {
             Wire::Entries { entries, push } => {
                 let mut changed = false;
                 for e in entries {
-                    match self.ledger.apply(&e, crypto) {
+                    match self.ledger.apply_ref(e, crypto) {
                         Ok(Applied::Changed) => {
+                            let e = e.to_entry();
                             self.entry_changed(&e);
                             self.stats.entries_applied += 1;
                             if push {
@@ -1667,7 +1671,7 @@ impl Node {
                 continue;
             }
             let msg = Wire::Entries {
-                entries: picks.iter().map(|&i| out[i].0.clone()).collect(),
+                entries: picks.iter().map(|&i| out[i].0.as_ref()).collect(),
                 push: true,
             };
             let (kind, bytes) = self.encode(now, &msg);
