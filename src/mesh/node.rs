@@ -434,8 +434,9 @@ pub struct Node {
     name: String,
     rng: Rng,
     ledger: Ledger,
-    /// Boxed: a B-tree node has room for 11 values, and most of it would hold no peer.
-    peers: BTreeMap<NetId, Box<Peer>>,
+    /// In one sorted vector: looked up by binary search, walked in id order like a map,
+    /// and in one allocation (a B-tree's nodes have room for 11 values each, mostly empty).
+    peers: VecMap<NetId, Peer>,
     infra: BTreeMap<NetId, Infra>,
     conn_peer: BTreeMap<ConnRef, NetId>,
     /// Peer connections whose first message has not opened yet, since when.
@@ -515,6 +516,69 @@ pub struct Node {
     /// should read now, whether it holds one at all, and whether our rank keeps us out.
     publish_cache: Memo<(bool, bool, bool), (u64, u64)>,
     pub stats: NodeStats,
+}
+
+/// A map kept as a vector sorted by key: for the node's tables of a few hundred entries at
+/// most, contiguous (walks touch one block of memory) and cheap to drop.
+#[derive(Debug)]
+struct VecMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for VecMap<K, V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: Ord + Copy, V> VecMap<K, V> {
+    fn find(&self, k: &K) -> Result<usize, usize> {
+        self.0.binary_search_by(|(x, _)| x.cmp(k))
+    }
+
+    fn get(&self, k: &K) -> Option<&V> {
+        self.find(k).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.find(k).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn get_or_default(&mut self, k: K) -> &mut V
+    where
+        V: Default,
+    {
+        let i = match self.find(&k) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (k, V::default()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn contains_key(&self, k: &K) -> bool {
+        self.find(k).is_ok()
+    }
+
+    fn remove(&mut self, k: &K) -> Option<V> {
+        self.find(k).ok().map(|i| self.0.remove(i).1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.0.iter_mut().map(|(_, v)| v)
+    }
 }
 
 /// A value derived from state that carries a generation (a counter, or a tuple of them):
@@ -599,7 +663,7 @@ impl Node {
             signer,
             rng,
             ledger,
-            peers: BTreeMap::new(),
+            peers: VecMap::default(),
             infra,
             conn_peer: BTreeMap::new(),
             unverified: BTreeMap::new(),
@@ -945,7 +1009,7 @@ impl Node {
         self.peers_gen += 1;
         self.conns_gen += 1;
         self.unverified.insert(conn, now);
-        let p = self.peers.entry(peer).or_default();
+        let p = self.peers.get_or_default(peer);
         match p.conns.binary_search_by_key(&conn, |c| c.conn) {
             Ok(i) => p.conns[i].path = path,
             Err(i) => p.conns.insert(
@@ -1021,7 +1085,7 @@ impl Node {
             return;
         }
         self.peers_gen += 1;
-        let p = self.peers.entry(peer).or_default();
+        let p = self.peers.get_or_default(peer);
         p.lan = Some(addr);
         if p.failures > 0 {
             p.next_try = now; // a LAN address is worth a fresh try
@@ -1065,7 +1129,7 @@ impl Node {
             if r.net != net {
                 continue;
             }
-            let p = self.peers.entry(net).or_default();
+            let p = self.peers.get_or_default(net);
             p.record = Some(nonce);
             if !p.foreign && p.reach != r.reach {
                 p.reach = r.reach;
@@ -1883,7 +1947,7 @@ impl Node {
             let Some(m) = self.member_table.get(&key) else {
                 continue;
             };
-            let p = self.peers.entry(m.net).or_default();
+            let p = self.peers.get_or_default(m.net);
             if p.key != Some(key) || p.reach != m.reach {
                 p.key = Some(key);
                 p.reach = m.reach.clone();
