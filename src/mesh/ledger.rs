@@ -792,7 +792,7 @@ mod tests {
     fn ledger(es: &[Entry], v: &mut MemoCrypto) -> Ledger {
         let mut l = Ledger::new(16);
         for e in es {
-            let _ = l.apply(&e, v);
+            let _ = l.apply(e, v);
         }
         l
     }
@@ -811,7 +811,7 @@ mod tests {
     fn capped(es: &[Entry], v: &mut MemoCrypto) -> Ledger {
         let mut l = Ledger::with_owner_cap(16, 3);
         for e in es {
-            let _ = l.apply(&e, v);
+            let _ = l.apply(e, v);
         }
         l
     }

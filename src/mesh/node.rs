@@ -2007,7 +2007,7 @@ impl Node {
             .filter(|n| {
                 self.peers
                     .get(n)
-                    .and_then(|p| candidate(p))
+                    .and_then(candidate)
                     .is_some_and(|(verified, _)| verified)
             })
             .take(self.cfg.target_peers)
@@ -2015,7 +2015,7 @@ impl Node {
         if sticky.len() >= self.cfg.target_peers {
             let mut want: BTreeSet<NetId> = sticky.into_iter().collect();
             self.add_council(&mut want, |n| {
-                self.peers.get(n).and_then(|p| candidate(p)).is_some()
+                self.peers.get(n).and_then(candidate).is_some()
             });
             return want.into_iter().collect();
         }
