@@ -216,9 +216,7 @@ impl MemoCrypto {
             hits: 0,
         }
     }
-}
 
-impl MemoCrypto {
     /// The verdict remembered under `id`, or checked and remembered.
     fn verify_as(&mut self, id: [u8; 32], owner: &PeerKey, msg: &[u8], sig: &[u8; 64]) -> bool {
         if let Some(v) = self.seen.get(&id) {
