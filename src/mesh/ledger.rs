@@ -133,7 +133,7 @@ impl Entry {
     }
 
     pub fn signed_bytes(&self) -> Vec<u8> {
-        signed_bytes(&self.owner, &self.key, self.version, self.value.as_deref())
+        self.as_ref().signed_bytes()
     }
 
     /// SHA-256 of the signed bytes and the signature: names this exact entry.

@@ -391,6 +391,10 @@ impl Peer {
         self.conns.iter().any(|c| c.verified)
     }
 
+    fn conn(&self, conn: ConnRef) -> Option<&PeerConn> {
+        self.conns.iter().find(|c| c.conn == conn)
+    }
+
     fn conn_mut(&mut self, conn: ConnRef) -> Option<&mut PeerConn> {
         self.conns.iter_mut().find(|c| c.conn == conn)
     }
@@ -808,14 +812,15 @@ impl Node {
             .entries()
             .map(|e| 2 * e.key.len() + e.value.as_ref().map_or(0, Vec::len) + 32 + 8 + 64 + 32 + 96)
             .sum();
-        let peers: usize = self
-            .peers
-            .values()
-            .map(|p| {
-                160 + p.reach.direct.len() * 6
-                    + p.conns.capacity() * std::mem::size_of::<PeerConn>()
-            })
-            .sum();
+        let peers: usize = self.peers.0.capacity() * std::mem::size_of::<(NetId, Peer)>()
+            + self
+                .peers
+                .values()
+                .map(|p| {
+                    p.reach.direct.capacity() * std::mem::size_of::<Addr>()
+                        + p.conns.capacity() * std::mem::size_of::<PeerConn>()
+                })
+                .sum::<usize>();
         std::mem::size_of::<Self>()
             + ledger
             + peers
@@ -915,7 +920,7 @@ impl Node {
         wanted
             .iter()
             .map(|&n| {
-                let best = self.peers.get(&n).and_then(|p| p.best_verified());
+                let best = self.peers.get(&n).and_then(Peer::best_verified);
                 (n, best.map(|(_, k)| k))
             })
             .collect()
@@ -1254,7 +1259,7 @@ impl Node {
         let verified = self
             .peers
             .get(&peer)
-            .and_then(|p| p.conns.iter().find(|c| c.conn == conn))
+            .and_then(|p| p.conn(conn))
             .is_some_and(|c| c.verified);
         let plain = match bytes.split_first() {
             Some((&FRAME_SEALED, sealed)) => self.open(now, sealed).map(Cow::Owned),
@@ -2635,8 +2640,6 @@ fn unpathed(paths: Vec<(NetId, Option<PathKind>)>) -> Rc<[NetId]> {
         .collect()
 }
 
-/// Sets a peer's count of failed dials in a row, keeping `failed` (the peers at
-/// [`PEER_FAILURES_MAX`] or more) in step.
 /// Whether a peer is a candidate for a path, and if so whether we hold a verified path to it
 /// and whether only a relay connects us (hole punching failed, not public, not on our LAN).
 /// Candidates: peers we can reach (on the LAN, public, or through their relay), and those
@@ -2658,6 +2661,8 @@ fn candidate(p: &Peer) -> Option<(bool, bool)> {
     Some((p.any_verified(), relay_only))
 }
 
+/// Sets a peer's count of failed dials in a row, keeping `failed` (the peers at
+/// [`PEER_FAILURES_MAX`] or more) in step.
 fn set_failures(p: &mut Peer, n: u32, failed: &mut usize) {
     match (p.failures >= PEER_FAILURES_MAX, n >= PEER_FAILURES_MAX) {
         (false, true) => *failed += 1,
