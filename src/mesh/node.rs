@@ -438,11 +438,11 @@ pub struct Node {
     name: String,
     rng: Rng,
     ledger: Ledger,
-    /// In one sorted vector: looked up by binary search, walked in id order like a map,
-    /// and in one allocation (a B-tree's nodes have room for 11 values each, mostly empty).
+    /// Looked up by binary search over the ids alone, walked in id order like a map, and
+    /// in two allocations (a B-tree's nodes have room for 11 values each, mostly empty).
     peers: VecMap<NetId, Peer>,
     infra: BTreeMap<NetId, Infra>,
-    conn_peer: BTreeMap<ConnRef, NetId>,
+    conn_peer: VecMap<ConnRef, NetId>,
     /// Peer connections whose first message has not opened yet, since when.
     unverified: BTreeMap<ConnRef, Instant>,
     /// Connections the peer has not yet shown it opened our Hello on (by a plain frame),
@@ -522,28 +522,42 @@ pub struct Node {
     pub stats: NodeStats,
 }
 
-/// A map kept as a vector sorted by key: for the node's tables of a few hundred entries at
-/// most, contiguous (walks touch one block of memory) and cheap to drop.
+/// A map for the node's tables of a few hundred entries at most: a sorted vector of keys,
+/// each with the slot of its value in an unsorted vector. A look-up searches the small
+/// keys (a few cache lines) and touches one value; an insert shifts keys, never values;
+/// walks go in key order. Contiguous, and cheap to drop.
 #[derive(Debug)]
-struct VecMap<K, V>(Vec<(K, V)>);
+struct VecMap<K, V> {
+    keys: Vec<(K, u32)>,
+    slots: Vec<(K, V)>,
+}
 
 impl<K, V> Default for VecMap<K, V> {
     fn default() -> Self {
-        Self(Vec::new())
+        Self {
+            keys: Vec::new(),
+            slots: Vec::new(),
+        }
     }
 }
 
 impl<K: Ord + Copy, V> VecMap<K, V> {
     fn find(&self, k: &K) -> Result<usize, usize> {
-        self.0.binary_search_by(|(x, _)| x.cmp(k))
+        self.keys.binary_search_by(|(x, _)| x.cmp(k))
+    }
+
+    fn slot(&self, i: usize) -> usize {
+        self.keys[i].1 as usize
     }
 
     fn get(&self, k: &K) -> Option<&V> {
-        self.find(k).ok().map(|i| &self.0[i].1)
+        self.find(k).ok().map(|i| &self.slots[self.slot(i)].1)
     }
 
     fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        self.find(k).ok().map(|i| &mut self.0[i].1)
+        let i = self.find(k).ok()?;
+        let s = self.slot(i);
+        Some(&mut self.slots[s].1)
     }
 
     fn get_or_default(&mut self, k: K) -> &mut V
@@ -553,11 +567,27 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
         let i = match self.find(&k) {
             Ok(i) => i,
             Err(i) => {
-                self.0.insert(i, (k, V::default()));
+                self.insert(k, V::default());
                 i
             }
         };
-        &mut self.0[i].1
+        let s = self.slot(i);
+        &mut self.slots[s].1
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        match self.find(&k) {
+            Ok(i) => {
+                let s = self.slot(i);
+                self.slots[s].1 = v;
+            }
+            Err(i) => {
+                let s = self.slots.len();
+                self.slots.push((k, v));
+                self.keys
+                    .insert(i, (k, u32::try_from(s).expect("a node's table fits u32")));
+            }
+        }
     }
 
     fn contains_key(&self, k: &K) -> bool {
@@ -565,23 +595,42 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
     }
 
     fn remove(&mut self, k: &K) -> Option<V> {
-        self.find(k).ok().map(|i| self.0.remove(i).1)
+        let i = self.find(k).ok()?;
+        let s = self.slot(i);
+        self.keys.remove(i);
+        let (_, v) = self.slots.swap_remove(s);
+        // The value that filled the slot keeps its key's pointer right.
+        if let Some((moved, _)) = self.slots.get(s) {
+            let j = self.find(moved).expect("every slot has its key");
+            self.keys[j].1 = s as u32;
+        }
+        Some(v)
     }
 
     fn len(&self) -> usize {
-        self.0.len()
+        self.keys.len()
+    }
+
+    /// The bytes the two vectors hold (their capacity).
+    fn heap_bytes(&self) -> usize {
+        self.keys.capacity() * std::mem::size_of::<(K, u32)>()
+            + self.slots.capacity() * std::mem::size_of::<(K, V)>()
     }
 
     fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.keys.iter().map(|&(_, s)| {
+            let (k, v) = &self.slots[s as usize];
+            (k, v)
+        })
     }
 
     fn values(&self) -> impl Iterator<Item = &V> {
-        self.0.iter().map(|(_, v)| v)
+        self.iter().map(|(_, v)| v)
     }
 
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.0.iter_mut().map(|(_, v)| v)
+    /// In no particular order.
+    fn values_mut_unordered(&mut self) -> impl Iterator<Item = &mut V> {
+        self.slots.iter_mut().map(|(_, v)| v)
     }
 }
 
@@ -669,7 +718,7 @@ impl Node {
             ledger,
             peers: VecMap::default(),
             infra,
-            conn_peer: BTreeMap::new(),
+            conn_peer: VecMap::default(),
             unverified: BTreeMap::new(),
             hello_unacked: BTreeMap::new(),
             held: BTreeMap::new(),
@@ -812,7 +861,7 @@ impl Node {
             .entries()
             .map(|e| 2 * e.key.len() + e.value.as_ref().map_or(0, Vec::len) + 32 + 8 + 64 + 32 + 96)
             .sum();
-        let peers: usize = self.peers.0.capacity() * std::mem::size_of::<(NetId, Peer)>()
+        let peers: usize = self.peers.heap_bytes()
             + self
                 .peers
                 .values()
@@ -824,7 +873,7 @@ impl Node {
         std::mem::size_of::<Self>()
             + ledger
             + peers
-            + self.conn_peer.len() * 48
+            + self.conn_peer.heap_bytes()
             + self.outbox.len() * 256
             + self.held_bytes
     }
@@ -1474,7 +1523,7 @@ impl Node {
             );
             // (The walk over the table is skipped when no peer is dropped.)
             if self.failed_peers > 0 {
-                for p in self.peers.values_mut() {
+                for p in self.peers.values_mut_unordered() {
                     if p.failures >= PEER_FAILURES_MAX && now >= p.next_try && p.conns.is_empty() {
                         set_failures(p, PEER_FAILURES_MAX - 1, &mut self.failed_peers);
                         self.peers_gen += 1;
@@ -2704,6 +2753,45 @@ mod tests {
         cfg.minimum_nodes = 2;
         let key = SigningKey::from_bytes(&[id as u8; 32]);
         Node::new(cfg, key, Rng::seed(id), Instant::ZERO)
+    }
+
+    proptest::proptest! {
+        /// The peer table's map answers as an ordered map does, through any mix of
+        /// inserts, updates and removals (removal moves another value's slot).
+        #[test]
+        fn vec_map_agrees_with_an_ordered_map(
+            ops in proptest::collection::vec((0u8..4, 0u64..40, proptest::num::u32::ANY), 0..300)
+        ) {
+            let mut m: VecMap<u64, u32> = VecMap::default();
+            let mut want = BTreeMap::new();
+            for (op, k, v) in ops {
+                match op {
+                    0 => {
+                        *m.get_or_default(k) = v;
+                        want.insert(k, v);
+                    }
+                    1 => proptest::prop_assert_eq!(m.remove(&k), want.remove(&k)),
+                    2 => {
+                        m.insert(k, v);
+                        want.insert(k, v);
+                    }
+                    _ => {
+                        if let Some(x) = m.get_mut(&k) {
+                            *x ^= v;
+                        }
+                        if let Some(x) = want.get_mut(&k) {
+                            *x ^= v;
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(m.len(), want.len());
+                proptest::prop_assert_eq!(m.contains_key(&k), want.contains_key(&k));
+                proptest::prop_assert_eq!(m.get(&k), want.get(&k));
+            }
+            let walked: Vec<(u64, u32)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+            let expected: Vec<(u64, u32)> = want.iter().map(|(k, v)| (*k, *v)).collect();
+            proptest::prop_assert_eq!(walked, expected);
+        }
     }
 
     /// The bytes `n` queued to send on `conn`.
