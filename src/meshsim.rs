@@ -498,7 +498,8 @@ struct World<'t> {
     file: SimFile,
     swarm: Swarm<Bytes>,
     nodes: Vec<SimNode>,
-    by_host: BTreeMap<HostId, usize>,
+    /// Each host's node, by host id (dense from 0; bootstrap hosts have none).
+    by_host: Vec<Option<usize>>,
     bootstrap: Vec<HostId>,
     crypto: MemoCrypto,
     hasher: Sha256,
@@ -661,7 +662,7 @@ impl World<'_> {
         let host = match &step {
             Step::Event(h, _) | Step::Wake(h) => *h,
         };
-        let Some(&i) = self.by_host.get(&host) else {
+        let Some(&Some(i)) = self.by_host.get(host.0 as usize) else {
             return Ok(()); // a bootstrap node: only its swarm services run
         };
         if self.nodes[i].node.is_none() {
@@ -972,7 +973,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         swarm.set_autonat_helper(b, helper);
     }
     let mut nodes = Vec::new();
-    let mut by_host = BTreeMap::new();
+    let mut by_host = Vec::new();
     for (index, p) in pending.into_iter().enumerate() {
         let _ = index;
         swarm.add_host(
@@ -991,7 +992,11 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
         for c in secret.chunks_mut(8) {
             c.copy_from_slice(&node_rng.next_u64().to_le_bytes());
         }
-        by_host.insert(p.host, index);
+        let slot = p.host.0 as usize;
+        if by_host.len() <= slot {
+            by_host.resize(slot + 1, None);
+        }
+        by_host[slot] = Some(index);
         nodes.push(SimNode {
             host: p.host,
             key: SigningKey::from_bytes(&secret),

@@ -442,7 +442,8 @@ pub struct Node {
     /// in two allocations (a B-tree's nodes have room for 11 values each, mostly empty).
     peers: VecMap<NetId, Peer>,
     infra: BTreeMap<NetId, Infra>,
-    conn_peer: VecMap<ConnRef, NetId>,
+    /// Each connection's peer, with the peer's slot in `peers` as a look-up hint.
+    conn_peer: VecMap<ConnRef, (NetId, u32)>,
     /// Peer connections whose first message has not opened yet, since when.
     unverified: BTreeMap<ConnRef, Instant>,
     /// Connections the peer has not yet shown it opened our Hello on (by a plain frame),
@@ -558,6 +559,27 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
         let i = self.find(k).ok()?;
         let s = self.slot(i);
         Some(&mut self.slots[s].1)
+    }
+
+    /// The slot holding `k`'s value: a hint for [`VecMap::get_hinted`] (slots move only
+    /// when a removal fills the gap with the last one).
+    fn slot_of(&self, k: &K) -> Option<u32> {
+        self.find(k).ok().map(|i| self.keys[i].1)
+    }
+
+    /// As [`VecMap::get`], straight to the slot when the hint still holds `k`.
+    fn get_hinted(&self, k: &K, hint: u32) -> Option<&V> {
+        match self.slots.get(hint as usize) {
+            Some((x, v)) if x == k => Some(v),
+            _ => self.get(k),
+        }
+    }
+
+    fn get_mut_hinted(&mut self, k: &K, hint: u32) -> Option<&mut V> {
+        match self.slots.get(hint as usize) {
+            Some((x, _)) if x == k => Some(&mut self.slots[hint as usize].1),
+            _ => self.get_mut(k),
+        }
     }
 
     fn get_or_default(&mut self, k: K) -> &mut V
@@ -1036,7 +1058,7 @@ impl Node {
         path: PathKind,
         observed: Option<Addr>,
     ) {
-        self.conn_peer.insert(conn, peer);
+        self.conn_peer.insert(conn, (peer, u32::MAX));
         // Observed addresses count only from bootstrap nodes (a peer could claim anything,
         // and the join address is built from these); the oldest goes when full.
         if let Some(o) = observed.filter(|_| self.infra.contains_key(&peer)) {
@@ -1076,6 +1098,11 @@ impl Node {
             ),
         }
         p.dialing = false;
+        if let (Some(slot), Some((_, hint))) =
+            (self.peers.slot_of(&peer), self.conn_peer.get_mut(&conn))
+        {
+            *hint = slot;
+        }
         self.hello_unacked.insert(conn, now);
         self.send_hello(now, conn);
     }
@@ -1095,7 +1122,7 @@ impl Node {
         if let Some(held) = self.held.remove(&conn) {
             self.held_bytes -= held.iter().map(Vec::len).sum::<usize>();
         }
-        let Some(peer) = self.conn_peer.remove(&conn) else {
+        let Some((peer, _)) = self.conn_peer.remove(&conn) else {
             return;
         };
         if let Some(inf) = self.infra.get_mut(&peer) {
@@ -1302,12 +1329,12 @@ impl Node {
         bytes: &[u8],
         crypto: &mut dyn Crypto,
     ) -> bool {
-        let Some(&peer) = self.conn_peer.get(&conn) else {
+        let Some(&(peer, hint)) = self.conn_peer.get(&conn) else {
             return false;
         };
         let verified = self
             .peers
-            .get(&peer)
+            .get_hinted(&peer, hint)
             .and_then(|p| p.conn(conn))
             .is_some_and(|c| c.verified);
         let plain = match bytes.split_first() {
@@ -1350,7 +1377,7 @@ impl Node {
             self.stats.messages_refused += 1;
             return false;
         };
-        let Some(p) = self.peers.get_mut(&peer) else {
+        let Some(p) = self.peers.get_mut_hinted(&peer, hint) else {
             return false;
         };
         let opened = p
@@ -1672,7 +1699,7 @@ impl Node {
     /// relayed). Walks the connections, not the (much larger) peer table.
     fn connected_best(&self) -> Rc<[(NetId, ConnRef)]> {
         self.connected_cache.get(self.conns_gen, || {
-            let mut peers: Vec<NetId> = self.conn_peer.values().copied().collect();
+            let mut peers: Vec<NetId> = self.conn_peer.values().map(|(n, _)| *n).collect();
             peers.sort_unstable();
             peers.dedup();
             peers
@@ -2787,6 +2814,14 @@ mod tests {
                 proptest::prop_assert_eq!(m.len(), want.len());
                 proptest::prop_assert_eq!(m.contains_key(&k), want.contains_key(&k));
                 proptest::prop_assert_eq!(m.get(&k), want.get(&k));
+                // A hint is only a hint: a stale or made-up one finds the same value.
+                let hint = m.slot_of(&k).unwrap_or(v % 64);
+                proptest::prop_assert_eq!(m.get_hinted(&k, hint), want.get(&k));
+                proptest::prop_assert_eq!(m.get_hinted(&k, v % 64), want.get(&k));
+                proptest::prop_assert_eq!(
+                    m.get_mut_hinted(&k, v % 64).map(|x| *x),
+                    want.get(&k).copied()
+                );
             }
             let walked: Vec<(u64, u32)> = m.iter().map(|(k, v)| (*k, *v)).collect();
             let expected: Vec<(u64, u32)> = want.iter().map(|(k, v)| (*k, *v)).collect();
