@@ -20,7 +20,7 @@
 //! crypto work, so a simulator can memoize the same check across thousands of simulated
 //! nodes (the check still happens once).
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
@@ -332,23 +332,54 @@ pub struct Ledger {
 
 /// One owner's entries with their digests, sorted by key. An owner holds a handful of keys,
 /// and a B-tree's smallest node has room for 11 (about 2 KB here, per owner, per replica):
-/// a sorted vector keeps the simulator's thousands of replicas small.
+/// a sorted vector keeps the simulator's thousands of replicas small. Each key's first
+/// bytes ride along as a number ([`key_tag`]), so a search compares numbers and reads a key's
+/// bytes (another allocation) only to break a tie of longer keys.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct OwnerEntries(Vec<(Entry, [u8; 32])>);
+struct OwnerEntries(Vec<(u64, Entry, [u8; 32])>);
+
+/// A key's first 8 bytes, big-endian, zero-padded: ordered as the keys are (a key that
+/// runs out is a prefix of the other, and so the smaller), equal only when the keys agree
+/// that far.
+fn key_tag(key: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key.as_bytes()[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// Orders a held key against a sought one (with their tags), as `str` orders them.
+fn cmp_key(tag: u64, held: &str, sought_tag: u64, sought: &str) -> Ordering {
+    match tag.cmp(&sought_tag) {
+        // Both within the tag: one is the other zero-padded, or they are the same.
+        Ordering::Equal if held.len() <= 8 && sought.len() <= 8 => held.len().cmp(&sought.len()),
+        Ordering::Equal => held.cmp(sought),
+        o => o,
+    }
+}
 
 impl OwnerEntries {
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(e, _)| e.key.as_str().cmp(key))
+        let t = key_tag(key);
+        self.0
+            .binary_search_by(|(tag, e, _)| cmp_key(*tag, &e.key, t, key))
     }
 
-    fn get(&self, key: &str) -> Option<&(Entry, [u8; 32])> {
-        self.find(key).ok().map(|i| &self.0[i])
+    fn get(&self, key: &str) -> Option<(&Entry, &[u8; 32])> {
+        self.find(key).ok().map(|i| {
+            let (_, e, d) = &self.0[i];
+            (e, d)
+        })
     }
 
     /// Puts the entry under its key; what it replaced, if anything.
-    fn insert(&mut self, item: (Entry, [u8; 32])) -> Option<(Entry, [u8; 32])> {
-        match self.find(&item.0.key) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i], item)),
+    fn insert(&mut self, (e, d): (Entry, [u8; 32])) -> Option<(Entry, [u8; 32])> {
+        let item = (key_tag(&e.key), e, d);
+        match self.find(&item.1.key) {
+            Ok(i) => {
+                let (_, e, d) = std::mem::replace(&mut self.0[i], item);
+                Some((e, d))
+            }
             Err(i) => {
                 // Room for exactly one more (most owners hold one or two keys).
                 self.0.reserve_exact(1);
@@ -359,8 +390,8 @@ impl OwnerEntries {
     }
 
     /// In key order.
-    fn values(&self) -> std::slice::Iter<'_, (Entry, [u8; 32])> {
-        self.0.iter()
+    fn values(&self) -> impl Iterator<Item = (&Entry, &[u8; 32])> {
+        self.0.iter().map(|(_, e, d)| (e, d))
     }
 
     fn len(&self) -> usize {
@@ -406,9 +437,13 @@ impl Ledger {
 
     /// Whether an entry of `owner` would be refused for its rank.
     pub fn outranked(&self, owner: &PeerKey) -> bool {
+        !self.entries.contains_key(owner) && self.outranks_unheld(owner)
+    }
+
+    /// [`Ledger::outranked`] for an owner known to hold nothing here.
+    fn outranks_unheld(&self, owner: &PeerKey) -> bool {
         self.owner_cap != usize::MAX
             && self.entries.len() >= self.owner_cap
-            && !self.entries.contains_key(owner)
             && self
                 .ranked
                 .last()
@@ -482,10 +517,11 @@ impl Ledger {
                 });
             }
         }
-        if self.outranked(&e.owner) {
+        let mine = self.entries.get(&e.owner);
+        if mine.is_none() && self.outranks_unheld(&e.owner) {
             return Ok(Applied::Outranked);
         }
-        let held = self.entries.get(&e.owner).and_then(|m| m.get(e.key));
+        let held = mine.and_then(|m| m.get(e.key));
         if let Some((have, _)) = held {
             if have.version > e.version || (have.version == e.version && have.sig == e.sig) {
                 return Ok(Applied::Stale);
@@ -606,7 +642,7 @@ impl Ledger {
             .filter(|(e, d)| {
                 known
                     .get(&(&e.owner, e.key.as_str()))
-                    .is_none_or(|theirs| (e.version, *d) > *theirs)
+                    .is_none_or(|theirs| (e.version, **d) > *theirs)
             })
             .map(|(e, _)| e.clone())
             .collect()
@@ -648,6 +684,18 @@ mod tests {
 
     fn signer(n: u8) -> SigningKey {
         SigningKey::from_bytes(&[n; 32])
+    }
+
+    proptest! {
+        /// Keys compared through their tags order exactly as the strings do (NULs, one a
+        /// prefix of the other, lengths either side of the tag's 8 bytes).
+        #[test]
+        fn key_tags_order_keys_as_strings_do(
+            a in "[\\x00ab]{0,10}",
+            b in "[\\x00ab]{0,10}",
+        ) {
+            prop_assert_eq!(cmp_key(key_tag(&a), &a, key_tag(&b), &b), a.as_str().cmp(&b));
+        }
     }
 
     #[test]
