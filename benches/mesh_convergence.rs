@@ -9,6 +9,10 @@ use bootyard::meshsim::{run, NoTrace, SimFile};
 use bootyard_sim::{Duration, Kernel, Rng};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
+/// The allocator the `bootyard` binary runs the simulator with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KERNEL_EVENTS: u64 = 1_000_000;
 
 /// A steady queue of 10,000 pending events, each pop scheduling one more at a random delay:
