@@ -20,6 +20,9 @@ mod exit {
     pub const BAD_IMAGE: u8 = 3;
     /// The registry or source could not be reached, refused access, or lacks the image.
     pub const UNAVAILABLE: u8 = 4;
+    /// Standard output was closed under a report (`| head`): 128 + SIGPIPE, as the shell
+    /// reports a tool that signal ended.
+    pub const STDOUT_CLOSED: u8 = 141;
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
@@ -67,6 +70,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output left (`bootyard sim sweep … | head`): nothing to say.
+        Err(err) if err.chain().any(|c| c.is::<cli::sim::StdoutClosed>()) => {
+            ExitCode::from(exit::STDOUT_CLOSED)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(exit_code(&err))

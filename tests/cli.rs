@@ -109,6 +109,35 @@ fn pull_from_layout_reports_json_and_refuses_a_full_destination() {
         .success());
 }
 
+/// `bootyard sim … | head`: a reader that leaves early ends the command quietly, with the
+/// status a tool ended by SIGPIPE has, and no panic on standard error.
+#[test]
+fn a_closed_stdout_ends_a_report_quietly() {
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/sim/lan-3.toml");
+    for args in [
+        vec!["sim", "run", scenario.to_str().unwrap(), "--seed", "1"],
+        vec![
+            "sim",
+            "sweep",
+            scenario.to_str().unwrap(),
+            "--seeds",
+            "1..3",
+        ],
+    ] {
+        // The read end is gone before the first write: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_bootyard"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run bootyard");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} said: {stderr}");
+    }
+}
+
 #[test]
 fn exit_codes_name_the_kind_of_failure() {
     let tmp = tempfile::tempdir().unwrap();

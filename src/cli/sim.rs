@@ -6,6 +6,25 @@ use clap::{Args, Subcommand};
 
 use crate::meshsim::{run, summary, NoTrace, Outcome, SimFile, TraceSink};
 
+/// Standard output went away (the reader of a pipe exited, as `| head` does): the command
+/// stops, and `main` exits quietly as a tool ended by SIGPIPE would.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+/// Writes a report to standard output (and flushes it). A closed pipe is [`StdoutClosed`],
+/// not a panic as `print!` would make it.
+fn out(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_fmt(args).and_then(|()| o.flush()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::Error::new(StdoutClosed)
+        } else {
+            anyhow::Error::new(e).context("writing to standard output")
+        }
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Run a mesh scenario from one seed: summary, metrics, checks, and a trace_hash line
@@ -130,9 +149,9 @@ fn run_one(a: SimRunArgs) -> anyhow::Result<()> {
         None => run(&file, a.seed, &mut NoTrace)?,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&o)?);
+        out(format_args!("{}\n", serde_json::to_string_pretty(&o)?))?;
     } else {
-        print!("{}", summary(&o));
+        out(format_args!("{}", summary(&o)))?;
     }
     if a.check_determinism {
         if determinism(&a.file, &o)? {
@@ -189,7 +208,7 @@ fn replay(a: SimReplayArgs) -> anyhow::Result<()> {
     let recorded = recorded.context("the trace has no trace_hash line (was the run cut short?)")?;
     let file = SimFile::parse(text)?;
     let o = run(&file, seed, &mut NoTrace)?;
-    print!("{}", summary(&o));
+    out(format_args!("{}", summary(&o)))?;
     if o.trace_hash != recorded {
         bail!(
             "replay diverged: recorded trace_hash={recorded}, this run {}",
@@ -247,17 +266,20 @@ fn sweep(a: SimSweepArgs) -> anyhow::Result<()> {
             why.push("not-deterministic".into());
         }
         if why.is_empty() {
-            println!("seed {seed} pass trace_hash={}", o.trace_hash);
+            out(format_args!(
+                "seed {seed} pass trace_hash={}\n",
+                o.trace_hash
+            ))?;
         } else {
-            println!(
-                "seed {seed} FAIL ({}); replay: {}",
+            out(format_args!(
+                "seed {seed} FAIL ({}); replay: {}\n",
                 why.join(", "),
                 replay_cmd(&a.file, seed)
-            );
+            ))?;
             failed.push(seed);
         }
     }
-    println!("{ran} seeds, {} failed", failed.len());
+    out(format_args!("{ran} seeds, {} failed\n", failed.len()))?;
     if !failed.is_empty() {
         bail!("failing seeds: {failed:?}");
     }
