@@ -589,7 +589,7 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
         let i = match self.find(&k) {
             Ok(i) => i,
             Err(i) => {
-                self.insert(k, V::default());
+                self.insert_at(i, k, V::default());
                 i
             }
         };
@@ -603,13 +603,16 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
                 let s = self.slot(i);
                 self.slots[s].1 = v;
             }
-            Err(i) => {
-                let s = self.slots.len();
-                self.slots.push((k, v));
-                self.keys
-                    .insert(i, (k, u32::try_from(s).expect("a node's table fits u32")));
-            }
+            Err(i) => self.insert_at(i, k, v),
         }
+    }
+
+    /// A new key at position `i` of the keys (where `find` said it belongs).
+    fn insert_at(&mut self, i: usize, k: K, v: V) {
+        let s = self.slots.len();
+        self.slots.push((k, v));
+        self.keys
+            .insert(i, (k, u32::try_from(s).expect("a node's table fits u32")));
     }
 
     fn contains_key(&self, k: &K) -> bool {
@@ -878,10 +881,14 @@ impl Node {
 
     /// Rough bytes of state this node holds (ledger, peer table), for per-node memory metrics.
     pub fn approx_bytes(&self) -> usize {
+        // Per entry: key (counted twice, for allocation slack) and value, owner, version,
+        // signature, digest, key tag, and the maps' overhead.
         let ledger: usize = self
             .ledger
             .entries()
-            .map(|e| 2 * e.key.len() + e.value.as_ref().map_or(0, Vec::len) + 32 + 8 + 64 + 32 + 96)
+            .map(|e| {
+                2 * e.key.len() + e.value.as_ref().map_or(0, Vec::len) + 32 + 8 + 64 + 32 + 8 + 96
+            })
             .sum();
         let peers: usize = self.peers.heap_bytes()
             + self
