@@ -975,7 +975,6 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
     let mut nodes = Vec::new();
     let mut by_host = Vec::new();
     for (index, p) in pending.into_iter().enumerate() {
-        let _ = index;
         swarm.add_host(
             p.host,
             Services {

@@ -360,7 +360,10 @@ fn cmp_key(tag: u64, held: &str, sought_tag: u64, sought: &str) -> Ordering {
 
 impl OwnerEntries {
     fn find(&self, key: &str) -> Result<usize, usize> {
-        let t = key_tag(key);
+        self.find_tagged(key_tag(key), key)
+    }
+
+    fn find_tagged(&self, t: u64, key: &str) -> Result<usize, usize> {
         self.0
             .binary_search_by(|(tag, e, _)| cmp_key(*tag, &e.key, t, key))
     }
@@ -375,7 +378,7 @@ impl OwnerEntries {
     /// Puts the entry under its key; what it replaced, if anything.
     fn insert(&mut self, (e, d): (Entry, [u8; 32])) -> Option<(Entry, [u8; 32])> {
         let item = (key_tag(&e.key), e, d);
-        match self.find(&item.1.key) {
+        match self.find_tagged(item.0, &item.1.key) {
             Ok(i) => {
                 let (_, e, d) = std::mem::replace(&mut self.0[i], item);
                 Some((e, d))
