@@ -57,6 +57,8 @@ pub fn mesh_file(n: usize) -> String {
 }
 
 fn mesh_convergence(c: &mut Criterion) {
+    // As `bootyard sim` runs.
+    bootyard::allocator::keep_freed_memory();
     let large = std::env::var_os("BOOTYARD_BENCH_LARGE").is_some();
     let sizes: &[usize] = if large { &[100, 1_000, 10_000] } else { &[100] };
     let mut g = c.benchmark_group("mesh_convergence");

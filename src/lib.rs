@@ -6,6 +6,7 @@
 //! never depend on it. The `bootyard` binary is a thin CLI over this library.
 
 pub mod agent;
+pub mod allocator;
 pub mod boot;
 pub mod cli;
 pub mod debpkg;

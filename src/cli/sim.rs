@@ -118,6 +118,7 @@ fn determinism(file: &Path, o: &Outcome) -> anyhow::Result<bool> {
 }
 
 pub fn run_cmd(cmd: SimCommand) -> anyhow::Result<()> {
+    crate::allocator::keep_freed_memory();
     match cmd {
         SimCommand::Run(a) => run_one(a),
         SimCommand::Replay(a) => replay(a),

@@ -520,6 +520,11 @@ pub struct Node {
     /// Per (ledger, reach) generation: whether the ledger holds our member entry as it
     /// should read now, whether it holds one at all, and whether our rank keeps us out.
     publish_cache: Memo<(bool, bool, bool), (u64, u64)>,
+    /// Per ledger generation: the members in election rank order, best first.
+    ranked_cache: Memo<Rc<[PeerKey]>>,
+    /// Per (ledger, peers, connections) generation: whether a peer we talk to would rank
+    /// into the electorate but has not published yet (see [`Node::elect_quorum`]).
+    coming_cache: Memo<bool, (u64, u64, u64)>,
     pub stats: NodeStats,
 }
 
@@ -612,6 +617,14 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
 
     /// A new key at position `i` of the keys (where `find` said it belongs).
     fn insert_at(&mut self, i: usize, k: K, v: V) {
+        // Grown by a quarter, not doubled: a peer table settles at one or two hundred
+        // entries, where doubling left a third of it empty (at 1,000 nodes that slack was
+        // a fifth of the simulator's memory, and fresh memory is slow to fault in).
+        if self.slots.len() == self.slots.capacity() {
+            let more = (self.slots.len() / 4).max(4);
+            self.slots.reserve_exact(more);
+            self.keys.reserve_exact(more);
+        }
         let s = self.slots.len();
         self.slots.push((k, v));
         self.keys
@@ -798,6 +811,8 @@ impl Node {
             connected_cache: Memo::default(),
             unpathed_cache: Memo::default(),
             publish_cache: Memo::default(),
+            ranked_cache: Memo::default(),
+            coming_cache: Memo::default(),
             stats: NodeStats::default(),
             cfg,
         }
@@ -2343,6 +2358,16 @@ impl Node {
         format!("https://{}:{}", a.ip(), self.cfg.k3s_port)
     }
 
+    /// The members by election rank (largest FNV-32a id first), computed once per ledger
+    /// change.
+    fn ranked_members(&self) -> Rc<[PeerKey]> {
+        self.ranked_cache.get(self.gen, || {
+            let mut ranked: Vec<PeerKey> = self.member_table.keys().copied().collect();
+            ranked.sort_by_cached_key(key_rank);
+            ranked.into()
+        })
+    }
+
     fn elect_quorum(&mut self, now: Instant, crypto: &mut dyn Crypto) {
         let current = self.valid_cluster();
         if let Some(c) = &current {
@@ -2363,21 +2388,24 @@ impl Node {
                 }
                 // The electorate: the M members with the largest FNV-32a ids in our view (views
                 // converge, and so does this set); the candidate is the first of them.
-                let mut ranked: Vec<PeerKey> = self.member_table.keys().copied().collect();
-                ranked.sort_by_key(key_rank);
-                ranked.truncate(m);
+                let ranked = self.ranked_members();
+                let ranked = &ranked[..m.min(ranked.len())];
                 // A peer we talk to that would rank into the electorate but has not published
                 // yet does so by the grace period (behind NAT, once its relay is reserved): a
                 // vote cast before its entry arrives goes to another candidate than the votes
                 // cast after, and the epoch is lost. Wait for it a while.
-                let worst = ranked.last().map(key_rank);
                 let coming = now.since(self.started) < PUBLISH_GRACE + Duration::from_secs(5)
-                    && self.connected_best().iter().any(|(n, _)| {
-                        self.peers.get(n).and_then(|p| p.key).is_some_and(|k| {
-                            !self.member_table.contains_key(&k)
-                                && worst.as_ref().is_none_or(|w| key_rank(&k) < *w)
-                        })
-                    });
+                    && self
+                        .coming_cache
+                        .get((self.gen, self.peers_gen, self.conns_gen), || {
+                            let worst = ranked.last().map(key_rank);
+                            self.connected_best().iter().any(|(n, _)| {
+                                self.peers.get(n).and_then(|p| p.key).is_some_and(|k| {
+                                    !self.member_table.contains_key(&k)
+                                        && worst.as_ref().is_none_or(|w| key_rank(&k) < *w)
+                                })
+                            })
+                        });
                 if coming {
                     return;
                 }
@@ -2401,18 +2429,18 @@ impl Node {
                     (None, _) => 1,
                 };
                 self.vote(now, epoch, cand, crypto);
-                if cand == self.me && self.votes_for(epoch, &self.me, &ranked) * 2 > ranked.len() {
+                if cand == self.me && self.votes_for(epoch, &self.me, ranked) * 2 > ranked.len() {
                     let token = format!(
                         "K10{:016x}{:016x}",
                         self.rng.next_u64(),
                         self.rng.next_u64()
                     );
-                    let masters = self.pick_masters(&ranked, &[self.me], now, true);
+                    let masters = self.pick_masters(ranked, &[self.me], now, true);
                     let c = Cluster {
                         epoch,
                         founded: epoch,
                         leader: self.me,
-                        electorate: ranked,
+                        electorate: ranked.to_vec(),
                         masters,
                         join: JoinData {
                             server: self.my_addr(),
