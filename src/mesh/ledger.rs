@@ -18,10 +18,12 @@
 //!
 //! Pure: no clock, no IO. Signature checks go through a [`Crypto`], the node's pure
 //! crypto work, so a simulator can memoize the same check across thousands of simulated
-//! nodes (the check still happens once).
+//! nodes (the check still happens once), and share one copy of each entry among the
+//! ledgers that hold it (entries are immutable: a ledger holds them behind an [`Arc`]).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -161,6 +163,16 @@ pub trait Crypto {
         self.verify(owner, signed, sig)
     }
 
+    /// The digest of `e` ([`Entry::digest`]), and the entry as a ledger stores it if its
+    /// signature checks out (`None` if not). Implementations may hand out one shared copy
+    /// per distinct entry.
+    fn admit(&mut self, e: EntryRef<'_>) -> ([u8; 32], Option<Arc<Entry>>) {
+        let signed = e.signed_bytes();
+        let digest = digest_of(&signed, &e.sig);
+        let ok = self.verify_entry(&digest, &e.owner, &signed, &e.sig);
+        (digest, ok.then(|| Arc::new(e.to_entry())))
+    }
+
     /// Opens a sealed record (`nonce ‖ ciphertext ‖ tag`) with `key`.
     fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
         crate::mesh::token::open(key, sealed)
@@ -181,14 +193,17 @@ impl Crypto for FreshCrypto {
     }
 }
 
-/// Remembers each (owner, message, signature) verdict, and each record opened: the
-/// simulator shares one across simulated nodes, which all check the same entries and open
-/// the same records. Both memos are bounded: a full one starts over (the work is done
-/// again, the answers stay the same).
+/// Remembers each (owner, message, signature) verdict, each entry admitted (one copy
+/// shared by every ledger that holds it, found by its signature and compared in full), and
+/// each record opened: the simulator shares one across simulated nodes, which all check
+/// the same entries and open the same records. The memos are bounded: a full one starts
+/// over (the work is done again, the answers stay the same).
 #[derive(Debug)]
 pub struct MemoCrypto {
     seen: HashMap<[u8; 32], bool>,
     seen_max: usize,
+    /// Admitted entries by signature, with their digests.
+    admitted: HashMap<[u8; 64], ([u8; 32], Arc<Entry>)>,
     /// Per key: sealed record -> what it opened to (looked up by slice, no copy on a hit).
     opened: HashMap<[u8; 32], Opened>,
     opened_len: usize,
@@ -209,6 +224,7 @@ impl MemoCrypto {
         Self {
             seen: HashMap::new(),
             seen_max,
+            admitted: HashMap::new(),
             opened: HashMap::new(),
             opened_len: 0,
             opened_max,
@@ -260,6 +276,28 @@ impl Crypto for MemoCrypto {
         // Another hash than `verify`'s ids (SHA-256 of the signed bytes, which begin with a
         // fixed label and hold the owner, then the signature): the two kinds never meet.
         self.verify_as(*digest, owner, signed, sig)
+    }
+
+    fn admit(&mut self, e: EntryRef<'_>) -> ([u8; 32], Option<Arc<Entry>>) {
+        // The same signature over other contents (a forgery relayed by someone) is no
+        // copy: it is checked afresh, and fails.
+        if let Some((digest, held)) = self.admitted.get(&e.sig) {
+            if Entry::as_ref(held) == e {
+                self.hits += 1;
+                return (*digest, Some(held.clone()));
+            }
+        }
+        let signed = e.signed_bytes();
+        let digest = digest_of(&signed, &e.sig);
+        if !self.verify_as(digest, &e.owner, &signed, &e.sig) {
+            return (digest, None);
+        }
+        if self.admitted.len() >= self.seen_max {
+            self.admitted.clear();
+        }
+        let held = Arc::new(e.to_entry());
+        self.admitted.insert(e.sig, (digest, held.clone()));
+        (digest, Some(held))
     }
 
     fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
@@ -336,7 +374,7 @@ pub struct Ledger {
 /// bytes ride along as a number ([`key_tag`]), so a search compares numbers and reads a key's
 /// bytes (another allocation) only to break a tie of longer keys.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct OwnerEntries(Vec<(u64, Entry, [u8; 32])>);
+struct OwnerEntries(Vec<(u64, Arc<Entry>, [u8; 32])>);
 
 /// A key's first 8 bytes, big-endian, zero-padded: ordered as the keys are (a key that
 /// runs out is a prefix of the other, and so the smaller), equal only when the keys agree
@@ -368,7 +406,7 @@ impl OwnerEntries {
             .binary_search_by(|(tag, e, _)| cmp_key(*tag, &e.key, t, key))
     }
 
-    fn get(&self, key: &str) -> Option<(&Entry, &[u8; 32])> {
+    fn get(&self, key: &str) -> Option<(&Arc<Entry>, &[u8; 32])> {
         self.find(key).ok().map(|i| {
             let (_, e, d) = &self.0[i];
             (e, d)
@@ -376,7 +414,7 @@ impl OwnerEntries {
     }
 
     /// Puts the entry under its key; what it replaced, if anything.
-    fn insert(&mut self, (e, d): (Entry, [u8; 32])) -> Option<(Entry, [u8; 32])> {
+    fn insert(&mut self, (e, d): (Arc<Entry>, [u8; 32])) -> Option<(Arc<Entry>, [u8; 32])> {
         let item = (key_tag(&e.key), e, d);
         match self.find_tagged(item.0, &item.1.key) {
             Ok(i) => {
@@ -393,7 +431,7 @@ impl OwnerEntries {
     }
 
     /// In key order.
-    fn values(&self) -> impl Iterator<Item = (&Entry, &[u8; 32])> {
+    fn values(&self) -> impl Iterator<Item = (&Arc<Entry>, &[u8; 32])> {
         self.0.iter().map(|(_, e, d)| (e, d))
     }
 
@@ -472,14 +510,14 @@ impl Ledger {
     }
 
     pub fn entry(&self, owner: &PeerKey, key: &str) -> Option<&Entry> {
-        self.entries.get(owner)?.get(key).map(|(e, _)| e)
+        self.entries.get(owner)?.get(key).map(|(e, _)| &**e)
     }
 
     /// Every entry (tombstones too), in (owner, key) order.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries
             .values()
-            .flat_map(|m| m.values().map(|(e, _)| e))
+            .flat_map(|m| m.values().map(|(e, _)| &**e))
     }
 
     /// The entries of one owner.
@@ -487,7 +525,7 @@ impl Ledger {
         self.entries
             .get(owner)
             .into_iter()
-            .flat_map(|m| m.values().map(|(e, _)| e))
+            .flat_map(|m| m.values().map(|(e, _)| &**e))
     }
 
     /// Live entries, in (owner, key) order.
@@ -508,6 +546,16 @@ impl Ledger {
         e: EntryRef<'_>,
         v: &mut dyn Crypto,
     ) -> Result<Applied, LedgerError> {
+        self.apply_shared(e, v).map(|(a, _)| a)
+    }
+
+    /// As [`Ledger::apply_ref`], with the entry as the ledger now holds it when it changed
+    /// the map.
+    pub fn apply_shared(
+        &mut self,
+        e: EntryRef<'_>,
+        v: &mut dyn Crypto,
+    ) -> Result<(Applied, Option<Arc<Entry>>), LedgerError> {
         if e.key.len() > KEY_BYTES_MAX {
             return Err(LedgerError::KeyTooLong(e.key.len()));
         }
@@ -522,33 +570,32 @@ impl Ledger {
         }
         let mine = self.entries.get(&e.owner);
         if mine.is_none() && self.outranks_unheld(&e.owner) {
-            return Ok(Applied::Outranked);
+            return Ok((Applied::Outranked, None));
         }
         let held = mine.and_then(|m| m.get(e.key));
         if let Some((have, _)) = held {
             if have.version > e.version || (have.version == e.version && have.sig == e.sig) {
-                return Ok(Applied::Stale);
+                return Ok((Applied::Stale, None));
             }
         }
-        let signed = e.signed_bytes();
-        let digest = digest_of(&signed, &e.sig);
+        let (digest, admitted) = v.admit(e);
         if let Some((have, d)) = held {
             if (have.version, *d) >= (e.version, digest) {
-                return Ok(Applied::Stale);
+                return Ok((Applied::Stale, None));
             }
         }
-        if !v.verify_entry(&digest, &e.owner, &signed, &e.sig) {
+        let Some(entry) = admitted else {
             return Err(LedgerError::BadSignature {
                 key: e.key.to_string(),
             });
-        }
+        };
         let b = bucket_of(&e.owner);
         let owner = e.owner;
         match self
             .entries
             .entry(owner)
             .or_default()
-            .insert((e.to_entry(), digest))
+            .insert((entry.clone(), digest))
         {
             Some((_, old)) => xor_into(&mut self.xor[b], &old),
             None => self.len += 1,
@@ -562,7 +609,7 @@ impl Ledger {
                 self.evict(&worst);
             }
         }
-        Ok(Applied::Changed)
+        Ok((Applied::Changed, Some(entry)))
     }
 
     fn evict(&mut self, owner: &PeerKey) {
@@ -633,7 +680,7 @@ impl Ledger {
     /// Entries in the buckets of `mask` that rank above what `theirs` holds, or that they
     /// lack. An equivocating owner's two entries with one version differ in digest, so they
     /// are sent too.
-    pub fn newer_than(&self, theirs: &[Version], mask: u16) -> Vec<Entry> {
+    pub fn newer_than(&self, theirs: &[Version], mask: u16) -> Vec<Arc<Entry>> {
         let known: BTreeMap<(&PeerKey, &str), (u64, [u8; 32])> = theirs
             .iter()
             .map(|v| ((&v.owner, v.key.as_str()), (v.version, v.digest)))
@@ -779,6 +826,38 @@ mod tests {
             l.apply(&e, &mut memo).unwrap();
         }
         assert_eq!((memo.checks, memo.hits), (1, 4));
+    }
+
+    #[test]
+    fn ledgers_share_one_admitted_copy_and_a_reused_signature_is_no_copy() {
+        let a = signer(4);
+        let e = Entry::signed(&a, "k", 1, Some(b"v".to_vec()));
+        let mut memo = MemoCrypto::default();
+        let (mut l1, mut l2) = (Ledger::new(1024), Ledger::new(1024));
+        let (_, Some(x1)) = l1.apply_shared(e.as_ref(), &mut memo).unwrap() else {
+            panic!("changed");
+        };
+        let (_, Some(x2)) = l2.apply_shared(e.as_ref(), &mut memo).unwrap() else {
+            panic!("changed");
+        };
+        assert!(Arc::ptr_eq(&x1, &x2));
+        assert_eq!(*x1, e);
+        // The remembered signature over other contents (a relay's forgery) is checked
+        // afresh, and refused, whatever field it changes.
+        let mut forgeries = vec![e.clone(), e.clone(), e.clone(), e.clone()];
+        forgeries[0].value = Some(b"w".to_vec());
+        forgeries[1].version = 2;
+        forgeries[2].key = "j".into();
+        forgeries[3].value = None;
+        for f in &forgeries {
+            let mut l = Ledger::new(1024);
+            assert_eq!(
+                l.apply(f, &mut memo),
+                Err(LedgerError::BadSignature { key: f.key.clone() })
+            );
+            assert!(l.is_empty());
+        }
+        assert_eq!(memo.admitted.len(), 1);
     }
 
     #[test]

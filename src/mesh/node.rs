@@ -463,7 +463,7 @@ pub struct Node {
     events: VecDeque<NodeEvent>,
     /// Entries changed since the last push, with the peers known to hold them already (the
     /// one it came from, and any that pushed us a copy before the flush).
-    outbox: Vec<(Entry, Vec<NetId>)>,
+    outbox: Vec<(Arc<Entry>, Vec<NetId>)>,
     flush_at: Option<Instant>,
     next_maintenance: Instant,
     next_head: Instant,
@@ -1473,7 +1473,7 @@ impl Node {
                         now,
                         conn,
                         &Wire::Entries {
-                            entries: newer.iter().map(Entry::as_ref).collect(),
+                            entries: newer.iter().map(|e| Entry::as_ref(e)).collect(),
                             push: false,
                         },
                     );
@@ -1499,9 +1499,8 @@ impl Node {
             Wire::Entries { entries, push } => {
                 let mut changed = false;
                 for e in entries {
-                    match self.ledger.apply_ref(e, crypto) {
-                        Ok(Applied::Changed) => {
-                            let e = e.to_entry();
+                    match self.ledger.apply_shared(e, crypto) {
+                        Ok((Applied::Changed, Some(e))) => {
                             self.entry_changed(&e);
                             self.stats.entries_applied += 1;
                             if push {
@@ -1510,7 +1509,7 @@ impl Node {
                             changed = true;
                         }
                         // A copy of news we are about to pass on: not to this peer, then.
-                        Ok(Applied::Stale) if push => {
+                        Ok((Applied::Stale, _)) if push => {
                             if let Some((_, holders)) = self.outbox.iter_mut().find(|(x, _)| {
                                 x.owner == e.owner
                                     && x.version == e.version
@@ -1836,7 +1835,7 @@ impl Node {
                 continue;
             }
             let msg = Wire::Entries {
-                entries: picks.iter().map(|&i| out[i].0.as_ref()).collect(),
+                entries: picks.iter().map(|&i| Entry::as_ref(&out[i].0)).collect(),
                 push: true,
             };
             let (kind, bytes) = self.encode(now, &msg);
@@ -1854,7 +1853,7 @@ impl Node {
         crypto: &mut dyn Crypto,
     ) {
         let e = Entry::signed(&self.signer, key, version, Some(value));
-        if let Ok(Applied::Changed) = self.ledger.apply(&e, crypto) {
+        if let Ok((Applied::Changed, Some(e))) = self.ledger.apply_shared(e.as_ref(), crypto) {
             self.entry_changed(&e);
             self.outbox.push((e, Vec::new()));
             self.ledger_changed(now);
