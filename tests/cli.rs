@@ -114,6 +114,21 @@ fn pull_from_layout_reports_json_and_refuses_a_full_destination() {
 #[test]
 fn a_closed_stdout_ends_a_report_quietly() {
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/sim/lan-3.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("lan-3.jsonl");
+    let recorded = Command::new(env!("CARGO_BIN_EXE_bootyard"))
+        .args([
+            "sim",
+            "run",
+            scenario.to_str().unwrap(),
+            "--seed",
+            "1",
+            "--trace",
+        ])
+        .arg(&trace)
+        .output()
+        .expect("run bootyard");
+    assert!(recorded.status.success(), "{recorded:?}");
     for args in [
         vec!["sim", "run", scenario.to_str().unwrap(), "--seed", "1"],
         vec![
@@ -123,6 +138,7 @@ fn a_closed_stdout_ends_a_report_quietly() {
             "--seeds",
             "1..3",
         ],
+        vec!["sim", "replay", trace.to_str().unwrap()],
     ] {
         // The read end is gone before the first write: every write fails with EPIPE.
         let (reader, writer) = std::io::pipe().expect("pipe");

@@ -167,16 +167,22 @@ pub trait Crypto {
     /// signature checks out (`None` if not). Implementations may hand out one shared copy
     /// per distinct entry.
     fn admit(&mut self, e: EntryRef<'_>) -> ([u8; 32], Option<Arc<Entry>>) {
-        let signed = e.signed_bytes();
-        let digest = digest_of(&signed, &e.sig);
-        let ok = self.verify_entry(&digest, &e.owner, &signed, &e.sig);
-        (digest, ok.then(|| Arc::new(e.to_entry())))
+        admit_afresh(self, e)
     }
 
     /// Opens a sealed record (`nonce ‖ ciphertext ‖ tag`) with `key`.
     fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
         crate::mesh::token::open(key, sealed)
     }
+}
+
+/// [`Crypto::admit`] done in full: hash, check (through `v`'s [`Crypto::verify_entry`]),
+/// copy.
+fn admit_afresh<C: Crypto + ?Sized>(v: &mut C, e: EntryRef<'_>) -> ([u8; 32], Option<Arc<Entry>>) {
+    let signed = e.signed_bytes();
+    let digest = digest_of(&signed, &e.sig);
+    let ok = v.verify_entry(&digest, &e.owner, &signed, &e.sig);
+    (digest, ok.then(|| Arc::new(e.to_entry())))
 }
 
 /// Does every check and every decryption afresh (the real driver's).
@@ -287,17 +293,14 @@ impl Crypto for MemoCrypto {
                 return (*digest, Some(held.clone()));
             }
         }
-        let signed = e.signed_bytes();
-        let digest = digest_of(&signed, &e.sig);
-        if !self.verify_as(digest, &e.owner, &signed, &e.sig) {
-            return (digest, None);
+        let (digest, held) = admit_afresh(self, e);
+        if let Some(held) = &held {
+            if self.admitted.len() >= self.seen_max {
+                self.admitted.clear();
+            }
+            self.admitted.insert(e.sig, (digest, held.clone()));
         }
-        if self.admitted.len() >= self.seen_max {
-            self.admitted.clear();
-        }
-        let held = Arc::new(e.to_entry());
-        self.admitted.insert(e.sig, (digest, held.clone()));
-        (digest, Some(held))
+        (digest, held)
     }
 
     fn open_record(&mut self, key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
@@ -327,6 +330,25 @@ pub enum Applied {
     Stale,
     /// The owner ranks below the ledger's owner cap.
     Outranked,
+}
+
+/// What [`Ledger::apply_shared`] did with an entry: its [`Applied`], with the copy the
+/// ledger now holds when the entry changed the map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    Changed(Arc<Entry>),
+    Stale,
+    Outranked,
+}
+
+impl Taken {
+    pub fn applied(&self) -> Applied {
+        match self {
+            Taken::Changed(_) => Applied::Changed,
+            Taken::Stale => Applied::Stale,
+            Taken::Outranked => Applied::Outranked,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -546,7 +568,7 @@ impl Ledger {
         e: EntryRef<'_>,
         v: &mut dyn Crypto,
     ) -> Result<Applied, LedgerError> {
-        self.apply_shared(e, v).map(|(a, _)| a)
+        self.apply_shared(e, v).map(|t| t.applied())
     }
 
     /// As [`Ledger::apply_ref`], with the entry as the ledger now holds it when it changed
@@ -555,7 +577,7 @@ impl Ledger {
         &mut self,
         e: EntryRef<'_>,
         v: &mut dyn Crypto,
-    ) -> Result<(Applied, Option<Arc<Entry>>), LedgerError> {
+    ) -> Result<Taken, LedgerError> {
         if e.key.len() > KEY_BYTES_MAX {
             return Err(LedgerError::KeyTooLong(e.key.len()));
         }
@@ -570,18 +592,18 @@ impl Ledger {
         }
         let mine = self.entries.get(&e.owner);
         if mine.is_none() && self.outranks_unheld(&e.owner) {
-            return Ok((Applied::Outranked, None));
+            return Ok(Taken::Outranked);
         }
         let held = mine.and_then(|m| m.get(e.key));
         if let Some((have, _)) = held {
             if have.version > e.version || (have.version == e.version && have.sig == e.sig) {
-                return Ok((Applied::Stale, None));
+                return Ok(Taken::Stale);
             }
         }
         let (digest, admitted) = v.admit(e);
         if let Some((have, d)) = held {
             if (have.version, *d) >= (e.version, digest) {
-                return Ok((Applied::Stale, None));
+                return Ok(Taken::Stale);
             }
         }
         let Some(entry) = admitted else {
@@ -609,7 +631,7 @@ impl Ledger {
                 self.evict(&worst);
             }
         }
-        Ok((Applied::Changed, Some(entry)))
+        Ok(Taken::Changed(entry))
     }
 
     fn evict(&mut self, owner: &PeerKey) {
@@ -834,10 +856,10 @@ mod tests {
         let e = Entry::signed(&a, "k", 1, Some(b"v".to_vec()));
         let mut memo = MemoCrypto::default();
         let (mut l1, mut l2) = (Ledger::new(1024), Ledger::new(1024));
-        let (_, Some(x1)) = l1.apply_shared(e.as_ref(), &mut memo).unwrap() else {
+        let Ok(Taken::Changed(x1)) = l1.apply_shared(e.as_ref(), &mut memo) else {
             panic!("changed");
         };
-        let (_, Some(x2)) = l2.apply_shared(e.as_ref(), &mut memo).unwrap() else {
+        let Ok(Taken::Changed(x2)) = l2.apply_shared(e.as_ref(), &mut memo) else {
             panic!("changed");
         };
         assert!(Arc::ptr_eq(&x1, &x2));
@@ -877,6 +899,15 @@ mod tests {
         // Four distinct checks fill a memo of two twice over: nothing is remembered long
         // enough for a hit.
         assert_eq!((memo.checks, memo.hits), (7, 0));
+        // Admitted copies start over the same way, and a forgery is still refused.
+        let mut memo = MemoCrypto::bounded(2, 2);
+        for e in entries.iter().chain([&forged]).chain(&entries) {
+            let good = !std::ptr::eq(e, &forged);
+            let (digest, held) = memo.admit(e.as_ref());
+            assert_eq!(digest, e.digest());
+            assert_eq!(held.as_deref(), good.then_some(e));
+            assert!(memo.admitted.len() <= 2);
+        }
         let key = [9u8; 32];
         let records: Vec<Vec<u8>> = (0..3u8).map(|i| seal(&key, [i; 12], &[i])).collect();
         for r in records.iter().chain(&records) {

@@ -60,7 +60,7 @@ use bootyard_sim::{Duration, Instant, Rng};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{Applied, Crypto, Entry, EntryRef, Ledger, PeerKey, Version, BUCKETS};
+use super::ledger::{Crypto, Entry, EntryRef, Ledger, PeerKey, Taken, Version, BUCKETS};
 use super::roles::{fnv32a, kairos_assign, kairos_leader, key_fnv, key_rank, Assignment, Role};
 use super::token::{self, NetworkToken};
 
@@ -900,7 +900,8 @@ impl Node {
     /// Rough bytes of state this node holds (ledger, peer table), for per-node memory metrics.
     pub fn approx_bytes(&self) -> usize {
         // Per entry: key and value, owner, version, signature, digest, key tag, and the
-        // maps' overhead.
+        // maps' overhead (what a real node holds; simulated nodes share one copy of an
+        // entry's contents).
         let ledger: usize = self
             .ledger
             .entries()
@@ -1500,7 +1501,7 @@ impl Node {
                 let mut changed = false;
                 for e in entries {
                     match self.ledger.apply_shared(e, crypto) {
-                        Ok((Applied::Changed, Some(e))) => {
+                        Ok(Taken::Changed(e)) => {
                             self.entry_changed(&e);
                             self.stats.entries_applied += 1;
                             if push {
@@ -1509,7 +1510,7 @@ impl Node {
                             changed = true;
                         }
                         // A copy of news we are about to pass on: not to this peer, then.
-                        Ok((Applied::Stale, _)) if push => {
+                        Ok(Taken::Stale) if push => {
                             if let Some((_, holders)) = self.outbox.iter_mut().find(|(x, _)| {
                                 x.owner == e.owner
                                     && x.version == e.version
@@ -1853,7 +1854,7 @@ impl Node {
         crypto: &mut dyn Crypto,
     ) {
         let e = Entry::signed(&self.signer, key, version, Some(value));
-        if let Ok((Applied::Changed, Some(e))) = self.ledger.apply_shared(e.as_ref(), crypto) {
+        if let Ok(Taken::Changed(e)) = self.ledger.apply_shared(e.as_ref(), crypto) {
             self.entry_changed(&e);
             self.outbox.push((e, Vec::new()));
             self.ledger_changed(now);
