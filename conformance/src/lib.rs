@@ -5,10 +5,12 @@
 //! and reporters that turn one event stream into JUnit XML, JSON Lines or TAP, each generic
 //! over `io::Write`. It runs no checks itself and does not depend on the bootyard agent.
 
+pub mod catalogue;
 pub mod check;
 pub mod event;
 pub mod report;
 
+pub use catalogue::{CheckDef, Level, Profile, CATALOGUE_VERSION, CHECKS};
 pub use check::{CheckId, CheckIdError, Verdict};
 pub use event::{CheckResult, Event, RunInfo, Summary};
 pub use report::{JsonLines, Junit, Reporter, Tap};
