@@ -4,6 +4,7 @@ pub mod boot_assess;
 pub mod boot_complete;
 pub mod build_slot;
 pub mod build_test_image;
+pub mod conformance;
 pub mod demo;
 pub mod install;
 pub mod pull;
@@ -57,6 +58,8 @@ pub enum Command {
     BootAssess(boot_assess::BootAssessArgs),
     /// Build a bootable test OS image (busybox or Debian) from Debian packages, good or deliberately broken
     BuildTestImage(build_test_image::BuildTestImageArgs),
+    /// Judge an OS image against the conformance catalogue (conformance/SPEC.md); exit 0 passed, 1 a MUST check failed, 5 a check errored, 6 a MUST check was skipped
+    Conformance(conformance::ConformanceArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BootComplete(a) => boot_complete::run(a),
         Command::BootAssess(a) => boot_assess::run(a),
         Command::BuildTestImage(a) => build_test_image::run(a),
+        Command::Conformance(a) => conformance::run_cmd(a),
         Command::Image(ImageCommand::Pull(a)) => pull::run(a),
         Command::Image(ImageCommand::Push(a)) => push::run(a),
         Command::Image(ImageCommand::BuildSlot(a)) => build_slot::run(a),

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod allocator;
 pub mod boot;
 pub mod cli;
+pub mod conformance;
 pub mod debpkg;
 pub mod disk;
 pub mod image;

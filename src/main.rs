@@ -15,7 +15,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit codes, stable for scripts and CI gates.
 mod exit {
     pub const FAILURE: u8 = 1;
-    // 2 is clap's usage error.
+    /// A usage error (clap's, and a conformance run asked for unknown checks or given a bad
+    /// denylist).
+    pub const USAGE: u8 = 2;
     /// The image is invalid, corrupt or hostile (digest mismatch, unsafe path, bomb).
     pub const BAD_IMAGE: u8 = 3;
     /// The registry or source could not be reached, refused access, or lacks the image.
@@ -27,6 +29,12 @@ mod exit {
 
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        if let Some(cli::conformance::NotPassed(outcome)) = cause.downcast_ref() {
+            return outcome.exit_code();
+        }
+        if cause.is::<bootyard::conformance::run::ConfigError>() {
+            return exit::USAGE;
+        }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
             return match e {
                 RegistryError::DigestMismatch { .. }

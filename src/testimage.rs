@@ -109,29 +109,11 @@ fn tio(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TestImageErro
     move |source| TestImageError::Io { op, path, source }
 }
 
-/// True for an ELF executable without a program interpreter (no dynamic loader needed).
+/// True for an x86-64 ELF executable without a program interpreter (no dynamic loader
+/// needed).
 pub fn is_static_elf(bytes: &[u8]) -> bool {
-    let u16at = |o: usize| {
-        bytes
-            .get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u64at = |o: usize| {
-        bytes
-            .get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    };
-    if bytes.get(..6) != Some(b"\x7fELF\x02\x01") || u16at(0x12) != Some(62) {
-        return false;
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64at(0x20), u16at(0x36), u16at(0x38))
-    else {
-        return false;
-    };
-    (0..phnum as usize).all(|i| {
-        let at = phoff as usize + i * phentsize as usize;
-        // PT_INTERP = 3
-        bytes.get(at..at + 4) != Some(&3u32.to_le_bytes())
+    crate::conformance::elf::parse(bytes).is_ok_and(|e| {
+        e.executable && e.interp.is_none() && e.arch == Some(crate::conformance::elf::Arch::Amd64)
     })
 }
 

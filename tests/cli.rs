@@ -54,6 +54,7 @@ fn help_texts() {
         &["scenario", "run", "--help"],
         &["sim", "run", "--help"],
         &["sim", "sweep", "--help"],
+        &["conformance", "--help"],
     ] {
         let o = bootyard(args);
         assert!(o.status.success());

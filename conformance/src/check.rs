@@ -62,13 +62,16 @@ impl<'de> Deserialize<'de> for CheckId {
     }
 }
 
-/// The outcome of one check. `Error` means the check could not reach a verdict (the harness
-/// or the environment failed), which a gate must not read as a pass or a fail of the image.
+/// The outcome of one check. `Warn` is a failed SHOULD or MAY check (or a denylisted
+/// failure): reported, but it does not fail the run. `Error` means the check could not reach a
+/// verdict (the harness or the environment failed), which a gate must not read as a pass or a
+/// fail of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
     Fail { reason: String },
+    Warn { reason: String },
     Skip { reason: String },
     Error { reason: String },
 }
@@ -78,8 +81,22 @@ impl Verdict {
         match self {
             Verdict::Pass => "pass",
             Verdict::Fail { .. } => "fail",
+            Verdict::Warn { .. } => "warn",
             Verdict::Skip { .. } => "skip",
             Verdict::Error { .. } => "error",
+        }
+    }
+}
+
+impl Verdict {
+    /// The reason given, for every verdict but a pass.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Pass => None,
+            Verdict::Fail { reason }
+            | Verdict::Warn { reason }
+            | Verdict::Skip { reason }
+            | Verdict::Error { reason } => Some(reason),
         }
     }
 }

@@ -12,5 +12,5 @@ pub mod report;
 
 pub use catalogue::{CheckDef, Level, Profile, CATALOGUE_VERSION, CHECKS};
 pub use check::{CheckId, CheckIdError, Verdict};
-pub use event::{CheckResult, Event, RunInfo, Summary};
-pub use report::{JsonLines, Junit, Reporter, Tap};
+pub use event::{CheckResult, Event, Outcome, RunInfo, Summary};
+pub use report::{Console, JsonLines, Junit, Reporter, Tap};

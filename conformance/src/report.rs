@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use crate::check::Verdict;
-use crate::event::{CheckResult, Event, RunInfo, SCHEMA_VERSION};
+use crate::event::{CheckResult, Event, Outcome, RunInfo, SCHEMA_VERSION};
 
 pub trait Reporter {
     fn event(&mut self, event: &Event) -> io::Result<()>;
@@ -28,7 +28,7 @@ impl<W: Write> Reporter for JsonLines<W> {
     }
 }
 
-/// TAP version 14, streamed: the plan comes first from `RunStarted`.
+/// TAP version 13 (with YAML diagnostics), streamed: the plan comes first from `RunStarted`.
 pub struct Tap<W> {
     w: W,
     n: u32,
@@ -51,7 +51,7 @@ impl<W: Write> Reporter for Tap<W> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
         match event {
             Event::RunStarted { run, planned, .. } => {
-                writeln!(self.w, "TAP version 14")?;
+                writeln!(self.w, "TAP version 13")?;
                 writeln!(
                     self.w,
                     "# bootyard conformance {} profile {} on {}",
@@ -69,12 +69,27 @@ impl<W: Write> Reporter for Tap<W> {
                     Verdict::Skip { reason } => {
                         writeln!(self.w, "ok {} {desc} # SKIP {}", self.n, tap_text(reason))?
                     }
-                    Verdict::Fail { reason } | Verdict::Error { reason } => {
-                        writeln!(self.w, "not ok {} {desc}", self.n)?;
+                    Verdict::Fail { reason }
+                    | Verdict::Error { reason }
+                    | Verdict::Warn { reason } => {
+                        // A warning does not fail the run: `ok`, with the reason attached.
+                        let ok = if matches!(result.verdict, Verdict::Warn { .. }) {
+                            "ok"
+                        } else {
+                            "not ok"
+                        };
+                        writeln!(self.w, "{ok} {} {desc}", self.n)?;
                         writeln!(self.w, "  ---")?;
                         writeln!(self.w, "  verdict: {}", result.verdict.name())?;
+                        writeln!(self.w, "  level: {}", result.level)?;
                         writeln!(self.w, "  reason: {}", serde_json::to_string(reason)?)?;
                         writeln!(self.w, "  duration_ms: {}", result.duration_ms)?;
+                        if !result.attachments.is_empty() {
+                            writeln!(self.w, "  attachments:")?;
+                            for a in &result.attachments {
+                                writeln!(self.w, "    - {}", serde_json::to_string(a)?)?;
+                            }
+                        }
                         writeln!(self.w, "  ...")?;
                     }
                 }
@@ -82,8 +97,12 @@ impl<W: Write> Reporter for Tap<W> {
             Event::RunFinished { summary } => {
                 writeln!(
                     self.w,
-                    "# {} passed, {} failed, {} skipped, {} errored",
-                    summary.passed, summary.failed, summary.skipped, summary.errored
+                    "# {} passed, {} failed, {} warned, {} skipped, {} errored",
+                    summary.passed,
+                    summary.failed,
+                    summary.warned,
+                    summary.skipped,
+                    summary.errored
                 )?;
             }
         }
@@ -188,28 +207,103 @@ impl<W: Write> Reporter for Junit<W> {
                             xml(&r.title),
                             secs(r.duration_ms)
                         )?;
-                        match &r.verdict {
-                            Verdict::Pass => writeln!(self.w, "/>")?,
-                            Verdict::Fail { reason } => writeln!(
-                                self.w,
-                                ">\n      <failure message=\"{}\"/>\n    </testcase>",
-                                xml(reason)
-                            )?,
-                            Verdict::Error { reason } => writeln!(
-                                self.w,
-                                ">\n      <error message=\"{}\"/>\n    </testcase>",
-                                xml(reason)
-                            )?,
-                            Verdict::Skip { reason } => writeln!(
-                                self.w,
-                                ">\n      <skipped message=\"{}\"/>\n    </testcase>",
-                                xml(reason)
-                            )?,
+                        let element = match &r.verdict {
+                            Verdict::Pass | Verdict::Warn { .. } => None,
+                            Verdict::Fail { reason } => Some(("failure", reason)),
+                            Verdict::Error { reason } => Some(("error", reason)),
+                            Verdict::Skip { reason } => Some(("skipped", reason)),
+                        };
+                        // Warnings and attachments go to system-out; `[[ATTACHMENT|path]]` is
+                        // how Jenkins and GitLab pick up files.
+                        let mut out = String::new();
+                        if let Verdict::Warn { reason } = &r.verdict {
+                            out.push_str(&format!("WARN ({}): {}\n", r.level, reason));
                         }
+                        for a in &r.attachments {
+                            out.push_str(&format!("[[ATTACHMENT|{a}]]\n"));
+                        }
+                        if element.is_none() && out.is_empty() {
+                            writeln!(self.w, "/>")?;
+                            continue;
+                        }
+                        writeln!(self.w, ">")?;
+                        if let Some((name, reason)) = element {
+                            writeln!(self.w, "      <{name} message=\"{}\"/>", xml(reason))?;
+                        }
+                        if !out.is_empty() {
+                            writeln!(self.w, "      <system-out>{}</system-out>", xml(&out))?;
+                        }
+                        writeln!(self.w, "    </testcase>")?;
                     }
                     writeln!(self.w, "  </testsuite>")?;
                 }
                 writeln!(self.w, "</testsuites>")?;
+            }
+        }
+        self.w.flush()
+    }
+}
+
+/// The terminal summary: a line per check as it finishes (the reason under anything but a
+/// pass), then the totals and what they mean for a gate.
+pub struct Console<W> {
+    w: W,
+    results: Vec<CheckResult>,
+}
+
+impl<W: Write> Console<W> {
+    pub fn new(w: W) -> Self {
+        Self {
+            w,
+            results: Vec::new(),
+        }
+    }
+}
+
+impl<W: Write> Reporter for Console<W> {
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        match event {
+            Event::RunStarted { run, planned, .. } => writeln!(
+                self.w,
+                "bootyard conformance (catalogue {}), profile {}: {planned} checks on {}",
+                run.catalogue_version, run.profile, run.subject
+            )?,
+            Event::CheckFinished { result } => {
+                writeln!(
+                    self.w,
+                    "{:<5} {:<8} {:<6} {}",
+                    result.verdict.name().to_uppercase(),
+                    result.id,
+                    result.level,
+                    result.title
+                )?;
+                if let Some(reason) = result.verdict.reason() {
+                    writeln!(self.w, "      {}", reason.replace('\n', "\n      "))?;
+                }
+                for a in &result.attachments {
+                    writeln!(self.w, "      log: {a}")?;
+                }
+                self.results.push(result.clone());
+            }
+            Event::RunFinished { summary } => {
+                let outcome = Outcome::of(&self.results);
+                writeln!(
+                    self.w,
+                    "{} passed, {} failed, {} warned, {} skipped, {} errored in {} s: {} (exit {})",
+                    summary.passed,
+                    summary.failed,
+                    summary.warned,
+                    summary.skipped,
+                    summary.errored,
+                    secs(summary.duration_ms),
+                    match outcome {
+                        Outcome::Passed => "PASSED",
+                        Outcome::Failed => "FAILED: a MUST check failed",
+                        Outcome::Errored => "ERROR: a check could not reach a verdict",
+                        Outcome::Incomplete => "INCOMPLETE: a MUST check was skipped",
+                    },
+                    outcome.exit_code()
+                )?;
             }
         }
         self.w.flush()
@@ -223,41 +317,55 @@ mod tests {
 
     fn events() -> Vec<Event> {
         let run = RunInfo {
-            catalogue_version: "0.1.0".into(),
-            profile: "standard".into(),
+            catalogue_version: "1".into(),
+            profile: "image,boot".into(),
             subject: "oci-layout:/img:v1 <&>".into(),
         };
+        let result = |id: &str, verdict: Verdict, duration_ms: u64, attachments: &[&str]| {
+            let def = crate::catalogue::find(id).unwrap();
+            CheckResult {
+                id: def.check_id(),
+                title: def.title.into(),
+                level: def.level,
+                verdict,
+                duration_ms,
+                attachments: attachments.iter().map(|a| a.to_string()).collect(),
+            }
+        };
         let results = vec![
-            CheckResult {
-                id: "IMG-001".parse().unwrap(),
-                title: "has /etc/os-release".into(),
-                verdict: Verdict::Pass,
-                duration_ms: 12,
-            },
-            CheckResult {
-                id: "IMG-002".parse().unwrap(),
-                title: "exactly one kernel".into(),
-                verdict: Verdict::Fail {
-                    reason: "found 2 under /lib/modules: 6.1 & 6.6".into(),
+            result("IMG-001", Verdict::Pass, 12, &[]),
+            result(
+                "IMG-004",
+                Verdict::Fail {
+                    reason: "2 module trees (6.1 & 6.6); exactly one, 6.6, is wanted".into(),
                 },
-                duration_ms: 3,
-            },
-            CheckResult {
-                id: "BOOT-001".parse().unwrap(),
-                title: "boots # in QEMU".into(),
-                verdict: Verdict::Skip {
-                    reason: "profile has no QEMU".into(),
+                3,
+                &[],
+            ),
+            result(
+                "IMG-013",
+                Verdict::Warn {
+                    reason: "the root filesystem takes 4000 MiB, over 3072 MiB".into(),
                 },
-                duration_ms: 0,
-            },
-            CheckResult {
-                id: "BOOT-002".parse().unwrap(),
-                title: "rolls back".into(),
-                verdict: Verdict::Error {
+                40,
+                &[],
+            ),
+            result(
+                "IMG-012",
+                Verdict::Skip {
+                    reason: "no image config # a directory".into(),
+                },
+                0,
+                &[],
+            ),
+            result(
+                "BOOT-001",
+                Verdict::Error {
                     reason: "qemu-system-x86_64 not found".into(),
                 },
-                duration_ms: 1,
-            },
+                1,
+                &["reports/BOOT-001/console.log"],
+            ),
         ];
         let mut summary = Summary {
             duration_ms: 1016,
@@ -311,6 +419,12 @@ mod tests {
     fn tap_snapshot() {
         let buf = std::cell::RefCell::new(Vec::new());
         insta::assert_snapshot!(render(Tap::new(Shared(&buf)), &buf));
+    }
+
+    #[test]
+    fn console_snapshot() {
+        let buf = std::cell::RefCell::new(Vec::new());
+        insta::assert_snapshot!(render(Console::new(Shared(&buf)), &buf));
     }
 
     #[test]

@@ -1,0 +1,98 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bootyard_conformance::{Console, JsonLines, Junit, Outcome, Profile, Reporter, Tap};
+use clap::Args;
+
+use crate::conformance::run::{load_denylist, run, today, RunOptions};
+use crate::image::pull::{default_cache_dir, PullOptions};
+use crate::image::spec::Platform;
+use crate::image::Source;
+
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    /// Image to judge: host[:port]/name[:tag][@sha256:...], oci-layout:DIR[:tag], oci-archive:FILE[:tag] or dir:PATH
+    pub image: String,
+    /// Profile to run (image, container, boot, upgrade, mesh, k3s); repeatable [default: image]
+    #[arg(long = "profile", value_name = "PROFILE")]
+    pub profiles: Vec<Profile>,
+    /// Run only this check (an ID such as IMG-004); repeatable
+    #[arg(long, value_name = "ID")]
+    pub only: Vec<String>,
+    /// Leave this check out (an ID); repeatable
+    #[arg(long, value_name = "ID")]
+    pub skip: Vec<String>,
+    /// TOML file of [[deny]] entries (id, reason, tracker link, expires = YYYY-MM-DD): their
+    /// failures are reported as warnings until the date
+    #[arg(long, value_name = "FILE")]
+    pub denylist: Option<PathBuf>,
+    /// Write junit.xml, results.jsonl and results.tap here (created if missing)
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// Platform to pick from an image index
+    #[arg(long, default_value = "linux/amd64")]
+    pub platform: Platform,
+    /// Registry (host:port) to reach over plain HTTP; repeatable
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registry: Vec<String>,
+    /// Blob cache (an OCI layout) [default: $XDG_CACHE_HOME/bootyard/oci]
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
+/// A run that reached its verdict, when the verdict is not a pass: the exit status says
+/// which (see `conformance/SPEC.md`); the report has already said why.
+#[derive(Debug, thiserror::Error)]
+#[error("conformance: {}", match .0 {
+    Outcome::Passed => "passed",
+    Outcome::Failed => "a MUST check failed",
+    Outcome::Errored => "a check could not reach a verdict",
+    Outcome::Incomplete => "a MUST check was skipped, so the image was not fully judged",
+})]
+pub struct NotPassed(pub Outcome);
+
+pub fn run_cmd(a: ConformanceArgs) -> anyhow::Result<()> {
+    let source: Source = a.image.parse()?;
+    let mut pull = PullOptions::new(a.cache.clone().unwrap_or_else(default_cache_dir));
+    pull.registry.platform = a.platform.clone();
+    pull.registry.insecure = a.insecure_registry.clone();
+    let opts = RunOptions {
+        profiles: if a.profiles.is_empty() {
+            vec![Profile::Image]
+        } else {
+            a.profiles.clone()
+        },
+        only: a.only.clone(),
+        skip: a.skip.clone(),
+        denylist: match &a.denylist {
+            Some(p) => load_denylist(p)?,
+            None => Vec::new(),
+        },
+        today: today(),
+        pull,
+    };
+    let mut console = Console::new(std::io::stdout().lock());
+    let results = match &a.report_dir {
+        None => run(&source, &opts, &mut [&mut console])?,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the report directory {}", dir.display()))?;
+            let create = |name: &str| {
+                let p = dir.join(name);
+                std::fs::File::create(&p)
+                    .map(std::io::BufWriter::new)
+                    .with_context(|| format!("creating {}", p.display()))
+            };
+            let mut junit = Junit::new(create("junit.xml")?);
+            let mut jsonl = JsonLines::new(create("results.jsonl")?);
+            let mut tap = Tap::new(create("results.tap")?);
+            let reporters: &mut [&mut dyn Reporter] =
+                &mut [&mut console, &mut junit, &mut jsonl, &mut tap];
+            run(&source, &opts, reporters)?
+        }
+    };
+    match Outcome::of(&results) {
+        Outcome::Passed => Ok(()),
+        o => Err(NotPassed(o).into()),
+    }
+}

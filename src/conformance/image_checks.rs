@@ -1,0 +1,912 @@
+//! The `image` profile: static checks on an unpacked root filesystem. Nothing runs from
+//! the image and nothing needs root; every path is resolved inside the root (an absolute
+//! symlink in the image points into the image, never at this machine).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use bootyard_conformance::{catalogue, CheckDef, Verdict};
+
+use super::elf::{self, Arch};
+use super::{initramfs, kernel};
+
+/// Kernel and initrd bytes read at most.
+const BOOT_FILE_MAX: u64 = 512 << 20;
+/// IMG-013's limits.
+pub const ROOTFS_BYTES_MAX: u64 = 3 << 30;
+pub const BOOT_BYTES_MAX: u64 = 256 << 20;
+
+/// Modules a slot cannot boot without (IMG-005).
+pub const SLOT_MODULES: &[&str] = &["loop", "ext4"];
+
+/// The OCI image config's platform, when the subject came from an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+}
+
+/// The image under test: what the checks read, each once.
+pub struct Image {
+    root: PathBuf,
+    platform: Option<Platform>,
+    kernel: Result<kernel::KernelInfo, String>,
+    kernel_bytes: Option<u64>,
+    initrd: Result<initramfs::Initramfs, String>,
+    initrd_bytes: Option<u64>,
+}
+
+/// Resolves `rel` inside `root`, following symlinks as the image would see them (at most 40),
+/// without ever leaving `root`. `None` when something on the way does not exist.
+pub fn resolve(root: &Path, rel: &str) -> Option<PathBuf> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = rel
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .rev()
+        .map(str::to_string)
+        .collect();
+    let mut hops = 0;
+    while let Some(p) = todo.pop() {
+        match p.as_str() {
+            "." => continue,
+            ".." => {
+                parts.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let here: PathBuf = root.join(parts.iter().collect::<PathBuf>()).join(&p);
+        let meta = std::fs::symlink_metadata(&here).ok()?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = std::fs::read_link(&here).ok()?;
+            if target.is_absolute() {
+                parts.clear();
+            }
+            let comps: Vec<String> = target
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                    Component::ParentDir => Some("..".into()),
+                    _ => None,
+                })
+                .collect();
+            todo.extend(comps.into_iter().rev());
+        } else {
+            parts.push(p);
+        }
+    }
+    Some(root.join(parts.iter().collect::<PathBuf>()))
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut out = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if out.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    Ok(out)
+}
+
+/// A regular file at `rel`, read whole (bounded).
+fn file(root: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String> {
+    let p = resolve(root, rel).ok_or_else(|| format!("/{rel} does not exist"))?;
+    let m = std::fs::metadata(&p).map_err(|e| format!("/{rel}: {e}"))?;
+    if !m.is_file() {
+        return Err(format!("/{rel} is not a regular file"));
+    }
+    read_bounded(&p, max).map_err(|e| format!("/{rel}: {e}"))
+}
+
+/// os-release syntax: `KEY=value`, values optionally quoted.
+pub fn parse_release(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(v);
+        out.insert(k.trim().to_string(), v.replace("\\\"", "\""));
+    }
+    out
+}
+
+fn release_keys(
+    root: &Path,
+    paths: &[&str],
+    keys: &[&str],
+) -> Result<BTreeMap<String, String>, String> {
+    let (path, bytes) = paths
+        .iter()
+        .find_map(|p| file(root, p, 1 << 16).ok().map(|b| (*p, b)))
+        .ok_or_else(|| format!("/{} does not exist (or is not a file)", paths[0]))?;
+    let kv = parse_release(&String::from_utf8_lossy(&bytes));
+    let missing: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| kv.get(*k).is_none_or(|v| v.is_empty()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("/{path} lacks {}", missing.join(", ")));
+    }
+    Ok(kv)
+}
+
+impl Image {
+    /// The architecture the image claims: its config, else its kernel.
+    fn arch(&self) -> Option<Arch> {
+        self.platform
+            .as_ref()
+            .and_then(|p| Arch::parse(&p.architecture))
+            .or_else(|| self.kernel.as_ref().ok().map(|k| k.arch))
+    }
+
+    fn img_001(&self) -> Result<(), String> {
+        let k = self.kernel.as_ref().map_err(|e| e.clone())?;
+        match self.arch() {
+            Some(a) if a != k.arch => Err(format!(
+                "/boot/vmlinuz is an {} kernel in an {} image",
+                k.arch.name(),
+                a.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn img_002(&self) -> Result<(), String> {
+        self.initrd.as_ref().map(|_| ()).map_err(|e| e.clone())
+    }
+
+    fn img_003(&self) -> Result<(), String> {
+        let r = self
+            .initrd
+            .as_ref()
+            .map_err(|e| format!("the initramfs cannot be read: {e}"))?;
+        match r.resolve("init") {
+            None if r.entries.contains_key("init") => {
+                Err("/init is a symlink that does not resolve inside the initramfs".into())
+            }
+            None => Err("the initramfs has no /init".into()),
+            Some(e) if !e.is_file() => Err("/init is not a regular file".into()),
+            Some(e) if e.mode & 0o111 == 0 => Err("/init is not executable".into()),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The module directories: one per kernel release found.
+    fn module_trees(&self) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut dirs = Vec::new();
+        for base in ["lib/modules", "usr/lib/modules"] {
+            if let Some(d) = resolve(&self.root, base).filter(|d| d.is_dir()) {
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+        let mut trees = Vec::new();
+        for d in dirs {
+            let rd = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+            for e in rd {
+                let e = e.map_err(|e| format!("{}: {e}", d.display()))?;
+                if e.path().is_dir() {
+                    trees.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+                }
+            }
+        }
+        trees.sort();
+        trees.dedup_by(|a, b| a.0 == b.0);
+        Ok(trees)
+    }
+
+    fn img_004(&self) -> Result<(), String> {
+        let trees = self.module_trees()?;
+        let names: Vec<&str> = trees.iter().map(|(n, _)| n.as_str()).collect();
+        let release = match &self.kernel {
+            Ok(kernel::KernelInfo {
+                release: Some(r), ..
+            }) => r.clone(),
+            Ok(_) => return Err("the kernel carries no version string to match".into()),
+            Err(e) => return Err(format!("the kernel cannot be read: {e}")),
+        };
+        match names.as_slice() {
+            [] => Err("no module tree under /lib/modules".into()),
+            [one] if *one == release => Ok(()),
+            [one] => Err(format!(
+                "the module tree is for {one}, but the kernel is {release}"
+            )),
+            many => Err(format!(
+                "{} module trees ({}); exactly one, {release}, is wanted",
+                many.len(),
+                many.join(", ")
+            )),
+        }
+    }
+
+    fn img_005(&self) -> Result<(), String> {
+        let trees = self.module_trees()?;
+        let release = self.kernel.as_ref().ok().and_then(|k| k.release.clone());
+        let (name, dir) = match (trees.as_slice(), release) {
+            ([], _) => return Err("no module tree under /lib/modules".into()),
+            ([only], _) => only.clone(),
+            (many, Some(r)) => many
+                .iter()
+                .find(|(n, _)| *n == r)
+                .cloned()
+                .ok_or("no module tree for the kernel's release")?,
+            (_, None) => {
+                return Err("several module trees and no kernel release to pick one".into())
+            }
+        };
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stem = |path: &str| -> Option<String> {
+            let base = path.rsplit('/').next()?;
+            let base = [".gz", ".xz", ".zst"]
+                .iter()
+                .find_map(|z| base.strip_suffix(z))
+                .unwrap_or(base);
+            base.strip_suffix(".ko").map(|s| s.replace('-', "_"))
+        };
+        let builtin: Vec<String> = read("modules.builtin").lines().filter_map(stem).collect();
+        let dep = read("modules.dep");
+        let mut missing = Vec::new();
+        for m in SLOT_MODULES {
+            if builtin.iter().any(|b| b == m) {
+                continue;
+            }
+            let listed = dep
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(p, _)| stem(p).as_deref() == Some(*m));
+            match listed {
+                Some((p, _)) if dir.join(p).is_file() => {}
+                Some((p, _)) => {
+                    missing.push(format!("{m} (modules.dep lists {p}, which is missing)"))
+                }
+                None => missing.push(format!("{m} (neither built in nor in modules.dep)")),
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("kernel {name} lacks {}", missing.join(", ")))
+        }
+    }
+
+    fn img_006(&self) -> Result<(), String> {
+        release_keys(
+            &self.root,
+            &["etc/os-release", "usr/lib/os-release"],
+            &["ID", "NAME", "VERSION_ID"],
+        )
+        .map(|_| ())
+    }
+
+    fn img_007(&self) -> Result<(), String> {
+        let kv = release_keys(
+            &self.root,
+            &["etc/kairos-release"],
+            &["ID", "VERSION", "FLAVOR", "FAMILY", "ARCH"],
+        )?;
+        let arch = &kv["ARCH"];
+        let Some(a) = Arch::parse(arch) else {
+            return Err(format!("ARCH={arch} is not amd64 or arm64"));
+        };
+        match self.arch() {
+            Some(want) if want != a => {
+                Err(format!("ARCH={arch}, but the image is {}", want.name()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn img_008(&self) -> Result<(), String> {
+        let rel = "usr/bin/bootyard";
+        let p = resolve(&self.root, rel).ok_or("/usr/bin/bootyard does not exist")?;
+        let m = std::fs::metadata(&p).map_err(|e| format!("/{rel}: {e}"))?;
+        if !m.is_file() {
+            return Err(format!("/{rel} is not a regular file"));
+        }
+        if std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 == 0 {
+            return Err(format!("/{rel} is not executable"));
+        }
+        let b = read_bounded(&p, 1 << 30).map_err(|e| format!("/{rel}: {e}"))?;
+        let info = elf::parse(&b).map_err(|e| format!("/{rel} is {e}"))?;
+        if !info.executable {
+            return Err(format!("/{rel} is a shared object, not an executable"));
+        }
+        match (info.arch, self.arch()) {
+            (None, _) => return Err(format!("/{rel} is for ELF machine {}", info.machine)),
+            (Some(a), Some(want)) if a != want => {
+                return Err(format!(
+                    "/{rel} is an {} binary in an {} image",
+                    a.name(),
+                    want.name()
+                ))
+            }
+            _ => {}
+        }
+        if let Some(interp) = info.interp {
+            if resolve(&self.root, &interp).is_none_or(|p| !p.is_file()) {
+                return Err(format!(
+                    "/{rel} needs the loader {interp}, which the image lacks"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn img_009(&self) -> Result<(), String> {
+        let init = resolve(&self.root, "sbin/init").filter(|p| p.is_file());
+        let init_name = init
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        let stage = |text: &str| text.contains("bootyard boot-assess");
+        match init_name.as_deref() {
+            Some("systemd") => {
+                // Units enabled through a target's .wants directory.
+                for base in [
+                    "etc/systemd/system",
+                    "usr/lib/systemd/system",
+                    "lib/systemd/system",
+                ] {
+                    let Some(dir) = resolve(&self.root, base) else {
+                        continue;
+                    };
+                    let Ok(rd) = std::fs::read_dir(&dir) else {
+                        continue;
+                    };
+                    for w in rd.flatten() {
+                        let name = w.file_name().to_string_lossy().into_owned();
+                        if !name.ends_with(".target.wants") {
+                            continue;
+                        }
+                        for u in std::fs::read_dir(w.path()).into_iter().flatten().flatten() {
+                            let rel = format!("{base}/{name}/{}", u.file_name().to_string_lossy());
+                            if file(&self.root, &rel, 1 << 20)
+                                .is_ok_and(|b| stage(&String::from_utf8_lossy(&b)))
+                            {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                Err("systemd: no unit enabled in a target runs `bootyard boot-assess`".into())
+            }
+            Some("busybox") => {
+                let tab = file(&self.root, "etc/inittab", 1 << 20)
+                    .map_err(|e| format!("busybox init: {e}"))?;
+                let wired = String::from_utf8_lossy(&tab).lines().any(|l| {
+                    let f: Vec<&str> = l.splitn(4, ':').collect();
+                    f.len() == 4
+                        && ["sysinit", "wait", "once", "respawn"].contains(&f[2])
+                        && stage(f[3])
+                });
+                if wired {
+                    Ok(())
+                } else {
+                    Err("busybox init: no /etc/inittab action runs `bootyard boot-assess`".into())
+                }
+            }
+            Some("openrc-init") | Some("init")
+                if resolve(&self.root, "etc/runlevels").is_some() =>
+            {
+                for level in ["sysinit", "boot", "default"] {
+                    let Some(dir) = resolve(&self.root, &format!("etc/runlevels/{level}")) else {
+                        continue;
+                    };
+                    for s in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        let rel = format!("etc/init.d/{}", s.file_name().to_string_lossy());
+                        if file(&self.root, &rel, 1 << 20)
+                            .is_ok_and(|b| stage(&String::from_utf8_lossy(&b)))
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err("OpenRC: no service in the sysinit, boot or default runlevel runs `bootyard boot-assess`".into())
+            }
+            Some(other) => Err(format!(
+                "/sbin/init is {other}: not systemd, OpenRC or busybox init"
+            )),
+            None => Err("no init system: /sbin/init does not exist".into()),
+        }
+    }
+
+    fn img_010(&self) -> Result<(), String> {
+        let dir = resolve(&self.root, "etc/ssh");
+        let mut keys: Vec<String> = dir
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ssh_host_") && n.ends_with("_key"))
+            .collect();
+        keys.sort();
+        if keys.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "baked host keys: /etc/ssh/{}",
+                keys.join(", /etc/ssh/")
+            ))
+        }
+    }
+
+    fn img_011(&self) -> Result<(), String> {
+        let baked = |rel: &str| -> Option<String> {
+            let b = file(&self.root, rel, 4096).ok()?;
+            let t = String::from_utf8_lossy(&b).trim().to_string();
+            (!t.is_empty() && t != "uninitialized").then(|| format!("/{rel} holds {t}"))
+        };
+        if let Some(e) = baked("etc/machine-id") {
+            return Err(e);
+        }
+        let dbus = self.root.join("var/lib/dbus/machine-id");
+        let is_link_to_etc = std::fs::read_link(&dbus)
+            .is_ok_and(|t| t == Path::new("/etc/machine-id") || t.ends_with("etc/machine-id"));
+        if !is_link_to_etc {
+            if let Some(e) = baked("var/lib/dbus/machine-id") {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn img_012(&self) -> Option<Result<(), String>> {
+        let p = self.platform.as_ref()?;
+        Some((|| {
+            if p.os != "linux" {
+                return Err(format!("the image config says os {}", p.os));
+            }
+            let want = Arch::parse(&p.architecture)
+                .ok_or_else(|| format!("the image config says architecture {}", p.architecture))?;
+            if let Ok(k) = &self.kernel {
+                if k.arch != want {
+                    return Err(format!(
+                        "the config says {}, the kernel is {}",
+                        want.name(),
+                        k.arch.name()
+                    ));
+                }
+            }
+            let agent = resolve(&self.root, "usr/bin/bootyard")
+                .and_then(|p| read_bounded(&p, 1 << 30).ok())
+                .and_then(|b| elf::parse(&b).ok());
+            if let Some(a) = agent.and_then(|i| i.arch) {
+                if a != want {
+                    return Err(format!(
+                        "the config says {}, the agent is {}",
+                        want.name(),
+                        a.name()
+                    ));
+                }
+            }
+            Ok(())
+        })())
+    }
+
+    fn img_013(&self) -> Result<(), String> {
+        let boot = self.kernel_bytes.unwrap_or(0) + self.initrd_bytes.unwrap_or(0);
+        if boot > BOOT_BYTES_MAX {
+            return Err(format!(
+                "kernel and initrd take {} MiB, over {} MiB",
+                boot >> 20,
+                BOOT_BYTES_MAX >> 20
+            ));
+        }
+        let total = tree_bytes(&self.root).map_err(|e| format!("cannot size the tree: {e}"))?;
+        if total > ROOTFS_BYTES_MAX {
+            return Err(format!(
+                "the root filesystem takes {} MiB, over {} MiB",
+                total >> 20,
+                ROOTFS_BYTES_MAX >> 20
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of regular files under `root` (symlinks not followed).
+fn tree_bytes(root: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                total += e.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn verdict(r: Result<(), String>) -> Verdict {
+    match r {
+        Ok(()) => Verdict::Pass,
+        Err(reason) => Verdict::Fail { reason },
+    }
+}
+
+impl Image {
+    /// Reads the kernel and initrd of the root filesystem at `root`; `platform` is the image
+    /// config's, when the subject is an image (IMG-012 is skipped without it).
+    pub fn read(root: &Path, platform: Option<Platform>) -> Self {
+        let boot_file = |rel: &str| file(root, rel, BOOT_FILE_MAX);
+        let kernel_raw = boot_file("boot/vmlinuz");
+        let initrd_raw = boot_file("boot/initrd");
+        Image {
+            root: root.to_path_buf(),
+            platform,
+            kernel_bytes: kernel_raw.as_ref().ok().map(|b| b.len() as u64),
+            initrd_bytes: initrd_raw.as_ref().ok().map(|b| b.len() as u64),
+            kernel: kernel_raw
+                .and_then(|b| kernel::parse(&b).map_err(|e| format!("/boot/vmlinuz: {e}"))),
+            initrd: initrd_raw
+                .and_then(|b| initramfs::read(&b).map_err(|e| format!("/boot/initrd: {e}"))),
+        }
+    }
+
+    /// Runs one `image` check (a failure is `Fail` whatever the check's level; the run
+    /// weighs it).
+    pub fn check(&self, id: &str) -> Verdict {
+        match id {
+            "IMG-001" => verdict(self.img_001()),
+            "IMG-002" => verdict(self.img_002()),
+            "IMG-003" => verdict(self.img_003()),
+            "IMG-004" => verdict(self.img_004()),
+            "IMG-005" => verdict(self.img_005()),
+            "IMG-006" => verdict(self.img_006()),
+            "IMG-007" => verdict(self.img_007()),
+            "IMG-008" => verdict(self.img_008()),
+            "IMG-009" => verdict(self.img_009()),
+            "IMG-010" => verdict(self.img_010()),
+            "IMG-011" => verdict(self.img_011()),
+            "IMG-012" => self.img_012().map_or_else(
+                || Verdict::Skip {
+                    reason: "no image config: the subject is a directory, not an OCI image".into(),
+                },
+                verdict,
+            ),
+            "IMG-013" => verdict(self.img_013()),
+            other => Verdict::Error {
+                reason: format!("{other} is not an image check this build knows"),
+            },
+        }
+    }
+}
+
+/// Runs every `image` check on the root filesystem at `root`.
+pub fn run(root: &Path, platform: Option<Platform>) -> Vec<(&'static CheckDef, Verdict)> {
+    let img = Image::read(root, platform);
+    catalogue::of_profiles(&[catalogue::Profile::Image])
+        .map(|c| (c, img.check(c.id)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::fixture::{bzimage, elf, good_rootfs as good, initrd, put, RELEASE};
+    use std::collections::BTreeSet;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn amd64() -> Option<Platform> {
+        Some(Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+        })
+    }
+
+    /// The IDs that did not pass.
+    fn failing(root: &Path, platform: Option<Platform>) -> BTreeSet<&'static str> {
+        run(root, platform)
+            .into_iter()
+            .filter(|(_, v)| *v != Verdict::Pass)
+            .map(|(c, v)| {
+                assert!(matches!(v, Verdict::Fail { .. }), "{}: {v:?}", c.id);
+                c.id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_good_image_passes_every_check_and_each_breakage_fails_exactly_its_checks() {
+        type Break = fn(&Path);
+        let cases: Vec<(&str, Break, Option<Platform>, &[&str])> = vec![
+            ("nothing broken", |_| {}, amd64(), &[]),
+            (
+                "missing kernel",
+                |r| std::fs::remove_file(r.join("boot/vmlinuz")).unwrap(),
+                amd64(),
+                &["IMG-001", "IMG-004"],
+            ),
+            (
+                "kernel is not a bzImage",
+                |r| put(r, "boot/vmlinuz", 0o644, &[0u8; 8192]).unwrap(),
+                amd64(),
+                &["IMG-001", "IMG-004"],
+            ),
+            (
+                "kernel/modules version mismatch",
+                |r| put(r, "boot/vmlinuz", 0o644, &bzimage("6.2.0-other")).unwrap(),
+                amd64(),
+                &["IMG-004"],
+            ),
+            (
+                "two module trees",
+                |r| put(r, "lib/modules/5.10.0-old/modules.dep", 0o644, b"").unwrap(),
+                amd64(),
+                &["IMG-004"],
+            ),
+            (
+                "no ext4",
+                |r| {
+                    put(
+                        r,
+                        &format!("lib/modules/{RELEASE}/modules.dep"),
+                        0o644,
+                        b"kernel/drivers/block/loop.ko:\n",
+                    )
+                    .unwrap()
+                },
+                amd64(),
+                &["IMG-005"],
+            ),
+            (
+                "loop listed but its file gone",
+                |r| {
+                    std::fs::remove_file(r.join(format!(
+                        "lib/modules/{RELEASE}/kernel/drivers/block/loop.ko"
+                    )))
+                    .unwrap()
+                },
+                amd64(),
+                &["IMG-005"],
+            ),
+            (
+                "no init in the initramfs",
+                |r| put(r, "boot/initrd", 0o644, &initrd(false).unwrap()).unwrap(),
+                amd64(),
+                &["IMG-003"],
+            ),
+            (
+                "initrd truncated",
+                |r| {
+                    let b = initrd(true).unwrap();
+                    put(r, "boot/initrd", 0o644, &b[..b.len() / 2]).unwrap()
+                },
+                amd64(),
+                &["IMG-002", "IMG-003"],
+            ),
+            (
+                "os-release without VERSION_ID",
+                |r| put(r, "etc/os-release", 0o644, b"ID=testos\nNAME=x\n").unwrap(),
+                amd64(),
+                &["IMG-006"],
+            ),
+            (
+                "release file without FAMILY",
+                |r| {
+                    put(
+                        r,
+                        "etc/kairos-release",
+                        0o644,
+                        b"ID=t\nVERSION=1\nFLAVOR=b\nARCH=amd64\n",
+                    )
+                    .unwrap()
+                },
+                amd64(),
+                &["IMG-007"],
+            ),
+            (
+                "release file names another arch",
+                |r| {
+                    put(
+                        r,
+                        "etc/kairos-release",
+                        0o644,
+                        b"ID=t\nVERSION=1\nFLAVOR=b\nFAMILY=b\nARCH=arm64\n",
+                    )
+                    .unwrap()
+                },
+                amd64(),
+                &["IMG-007"],
+            ),
+            (
+                "agent missing",
+                |r| std::fs::remove_file(r.join("usr/bin/bootyard")).unwrap(),
+                amd64(),
+                &["IMG-008"],
+            ),
+            (
+                "agent not executable",
+                |r| {
+                    std::fs::set_permissions(
+                        r.join("usr/bin/bootyard"),
+                        std::fs::Permissions::from_mode(0o644),
+                    )
+                    .unwrap()
+                },
+                amd64(),
+                &["IMG-008"],
+            ),
+            (
+                "agent is a script",
+                |r| put(r, "usr/bin/bootyard", 0o755, b"#!/bin/sh\n").unwrap(),
+                amd64(),
+                &["IMG-008"],
+            ),
+            (
+                "agent's loader missing",
+                |r| {
+                    put(
+                        r,
+                        "usr/bin/bootyard",
+                        0o755,
+                        &elf(3, 62, Some("/lib64/ld-linux-x86-64.so.2"), false),
+                    )
+                    .unwrap()
+                },
+                amd64(),
+                &["IMG-008"],
+            ),
+            (
+                "agent for the wrong architecture",
+                |r| put(r, "usr/bin/bootyard", 0o755, &elf(2, 183, None, false)).unwrap(),
+                amd64(),
+                &["IMG-008", "IMG-012"],
+            ),
+            (
+                "boot stage not wired",
+                |r| put(r, "etc/inittab", 0o644, b"::sysinit:/etc/init.d/rcS\n").unwrap(),
+                amd64(),
+                &["IMG-009"],
+            ),
+            (
+                "no init system",
+                |r| std::fs::remove_file(r.join("sbin/init")).unwrap(),
+                amd64(),
+                &["IMG-009"],
+            ),
+            (
+                "baked SSH host keys",
+                |r| put(r, "etc/ssh/ssh_host_ed25519_key", 0o600, b"key").unwrap(),
+                amd64(),
+                &["IMG-010"],
+            ),
+            (
+                "baked machine-id",
+                |r| {
+                    put(
+                        r,
+                        "etc/machine-id",
+                        0o444,
+                        b"0123456789abcdef0123456789abcdef\n",
+                    )
+                    .unwrap()
+                },
+                amd64(),
+                &["IMG-011"],
+            ),
+            (
+                "config says arm64",
+                |_| {},
+                Some(Platform {
+                    os: "linux".into(),
+                    architecture: "arm64".into(),
+                }),
+                &["IMG-001", "IMG-007", "IMG-008", "IMG-012"],
+            ),
+            (
+                "oversized boot files",
+                |r| {
+                    let f = std::fs::File::create(r.join("boot/zz-pad")).unwrap();
+                    f.set_len(1).unwrap();
+                    let mut k = bzimage(RELEASE);
+                    k.resize((BOOT_BYTES_MAX + 1) as usize, 0);
+                    put(r, "boot/vmlinuz", 0o644, &k).unwrap()
+                },
+                amd64(),
+                &["IMG-013"],
+            ),
+        ];
+        for (name, brk, platform, want) in cases {
+            let t = tempfile::tempdir().unwrap();
+            good(t.path()).unwrap();
+            brk(t.path());
+            let got = failing(t.path(), platform);
+            let want: BTreeSet<&str> = want.iter().copied().collect();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn without_an_image_config_the_platform_check_is_skipped_not_passed() {
+        let t = tempfile::tempdir().unwrap();
+        good(t.path()).unwrap();
+        let r = run(t.path(), None);
+        let (_, v) = r.iter().find(|(c, _)| c.id == "IMG-012").unwrap();
+        assert!(matches!(v, Verdict::Skip { .. }), "{v:?}");
+        assert_eq!(
+            r.len(),
+            catalogue::of_profiles(&[catalogue::Profile::Image]).count()
+        );
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root_and_never_escape_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        good(&root).unwrap();
+        // An absolute symlink points into the image.
+        std::fs::rename(
+            root.join("boot/vmlinuz"),
+            root.join(format!("boot/vmlinuz-{RELEASE}")),
+        )
+        .unwrap();
+        symlink(
+            format!("/boot/vmlinuz-{RELEASE}"),
+            root.join("boot/vmlinuz"),
+        )
+        .unwrap();
+        // A merged /usr: /lib is a link to usr/lib.
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::fs::rename(root.join("lib/modules"), root.join("usr/lib/modules")).unwrap();
+        std::fs::remove_dir(root.join("lib")).unwrap();
+        symlink("usr/lib", root.join("lib")).unwrap();
+        assert_eq!(failing(&root, amd64()), BTreeSet::new());
+        // A file outside the root, reached by `..` or an absolute path, is not found.
+        put(
+            t.path(),
+            "outside-release",
+            0o644,
+            b"ID=x\nNAME=x\nVERSION_ID=1\n",
+        )
+        .unwrap();
+        std::fs::remove_file(root.join("etc/os-release")).unwrap();
+        symlink(
+            "../../../../../../../outside-release",
+            root.join("etc/os-release"),
+        )
+        .unwrap();
+        assert!(t.path().join("outside-release").is_file());
+        assert_eq!(resolve(&root, "etc/os-release"), None);
+        assert_eq!(failing(&root, amd64()), BTreeSet::from(["IMG-006"]));
+        // A loop of links ends.
+        symlink("b", root.join("a")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        assert_eq!(resolve(&root, "a"), None);
+    }
+
+    #[test]
+    fn release_files_parse_quotes_and_comments() {
+        let kv = parse_release("# c\nID=debian\nNAME=\"Debian GNU/Linux\"\nX='q'\nBAD\n");
+        assert_eq!(kv["ID"], "debian");
+        assert_eq!(kv["NAME"], "Debian GNU/Linux");
+        assert_eq!(kv["X"], "q");
+        assert_eq!(kv.len(), 3);
+    }
+}

@@ -1,0 +1,306 @@
+//! A conformance run: pick the checks (profiles, `--only`, `--skip`, a denylist), get the
+//! image, run the checks, and stream one event per check to every reporter.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bootyard_conformance::{
+    catalogue, CheckDef, CheckResult, Event, Level, Profile, Reporter, RunInfo, Summary, Verdict,
+    CATALOGUE_VERSION,
+};
+use serde::Deserialize;
+
+use super::image_checks::{self, Platform};
+use crate::image::pull::{pull, PullOptions};
+use crate::image::Source;
+
+/// A mistake in what the run was asked to do: nothing was checked.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not a check in catalogue {CATALOGUE_VERSION} (see conformance/SPEC.md)")]
+    UnknownCheck(String),
+    #[error("no check selected: the profiles {profiles} with --only/--skip leave nothing to run")]
+    NothingSelected { profiles: String },
+    #[error("cannot read the denylist {path}")]
+    DenylistRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("denylist {path} is malformed: {reason}")]
+    Denylist { path: PathBuf, reason: String },
+}
+
+/// A denylisted check: its failures are reported as warnings until `expires`. Each entry
+/// names the tracker issue that explains it, so nothing stays denied without a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyEntry {
+    pub id: String,
+    pub reason: String,
+    /// An http(s) link to the issue tracking the fix.
+    pub tracker: String,
+    /// The last day (YYYY-MM-DD, UTC) the entry applies.
+    pub expires: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyFile {
+    #[serde(default)]
+    deny: Vec<DenyEntry>,
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD` as days since the epoch, if it is a real date.
+pub fn parse_date(s: &str) -> Option<i64> {
+    let mut it = s.split('-');
+    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let (y, m, d): (i64, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m) || d == 0 || d > days_in[m as usize - 1] {
+        return None;
+    }
+    Some(days_from_civil(y, m, d))
+}
+
+/// Today, in days since the epoch (UTC).
+pub fn today() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (secs / 86_400) as i64
+}
+
+/// Reads and validates a denylist file (TOML, `[[deny]]` tables).
+pub fn load_denylist(path: &Path) -> Result<Vec<DenyEntry>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::DenylistRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |reason: String| ConfigError::Denylist {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file: DenyFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    for e in &file.deny {
+        if catalogue::find(&e.id).is_none() {
+            return Err(bad(format!("{} is not a check in the catalogue", e.id)));
+        }
+        if !(e.tracker.starts_with("https://") || e.tracker.starts_with("http://"))
+            || e.tracker.len() < 12
+        {
+            return Err(bad(format!(
+                "{}: tracker must be an http(s) link to the issue, not {:?}",
+                e.id, e.tracker
+            )));
+        }
+        if parse_date(&e.expires).is_none() {
+            return Err(bad(format!(
+                "{}: expires must be a date as YYYY-MM-DD, not {:?}",
+                e.id, e.expires
+            )));
+        }
+        if e.reason.trim().is_empty() {
+            return Err(bad(format!("{}: reason is empty", e.id)));
+        }
+    }
+    Ok(file.deny)
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub profiles: Vec<Profile>,
+    pub only: Vec<String>,
+    pub skip: Vec<String>,
+    pub denylist: Vec<DenyEntry>,
+    /// Today, in days since the epoch: denylist entries past their date no longer apply.
+    pub today: i64,
+    pub pull: PullOptions,
+}
+
+/// The checks a run will do, in catalogue order.
+pub fn select(opts: &RunOptions) -> Result<Vec<&'static CheckDef>, ConfigError> {
+    for id in opts.only.iter().chain(&opts.skip) {
+        if catalogue::find(id).is_none() {
+            return Err(ConfigError::UnknownCheck(id.clone()));
+        }
+    }
+    let picked: Vec<&'static CheckDef> = catalogue::of_profiles(&opts.profiles)
+        .filter(|c| opts.only.is_empty() || opts.only.iter().any(|o| o == c.id))
+        .filter(|c| !opts.skip.iter().any(|s| s == c.id))
+        .collect();
+    if picked.is_empty() {
+        return Err(ConfigError::NothingSelected {
+            profiles: profile_names(&opts.profiles),
+        });
+    }
+    Ok(picked)
+}
+
+fn profile_names(p: &[Profile]) -> String {
+    p.iter().map(|p| p.name()).collect::<Vec<_>>().join(",")
+}
+
+/// What a level makes of a failure, and what a live denylist entry makes of it.
+fn weigh(def: &CheckDef, v: Verdict, deny: Option<&DenyEntry>) -> Verdict {
+    match v {
+        Verdict::Fail { reason } => {
+            if let Some(d) = deny {
+                Verdict::Warn {
+                    reason: format!(
+                        "denylisted until {} ({}: {}); the check failed: {reason}",
+                        d.expires, d.tracker, d.reason
+                    ),
+                }
+            } else if def.level == Level::Must {
+                Verdict::Fail { reason }
+            } else {
+                Verdict::Warn { reason }
+            }
+        }
+        v => v,
+    }
+}
+
+/// Runs the selected checks on `source` and streams the events to `reporters`; returns
+/// every result (the outcome follows from them: [`Outcome::of`]).
+pub fn run(
+    source: &Source,
+    opts: &RunOptions,
+    reporters: &mut [&mut dyn Reporter],
+) -> anyhow::Result<Vec<CheckResult>> {
+    let started = Instant::now();
+    let checks = select(opts)?;
+    let emit = |reporters: &mut [&mut dyn Reporter], e: &Event| -> anyhow::Result<()> {
+        for r in reporters.iter_mut() {
+            r.event(e)?;
+        }
+        Ok(())
+    };
+    emit(
+        reporters,
+        &Event::RunStarted {
+            schema_version: bootyard_conformance::event::SCHEMA_VERSION,
+            run: RunInfo {
+                catalogue_version: CATALOGUE_VERSION.to_string(),
+                profile: profile_names(&opts.profiles),
+                subject: source.to_string(),
+            },
+            planned: checks.len() as u32,
+        },
+    )?;
+    let live_deny = |id: &str| {
+        opts.denylist
+            .iter()
+            .find(|d| d.id == id && parse_date(&d.expires).is_some_and(|e| e >= opts.today))
+    };
+    // The image profile's checks read the unpacked image (unpacked at the first of them).
+    let mut image: Option<Result<(Unpacked, image_checks::Image), String>> = None;
+    let mut results = Vec::new();
+    let mut summary = Summary::default();
+    for def in checks {
+        let t = Instant::now();
+        let verdict = match def.profile {
+            Profile::Image => {
+                let got = image.get_or_insert_with(|| {
+                    unpack(source, &opts.pull).map(|u| {
+                        let img = image_checks::Image::read(&u.root, u.platform.clone());
+                        (u, img)
+                    })
+                });
+                match got {
+                    Ok((_, img)) => img.check(def.id),
+                    Err(e) => Verdict::Error {
+                        reason: format!("could not get the image to check: {e}"),
+                    },
+                }
+            }
+            p => Verdict::Skip {
+                reason: format!("this build of bootyard does not run the {p} profile's checks yet"),
+            },
+        };
+        let verdict = weigh(def, verdict, live_deny(def.id));
+        let result = CheckResult {
+            id: def.check_id(),
+            title: def.title.to_string(),
+            level: def.level,
+            verdict,
+            duration_ms: t.elapsed().as_millis() as u64,
+            attachments: Vec::new(),
+        };
+        summary.count(&result.verdict);
+        emit(
+            reporters,
+            &Event::CheckFinished {
+                result: result.clone(),
+            },
+        )?;
+        results.push(result);
+    }
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    emit(reporters, &Event::RunFinished { summary })?;
+    Ok(results)
+}
+
+/// An unpacked image: removed with the value.
+struct Unpacked {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    platform: Option<Platform>,
+}
+
+/// Unpacks the image into a fresh temporary directory, with its config's platform.
+fn unpack(source: &Source, opts: &PullOptions) -> Result<Unpacked, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("bootyard-conformance-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a work directory: {e}"))?;
+    let root = dir.path().join("rootfs");
+    let report = pull(source, &root, opts).map_err(|e| {
+        let mut s = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cause = c.source();
+        }
+        s
+    })?;
+    let platform = report.image.map(|i| Platform {
+        os: i.config.os,
+        architecture: i.config.architecture,
+    });
+    Ok(Unpacked {
+        _dir: dir,
+        root,
+        platform,
+    })
+}
