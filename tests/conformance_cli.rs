@@ -151,3 +151,27 @@ fn skips_and_errors_are_never_a_pass() {
     );
     assert!(out.contains("could not get the image"), "{out}");
 }
+
+#[test]
+fn the_ci_example_uses_only_flags_the_command_has() {
+    let wf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conformance/github-workflow.yml"
+    ))
+    .unwrap();
+    let (code, help) = conformance(&["--help"]);
+    assert_eq!(code, 0);
+    let flags: Vec<&str> = wf
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .filter(|w| !["--locked", "--git", "--output", "--tag"].contains(w))
+        .collect();
+    assert!(flags.contains(&"--report-dir"), "{flags:?}");
+    for f in flags {
+        assert!(
+            help.contains(f),
+            "the example uses {f}, which `bootyard conformance` lacks"
+        );
+    }
+    assert!(wf.contains("bootyard conformance \"${args[@]}\""));
+}

@@ -10,8 +10,11 @@ use bootyard_conformance::{
 };
 use serde::Deserialize;
 
+use super::container;
 use super::image_checks::{self, Platform};
-use crate::image::pull::{pull, PullOptions};
+use crate::image::layout::Layout;
+use crate::image::pull::{extract_archive, pull, PullOptions};
+use crate::image::source::ResolvedImage;
 use crate::image::Source;
 
 /// A mistake in what the run was asked to do: nothing was checked.
@@ -190,6 +193,50 @@ fn weigh(def: &CheckDef, v: Verdict, deny: Option<&DenyEntry>) -> Verdict {
     }
 }
 
+/// Streams results to the reporters as checks finish, and keeps them.
+struct Progress<'a, 'b, 'o> {
+    reporters: &'a mut [&'b mut dyn Reporter],
+    opts: &'o RunOptions,
+    results: Vec<CheckResult>,
+    summary: Summary,
+}
+
+impl Progress<'_, '_, '_> {
+    fn emit(&mut self, e: &Event) -> anyhow::Result<()> {
+        for r in self.reporters.iter_mut() {
+            r.event(e)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, def: &CheckDef, verdict: Verdict, started: Instant) -> anyhow::Result<()> {
+        let deny = self.opts.denylist.iter().find(|d| {
+            d.id == def.id && parse_date(&d.expires).is_some_and(|e| e >= self.opts.today)
+        });
+        let result = CheckResult {
+            id: def.check_id(),
+            title: def.title.to_string(),
+            level: def.level,
+            verdict: weigh(def, verdict, deny),
+            duration_ms: started.elapsed().as_millis() as u64,
+            attachments: Vec::new(),
+        };
+        self.summary.count(&result.verdict);
+        self.emit(&Event::CheckFinished {
+            result: result.clone(),
+        })?;
+        self.results.push(result);
+        Ok(())
+    }
+}
+
+fn verdict(r: Result<(), String>) -> Verdict {
+    match r {
+        Ok(()) => Verdict::Pass,
+        Err(reason) => Verdict::Fail { reason },
+    }
+}
+
 /// Runs the selected checks on `source` and streams the events to `reporters`; returns
 /// every result (the outcome follows from them: [`Outcome::of`]).
 pub fn run(
@@ -199,75 +246,133 @@ pub fn run(
 ) -> anyhow::Result<Vec<CheckResult>> {
     let started = Instant::now();
     let checks = select(opts)?;
-    let emit = |reporters: &mut [&mut dyn Reporter], e: &Event| -> anyhow::Result<()> {
-        for r in reporters.iter_mut() {
-            r.event(e)?;
-        }
-        Ok(())
-    };
-    emit(
+    let mut p = Progress {
         reporters,
-        &Event::RunStarted {
-            schema_version: bootyard_conformance::event::SCHEMA_VERSION,
-            run: RunInfo {
-                catalogue_version: CATALOGUE_VERSION.to_string(),
-                profile: profile_names(&opts.profiles),
-                subject: source.to_string(),
-            },
-            planned: checks.len() as u32,
-        },
-    )?;
-    let live_deny = |id: &str| {
-        opts.denylist
-            .iter()
-            .find(|d| d.id == id && parse_date(&d.expires).is_some_and(|e| e >= opts.today))
+        opts,
+        results: Vec::new(),
+        summary: Summary::default(),
     };
-    // The image profile's checks read the unpacked image (unpacked at the first of them).
-    let mut image: Option<Result<(Unpacked, image_checks::Image), String>> = None;
-    let mut results = Vec::new();
-    let mut summary = Summary::default();
-    for def in checks {
-        let t = Instant::now();
-        let verdict = match def.profile {
+    p.emit(&Event::RunStarted {
+        schema_version: bootyard_conformance::event::SCHEMA_VERSION,
+        run: RunInfo {
+            catalogue_version: CATALOGUE_VERSION.to_string(),
+            profile: profile_names(&opts.profiles),
+            subject: source.to_string(),
+        },
+        planned: checks.len() as u32,
+    })?;
+    // The image is unpacked once, at the first check that reads it.
+    let mut unpacked: Option<Result<Unpacked, String>> = None;
+    let get = |unpacked: &mut Option<Result<Unpacked, String>>| {
+        if unpacked.is_none() {
+            *unpacked = Some(unpack(source, &opts.pull));
+        }
+    };
+    // Profiles are contiguous in catalogue order: each runs as a group.
+    let mut rest: &[&'static CheckDef] = &checks;
+    while let Some(first) = rest.first() {
+        let n = rest
+            .iter()
+            .take_while(|c| c.profile == first.profile)
+            .count();
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        match first.profile {
             Profile::Image => {
-                let got = image.get_or_insert_with(|| {
-                    unpack(source, &opts.pull).map(|u| {
-                        let img = image_checks::Image::read(&u.root, u.platform.clone());
-                        (u, img)
-                    })
-                });
-                match got {
-                    Ok((_, img)) => img.check(def.id),
-                    Err(e) => Verdict::Error {
-                        reason: format!("could not get the image to check: {e}"),
-                    },
+                let t = Instant::now();
+                get(&mut unpacked);
+                let img = match unpacked.as_ref().expect("unpacked above") {
+                    Ok(u) => Ok(image_checks::Image::read(&u.root, u.platform.clone())),
+                    Err(e) => Err(e.clone()),
+                };
+                for def in group {
+                    let v = match &img {
+                        Ok(img) => img.check(def.id),
+                        Err(e) => Verdict::Error {
+                            reason: format!("could not get the image to check: {e}"),
+                        },
+                    };
+                    p.finish(def, v, t)?;
                 }
             }
-            p => Verdict::Skip {
-                reason: format!("this build of bootyard does not run the {p} profile's checks yet"),
-            },
-        };
-        let verdict = weigh(def, verdict, live_deny(def.id));
-        let result = CheckResult {
-            id: def.check_id(),
-            title: def.title.to_string(),
-            level: def.level,
-            verdict,
-            duration_ms: t.elapsed().as_millis() as u64,
-            attachments: Vec::new(),
-        };
-        summary.count(&result.verdict);
-        emit(
-            reporters,
-            &Event::CheckFinished {
-                result: result.clone(),
-            },
-        )?;
-        results.push(result);
+            Profile::Container => {
+                let t = Instant::now();
+                let engine = match container::Engine::connect() {
+                    Ok(e) => e,
+                    Err(why) => {
+                        for def in group {
+                            let reason = format!("no Docker engine reachable: {why}");
+                            p.finish(def, Verdict::Skip { reason }, t)?;
+                        }
+                        continue;
+                    }
+                };
+                get(&mut unpacked);
+                let u = match unpacked.as_ref().expect("unpacked above") {
+                    Ok(u) => u,
+                    Err(e) => {
+                        for def in group {
+                            let reason = format!("could not get the image to check: {e}");
+                            p.finish(def, Verdict::Error { reason }, t)?;
+                        }
+                        continue;
+                    }
+                };
+                let subject = match &u.layers {
+                    Some((layout, image)) => container::Subject::Layers(layout, image),
+                    None => container::Subject::Tree(
+                        &u.root,
+                        match std::env::consts::ARCH {
+                            "aarch64" => "arm64",
+                            _ => "amd64",
+                        },
+                    ),
+                };
+                let loaded = match engine.load(subject) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        for def in group {
+                            let reason = format!("could not load the image into the engine: {e}");
+                            p.finish(def, Verdict::Error { reason }, t)?;
+                        }
+                        continue;
+                    }
+                };
+                for def in group {
+                    let t = Instant::now();
+                    let checked = match def.id {
+                        "CTR-001" => container::shell_runs(&engine, &loaded.tag),
+                        "CTR-002" => container::agent_version(&engine, &loaded.tag),
+                        "CTR-003" if u.layers.is_none() => {
+                            let reason = "the subject is a directory: there are no layers of its own to read back".into();
+                            p.finish(def, Verdict::Skip { reason }, t)?;
+                            continue;
+                        }
+                        "CTR-003" => container::release_reads_back(&engine, &loaded.tag, &u.root),
+                        other => Err(format!("{other} is not a container check this build knows")),
+                    };
+                    let v = match checked {
+                        Ok(r) => verdict(r),
+                        Err(reason) => Verdict::Error { reason },
+                    };
+                    p.finish(def, v, t)?;
+                }
+            }
+            other => {
+                let t = Instant::now();
+                for def in group {
+                    let reason = format!(
+                        "this build of bootyard does not run the {other} profile's checks yet"
+                    );
+                    p.finish(def, Verdict::Skip { reason }, t)?;
+                }
+            }
+        }
     }
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    emit(reporters, &Event::RunFinished { summary })?;
-    Ok(results)
+    p.summary.duration_ms = started.elapsed().as_millis() as u64;
+    let summary = p.summary.clone();
+    p.emit(&Event::RunFinished { summary })?;
+    Ok(p.results)
 }
 
 /// An unpacked image: removed with the value.
@@ -275,25 +380,53 @@ struct Unpacked {
     _dir: tempfile::TempDir,
     root: PathBuf,
     platform: Option<Platform>,
+    /// The image's own layers, where they can be read again (not for a `dir:` subject).
+    layers: Option<(Layout, ResolvedImage)>,
 }
 
-/// Unpacks the image into a fresh temporary directory, with its config's platform.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Unpacks the image into a fresh temporary directory, with its config's platform and
+/// where its layers are.
 fn unpack(source: &Source, opts: &PullOptions) -> Result<Unpacked, String> {
     let dir = tempfile::Builder::new()
         .prefix("bootyard-conformance-")
         .tempdir()
         .map_err(|e| format!("cannot make a work directory: {e}"))?;
-    let root = dir.path().join("rootfs");
-    let report = pull(source, &root, opts).map_err(|e| {
-        let mut s = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            cause = c.source();
+    // An archive is opened as a layout here, so its layers stay readable after the unpack.
+    let extracted;
+    let source = match source {
+        Source::Archive { file, tag } => {
+            let at = dir.path().join("layout");
+            extract_archive(file, &at, opts.limits).map_err(|e| chain(&e))?;
+            extracted = Source::Layout {
+                dir: at,
+                tag: tag.clone(),
+            };
+            &extracted
         }
-        s
-    })?;
+        s => s,
+    };
+    let root = dir.path().join("rootfs");
+    let report = pull(source, &root, opts).map_err(|e| chain(&e))?;
+    let layout_dir = match source {
+        Source::Layout { dir, .. } => Some(dir.clone()),
+        Source::Registry(_) => Some(opts.cache_dir.clone()),
+        _ => None,
+    };
+    let layers = match (layout_dir, &report.image) {
+        (Some(d), Some(image)) => Some((Layout::open(&d).map_err(|e| chain(&e))?, image.clone())),
+        _ => None,
+    };
     let platform = report.image.map(|i| Platform {
         os: i.config.os,
         architecture: i.config.architecture,
@@ -302,5 +435,6 @@ fn unpack(source: &Source, opts: &PullOptions) -> Result<Unpacked, String> {
         _dir: dir,
         root,
         platform,
+        layers,
     })
 }

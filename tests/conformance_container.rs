@@ -1,0 +1,115 @@
+//! The conformance `container` profile against the local Docker engine, with the busybox
+//! test OS image (built here from Debian packages) and two breakages of it. Skipped with the
+//! reason when no engine is reachable, except in CI, which must have one.
+
+use std::process::Command;
+
+use bootyard::cli::build_test_image::default_cache;
+use bootyard::conformance::container::Engine;
+use bootyard::testimage::{build_rootfs, write_oci, Flavor, TestImageSpec};
+use bootyard::testkit::require_guest_agent;
+
+fn engine_or_skip(test: &str) -> bool {
+    match Engine::connect() {
+        Ok(_) => true,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("{test}: no Docker engine in CI ({why}); .ci/run must start one")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: no Docker engine reachable ({why})");
+            false
+        }
+    }
+}
+
+fn conformance(args: &[&str]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_bootyard"))
+        .arg("conformance")
+        .args(args)
+        .output()
+        .expect("run bootyard");
+    (
+        o.status.code().expect("exited"),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// The checks that did not pass, from the console report.
+fn not_passed(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| {
+            ["FAIL ", "WARN ", "SKIP ", "ERROR"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn the_busybox_image_runs_as_a_container_and_broken_userlands_fail_exactly_their_checks() {
+    let test = "the_busybox_image_runs_as_a_container";
+    let Some(agent) = require_guest_agent(test) else {
+        return;
+    };
+    if !engine_or_skip(test) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("rootfs");
+    let spec = TestImageSpec {
+        flavor: Flavor::Busybox,
+        version: "1.0.0".into(),
+        breakage: None,
+        watchdog_sec: 120,
+        agent,
+        cache: default_cache(),
+    };
+    build_rootfs(&spec, &root).unwrap();
+    let layout = t.path().join("layout");
+    write_oci(&root, &layout, "good", Default::default()).unwrap();
+    let judge = |tag: &str| {
+        conformance(&[
+            &format!("oci-layout:{}:{tag}", layout.display()),
+            "--profile",
+            "image",
+            "--profile",
+            "container",
+        ])
+    };
+    let (code, out) = judge("good");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("16 passed, 0 failed, 0 warned, 0 skipped, 0 errored"),
+        "{out}"
+    );
+
+    // No shell: the shell check fails, and so does reading the release back (it uses the
+    // shell); the static checks do not look for a shell.
+    let sh = root.join("bin/sh");
+    let link = std::fs::read_link(&sh).unwrap();
+    std::fs::remove_file(&sh).unwrap();
+    write_oci(&root, &layout, "no-shell", Default::default()).unwrap();
+    std::os::unix::fs::symlink(&link, &sh).unwrap();
+    let (code, out) = judge("no-shell");
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(not_passed(&out), ["CTR-001", "CTR-003"], "{out}");
+
+    // An agent that links a library the image lacks (the image has the loader and libc, for
+    // mke2fs): the static checks cannot see it, the container check does.
+    let agent_path = root.join("usr/bin/bootyard");
+    std::fs::copy("/usr/bin/zstd", &agent_path).unwrap();
+    assert!(!root.join("usr/lib/x86_64-linux-gnu/libzstd.so.1").exists());
+    write_oci(&root, &layout, "broken-agent", Default::default()).unwrap();
+    let (code, out) = judge("broken-agent");
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(not_passed(&out), ["CTR-002"], "{out}");
+    assert!(
+        out.contains("error while loading shared libraries"),
+        "{out}"
+    );
+}
