@@ -113,3 +113,39 @@ fn the_busybox_image_runs_as_a_container_and_broken_userlands_fail_exactly_their
         "{out}"
     );
 }
+
+#[test]
+fn the_debian_image_passes_every_check_of_the_image_and_container_profiles() {
+    let test = "the_debian_image_passes_every_check";
+    let Some(agent) = require_guest_agent(test) else {
+        return;
+    };
+    if !engine_or_skip(test) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("rootfs");
+    let spec = TestImageSpec {
+        flavor: Flavor::Debian,
+        version: "2.0.0".into(),
+        breakage: None,
+        watchdog_sec: 120,
+        agent,
+        cache: default_cache(),
+    };
+    build_rootfs(&spec, &root).unwrap();
+    let archive_dir = t.path().join("layout");
+    write_oci(&root, &archive_dir, "2.0.0", Default::default()).unwrap();
+    let (code, out) = conformance(&[
+        &format!("oci-layout:{}:2.0.0", archive_dir.display()),
+        "--profile",
+        "image",
+        "--profile",
+        "container",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("16 passed, 0 failed, 0 warned, 0 skipped, 0 errored"),
+        "{out}"
+    );
+}
