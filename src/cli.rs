@@ -74,6 +74,38 @@ pub enum ImageCommand {
     Sample(sample::SampleArgs),
 }
 
+/// Where and how an image is fetched: the options `image pull` and `conformance` share.
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// Platform to pick from an image index
+    #[arg(long, default_value = "linux/amd64")]
+    pub platform: crate::image::spec::Platform,
+    /// Registry (host:port) to reach over plain HTTP; repeatable
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registry: Vec<String>,
+    /// Blob cache (an OCI layout) [default: $XDG_CACHE_HOME/bootyard/oci]
+    #[arg(long)]
+    pub cache: Option<std::path::PathBuf>,
+    /// Docker config with registry credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
+    #[arg(long)]
+    pub docker_config: Option<std::path::PathBuf>,
+}
+
+impl FetchArgs {
+    /// Pull options with these settings (and the defaults for the rest).
+    pub fn pull_options(&self) -> crate::image::pull::PullOptions {
+        let cache = self
+            .cache
+            .clone()
+            .unwrap_or_else(crate::image::pull::default_cache_dir);
+        let mut opts = crate::image::pull::PullOptions::new(cache);
+        opts.registry.platform = self.platform.clone();
+        opts.registry.insecure = self.insecure_registry.clone();
+        opts.registry.docker_config = self.docker_config.clone();
+        opts
+    }
+}
+
 /// Progress bars only for a person watching: a terminal, not CI, not machine output.
 pub fn show_progress(json: bool) -> bool {
     !json && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()

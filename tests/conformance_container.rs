@@ -2,6 +2,7 @@
 //! test OS image (built here from Debian packages) and two breakages of it. Skipped with the
 //! reason when no engine is reachable, except in CI, which must have one.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bootyard::cli::build_test_image::default_cache;
@@ -38,6 +39,26 @@ fn conformance(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// A test OS image's root filesystem, built under `dir` (None, with the reason printed, when
+/// there is no guest agent or no engine outside CI).
+fn test_rootfs(test: &str, dir: &Path, flavor: Flavor, version: &str) -> Option<PathBuf> {
+    let agent = require_guest_agent(test)?;
+    if !engine_or_skip(test) {
+        return None;
+    }
+    let root = dir.join("rootfs");
+    let spec = TestImageSpec {
+        flavor,
+        version: version.into(),
+        breakage: None,
+        watchdog_sec: 120,
+        agent,
+        cache: default_cache(),
+    };
+    build_rootfs(&spec, &root).unwrap();
+    Some(root)
+}
+
 /// The checks that did not pass, from the console report.
 fn not_passed(out: &str) -> Vec<String> {
     out.lines()
@@ -52,24 +73,10 @@ fn not_passed(out: &str) -> Vec<String> {
 
 #[test]
 fn the_busybox_image_runs_as_a_container_and_broken_userlands_fail_exactly_their_checks() {
-    let test = "the_busybox_image_runs_as_a_container";
-    let Some(agent) = require_guest_agent(test) else {
-        return;
-    };
-    if !engine_or_skip(test) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("rootfs");
-    let spec = TestImageSpec {
-        flavor: Flavor::Busybox,
-        version: "1.0.0".into(),
-        breakage: None,
-        watchdog_sec: 120,
-        agent,
-        cache: default_cache(),
+    let Some(root) = test_rootfs("busybox_container", t.path(), Flavor::Busybox, "1.0.0") else {
+        return;
     };
-    build_rootfs(&spec, &root).unwrap();
     let layout = t.path().join("layout");
     write_oci(&root, &layout, "good", Default::default()).unwrap();
     let judge = |tag: &str| {
@@ -116,24 +123,10 @@ fn the_busybox_image_runs_as_a_container_and_broken_userlands_fail_exactly_their
 
 #[test]
 fn the_debian_image_passes_every_check_of_the_image_and_container_profiles() {
-    let test = "the_debian_image_passes_every_check";
-    let Some(agent) = require_guest_agent(test) else {
-        return;
-    };
-    if !engine_or_skip(test) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("rootfs");
-    let spec = TestImageSpec {
-        flavor: Flavor::Debian,
-        version: "2.0.0".into(),
-        breakage: None,
-        watchdog_sec: 120,
-        agent,
-        cache: default_cache(),
+    let Some(root) = test_rootfs("debian_container", t.path(), Flavor::Debian, "2.0.0") else {
+        return;
     };
-    build_rootfs(&spec, &root).unwrap();
     let archive_dir = t.path().join("layout");
     write_oci(&root, &archive_dir, "2.0.0", Default::default()).unwrap();
     let (code, out) = conformance(&[

@@ -5,8 +5,6 @@ use bootyard_conformance::{Console, JsonLines, Junit, Outcome, Profile, Reporter
 use clap::Args;
 
 use crate::conformance::run::{load_denylist, run, today, RunOptions};
-use crate::image::pull::{default_cache_dir, PullOptions};
-use crate::image::spec::Platform;
 use crate::image::Source;
 
 #[derive(Debug, Args)]
@@ -29,15 +27,8 @@ pub struct ConformanceArgs {
     /// Write junit.xml, results.jsonl and results.tap here (created if missing)
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
-    /// Platform to pick from an image index
-    #[arg(long, default_value = "linux/amd64")]
-    pub platform: Platform,
-    /// Registry (host:port) to reach over plain HTTP; repeatable
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    pub insecure_registry: Vec<String>,
-    /// Blob cache (an OCI layout) [default: $XDG_CACHE_HOME/bootyard/oci]
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub fetch: super::FetchArgs,
 }
 
 /// A run that reached its verdict, when the verdict is not a pass: the exit status says
@@ -53,9 +44,7 @@ pub struct NotPassed(pub Outcome);
 
 pub fn run_cmd(a: ConformanceArgs) -> anyhow::Result<()> {
     let source: Source = a.image.parse()?;
-    let mut pull = PullOptions::new(a.cache.clone().unwrap_or_else(default_cache_dir));
-    pull.registry.platform = a.platform.clone();
-    pull.registry.insecure = a.insecure_registry.clone();
+    let pull = a.fetch.pull_options();
     let opts = RunOptions {
         profiles: if a.profiles.is_empty() {
             vec![Profile::Image]

@@ -4,8 +4,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::image::apply::Limits;
-use crate::image::pull::{default_cache_dir, pull, PullOptions, PullReport};
-use crate::image::spec::Platform;
+use crate::image::pull::{pull, PullReport};
 use crate::image::Source;
 
 #[derive(Debug, Args)]
@@ -15,18 +14,8 @@ pub struct PullArgs {
     /// Directory to unpack into (must not exist, or be empty, unless --force)
     #[arg(long)]
     pub out: PathBuf,
-    /// Platform to pick from an image index
-    #[arg(long, default_value = "linux/amd64")]
-    pub platform: Platform,
-    /// Registry (host:port) to reach over plain HTTP; repeatable
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    pub insecure_registry: Vec<String>,
-    /// Blob cache (an OCI layout) [default: $XDG_CACHE_HOME/bootyard/oci]
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
-    /// Docker config with registry credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
-    #[arg(long)]
-    pub docker_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub fetch: super::FetchArgs,
     /// Replace a non-empty destination (atomically, once the new tree is complete)
     #[arg(long)]
     pub force: bool,
@@ -47,10 +36,7 @@ pub struct PullArgs {
 
 pub fn run(a: PullArgs) -> anyhow::Result<()> {
     let source: Source = a.source.parse()?;
-    let mut opts = PullOptions::new(a.cache.clone().unwrap_or_else(default_cache_dir));
-    opts.registry.platform = a.platform.clone();
-    opts.registry.insecure = a.insecure_registry.clone();
-    opts.registry.docker_config = a.docker_config.clone();
+    let mut opts = a.fetch.pull_options();
     opts.force = a.force;
     opts.verify_blobs = a.verify_blobs;
     opts.limits.unpacked_bytes_max = a.max_unpacked_bytes;

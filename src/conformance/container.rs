@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
+use super::error_chain as chain;
 use super::image_checks::{parse_release, resolve};
 use crate::image::layout::Layout;
 use crate::image::source::ResolvedImage;
@@ -67,17 +68,6 @@ impl Drop for Loaded<'_> {
                 .rt
                 .block_on(self.engine.docker.remove_image(&self.tag, Some(opts), None));
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// Writes through to `inner` and hashes what passed.

@@ -11,6 +11,7 @@ use bootyard_conformance::{
 use serde::Deserialize;
 
 use super::container;
+use super::error_chain as chain;
 use super::image_checks::{self, Platform};
 use crate::image::layout::Layout;
 use crate::image::pull::{extract_archive, pull, PullOptions};
@@ -209,6 +210,19 @@ impl Progress<'_, '_, '_> {
         Ok(())
     }
 
+    /// Every check of `group` gets the same verdict (the profile could not run).
+    fn finish_all(
+        &mut self,
+        group: &[&CheckDef],
+        v: &Verdict,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        for def in group {
+            self.finish(def, v.clone(), started)?;
+        }
+        Ok(())
+    }
+
     fn finish(&mut self, def: &CheckDef, verdict: Verdict, started: Instant) -> anyhow::Result<()> {
         let deny = self.opts.denylist.iter().find(|d| {
             d.id == def.id && parse_date(&d.expires).is_some_and(|e| e >= self.opts.today)
@@ -300,10 +314,8 @@ pub fn run(
                 let engine = match container::Engine::connect() {
                     Ok(e) => e,
                     Err(why) => {
-                        for def in group {
-                            let reason = format!("no Docker engine reachable: {why}");
-                            p.finish(def, Verdict::Skip { reason }, t)?;
-                        }
+                        let reason = format!("no Docker engine reachable: {why}");
+                        p.finish_all(group, &Verdict::Skip { reason }, t)?;
                         continue;
                     }
                 };
@@ -311,10 +323,8 @@ pub fn run(
                 let u = match unpacked.as_ref().expect("unpacked above") {
                     Ok(u) => u,
                     Err(e) => {
-                        for def in group {
-                            let reason = format!("could not get the image to check: {e}");
-                            p.finish(def, Verdict::Error { reason }, t)?;
-                        }
+                        let reason = format!("could not get the image to check: {e}");
+                        p.finish_all(group, &Verdict::Error { reason }, t)?;
                         continue;
                     }
                 };
@@ -331,10 +341,8 @@ pub fn run(
                 let loaded = match engine.load(subject) {
                     Ok(l) => l,
                     Err(e) => {
-                        for def in group {
-                            let reason = format!("could not load the image into the engine: {e}");
-                            p.finish(def, Verdict::Error { reason }, t)?;
-                        }
+                        let reason = format!("could not load the image into the engine: {e}");
+                        p.finish_all(group, &Verdict::Error { reason }, t)?;
                         continue;
                     }
                 };
@@ -382,17 +390,6 @@ struct Unpacked {
     platform: Option<Platform>,
     /// The image's own layers, where they can be read again (not for a `dir:` subject).
     layers: Option<(Layout, ResolvedImage)>,
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// Unpacks the image into a fresh temporary directory, with its config's platform and
