@@ -44,7 +44,7 @@ impl<W: Write> Tap<W> {
 fn tap_text(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('#', "\\#")
-        .replace('\n', " ")
+        .replace(['\n', '\r'], " ")
 }
 
 impl<W: Write> Reporter for Tap<W> {
@@ -137,8 +137,10 @@ fn xml(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            // XML 1.0 cannot carry most control characters at all.
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => {
+            // XML 1.0 cannot carry most control characters, nor U+FFFE and U+FFFF.
+            c if ((c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t'))
+                || matches!(c, '\u{fffe}' | '\u{ffff}') =>
+            {
                 out.push_str(&format!("\\u{{{:x}}}", c as u32))
             }
             c => out.push(c),

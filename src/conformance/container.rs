@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::error_chain as chain;
-use super::image_checks::{parse_release, resolve};
+use super::image_checks::parse_release;
 use crate::image::layout::Layout;
 use crate::image::source::ResolvedImage;
 use crate::image::spec::Compression;
@@ -344,26 +344,35 @@ impl Engine {
                         None => Err("the engine ended the wait without a status".to_string()),
                     }
                 })
-                .await
-                .map_err(|_| format!("{cmd:?} did not exit within {deadline:?}"))??;
+                .await;
+                let exit = match exit {
+                    Ok(exit) => exit?,
+                    // Still running at the deadline: the command hangs, which is the image's
+                    // failure (reported as `timeout` does, 124). The container is removed below.
+                    Err(_) => {
+                        return Ok(RunOutput {
+                            exit: 124,
+                            stdout: String::new(),
+                            stderr: format!("did not exit within {deadline:?}"),
+                        })
+                    }
+                };
                 let mut out = (Vec::new(), Vec::new());
                 let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
                 let mut logs = self.docker.logs(&id, Some(opts));
                 while let Some(item) = logs.next().await {
                     match item.map_err(|e| format!("reading its output: {}", chain(&e)))? {
+                        // Kept up to OUTPUT_MAX a stream; the rest is read and dropped.
                         bollard::container::LogOutput::StdOut { message } => {
-                            out.0.extend_from_slice(&message)
+                            keep(&mut out.0, &message)
                         }
                         bollard::container::LogOutput::StdErr { message } => {
-                            out.1.extend_from_slice(&message)
+                            keep(&mut out.1, &message)
                         }
                         _ => {}
                     }
                 }
-                let text = |mut b: Vec<u8>| {
-                    b.truncate(OUTPUT_MAX);
-                    String::from_utf8_lossy(&b).into_owned()
-                };
+                let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
                 Ok(RunOutput {
                     exit,
                     stdout: text(out.0),
@@ -376,6 +385,12 @@ impl Engine {
             result
         })
     }
+}
+
+/// Appends what still fits under [`OUTPUT_MAX`].
+fn keep(buf: &mut Vec<u8>, more: &[u8]) {
+    let room = OUTPUT_MAX.saturating_sub(buf.len());
+    buf.extend_from_slice(&more[..more.len().min(room)]);
 }
 
 /// How a command's run reads in a failure reason: its status and the start of each stream.
@@ -425,8 +440,8 @@ const PRINT_OS_RELEASE: &str = "f=/etc/os-release; [ -e \"$f\" ] || f=/usr/lib/o
 /// CTR-003: the running container's os-release says what the unpacked image's does.
 pub fn release_reads_back(e: &Engine, image: &str, root: &Path) -> Checked {
     let read = |rel: &str| -> Option<BTreeMap<String, String>> {
-        let p = resolve(root, rel)?;
-        Some(parse_release(&std::fs::read_to_string(p).ok()?))
+        let b = super::image_checks::file(root, rel, 1 << 16).ok()?;
+        Some(parse_release(&String::from_utf8_lossy(&b)))
     };
     let Some(want) = read("etc/os-release").or_else(|| read("usr/lib/os-release")) else {
         return Ok(Err(

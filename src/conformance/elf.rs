@@ -64,15 +64,10 @@ pub fn parse(b: &[u8]) -> Result<ElfInfo, &'static str> {
     if b.get(5) != Some(&1) {
         return Err("a big-endian ELF file");
     }
-    let u16at = |o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
-    let u32at = |o: usize| {
-        b.get(o..o + 4)
-            .map(|x| u32::from_le_bytes(x.try_into().expect("4 bytes")))
-    };
-    let u64at = |o: usize| {
-        b.get(o..o + 8)
-            .map(|x| u64::from_le_bytes(x.try_into().expect("8 bytes")))
-    };
+    let at = |o: usize, n: usize| o.checked_add(n).and_then(|e| b.get(o..e));
+    let u16at = |o: usize| at(o, 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
+    let u32at = |o: usize| at(o, 4).map(|x| u32::from_le_bytes(x.try_into().expect("4 bytes")));
+    let u64at = |o: usize| at(o, 8).map(|x| u64::from_le_bytes(x.try_into().expect("8 bytes")));
     let (Some(kind), Some(machine), Some(phoff), Some(phentsize), Some(phnum)) = (
         u16at(0x10),
         u16at(0x12),
@@ -85,12 +80,15 @@ pub fn parse(b: &[u8]) -> Result<ElfInfo, &'static str> {
     let mut interp = None;
     let mut pie = false;
     for i in 0..usize::from(phnum) {
-        let at = usize::try_from(phoff)
+        let ph = usize::try_from(phoff)
             .ok()
             .and_then(|o| o.checked_add(i * usize::from(phentsize)))
             .ok_or("program headers out of range")?;
-        let (Some(ptype), Some(off), Some(size)) = (u32at(at), u64at(at + 8), u64at(at + 32))
-        else {
+        let (Some(ptype), Some(off), Some(size)) = (
+            u32at(ph),
+            ph.checked_add(8).and_then(u64at),
+            ph.checked_add(32).and_then(u64at),
+        ) else {
             return Err("truncated program headers");
         };
         let range = usize::try_from(off)
@@ -162,6 +160,9 @@ mod tests {
         let mut far = elf(2, 62, Some("/lib/ld"), false);
         far[64 + 8..64 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(parse(&far), Err("PT_INTERP out of range"));
+        let mut huge = elf(2, 62, Some("/lib/ld"), false);
+        huge[0x20..0x28].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+        assert!(parse(&huge).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub fn bzimage(release: &str) -> Vec<u8> {
     b[0x202..0x206].copy_from_slice(b"HdrS");
     b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
     b[0x211] = 1;
+    b[0x236] = 1; // XLF_KERNEL_64
     let text = format!("{release} (builder@example) #1 SMP\0");
     let at = 0x400;
     b[at..at + text.len()].copy_from_slice(text.as_bytes());

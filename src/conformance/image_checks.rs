@@ -84,6 +84,25 @@ pub fn resolve(root: &Path, rel: &str) -> Option<PathBuf> {
     Some(root.join(parts.iter().collect::<PathBuf>()))
 }
 
+/// The agent binary read at most.
+const AGENT_MAX: u64 = 1 << 30;
+/// modules.dep, modules.builtin and other index files read at most.
+const INDEX_FILE_MAX: u64 = 16 << 20;
+/// Unit files, init scripts, inittab and release files read at most.
+const CONFIG_FILE_MAX: u64 = 1 << 20;
+
+/// A directory, judged without following a symlink (paths from [`resolve`] are already
+/// resolved).
+fn is_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// The size of the regular file at `rel`, if there is one.
+fn file_len(root: &Path, rel: &str) -> Option<u64> {
+    let m = std::fs::metadata(resolve(root, rel)?).ok()?;
+    m.is_file().then_some(m.len())
+}
+
 fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
     let mut out = Vec::new();
@@ -96,8 +115,8 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// A regular file at `rel`, read whole (bounded).
-fn file(root: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String> {
+/// A regular file at `rel` (resolved inside `root`), read whole, at most `max` bytes.
+pub fn file(root: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String> {
     let p = resolve(root, rel).ok_or_else(|| format!("/{rel} does not exist"))?;
     let m = std::fs::metadata(&p).map_err(|e| format!("/{rel}: {e}"))?;
     if !m.is_file() {
@@ -190,23 +209,27 @@ impl Image {
         }
     }
 
-    /// The module directories: one per kernel release found.
-    fn module_trees(&self) -> Result<Vec<(String, PathBuf)>, String> {
-        let mut dirs = Vec::new();
-        for base in ["lib/modules", "usr/lib/modules"] {
-            if let Some(d) = resolve(&self.root, base).filter(|d| d.is_dir()) {
-                if !dirs.contains(&d) {
-                    dirs.push(d);
-                }
-            }
-        }
+    /// The module trees: (release, path relative to the root), one per release found under
+    /// `/lib/modules` and `/usr/lib/modules` (the same tree through a merged-/usr link counts
+    /// once).
+    fn module_trees(&self) -> Result<Vec<(String, String)>, String> {
+        let mut seen = Vec::new();
         let mut trees = Vec::new();
-        for d in dirs {
-            let rd = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for base in ["lib/modules", "usr/lib/modules"] {
+            let Some(d) = resolve(&self.root, base).filter(|d| is_dir(d)) else {
+                continue;
+            };
+            if seen.contains(&d) {
+                continue;
+            }
+            seen.push(d.clone());
+            let rd = std::fs::read_dir(&d).map_err(|e| format!("/{base}: {e}"))?;
             for e in rd {
-                let e = e.map_err(|e| format!("{}: {e}", d.display()))?;
-                if e.path().is_dir() {
-                    trees.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+                let e = e.map_err(|e| format!("/{base}: {e}"))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let rel = format!("{base}/{name}");
+                if resolve(&self.root, &rel).is_some_and(|p| is_dir(&p)) {
+                    trees.push((name, rel));
                 }
             }
         }
@@ -254,7 +277,11 @@ impl Image {
                 return Err("several module trees and no kernel release to pick one".into())
             }
         };
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        // Missing index files read as empty (nothing built in, nothing listed).
+        let read = |f: &str| {
+            file(&self.root, &format!("{dir}/{f}"), INDEX_FILE_MAX)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
         let stem = |path: &str| -> Option<String> {
             let base = path.rsplit('/').next()?;
             let base = [".gz", ".xz", ".zst"]
@@ -263,8 +290,12 @@ impl Image {
                 .unwrap_or(base);
             base.strip_suffix(".ko").map(|s| s.replace('-', "_"))
         };
-        let builtin: Vec<String> = read("modules.builtin").lines().filter_map(stem).collect();
-        let dep = read("modules.dep");
+        let builtin: Vec<String> = read("modules.builtin")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(stem)
+            .collect();
+        let dep = read("modules.dep").map_err(|e| format!("kernel {name}: {e}"))?;
         let mut missing = Vec::new();
         for m in SLOT_MODULES {
             if builtin.iter().any(|b| b == m) {
@@ -275,7 +306,9 @@ impl Image {
                 .filter_map(|l| l.split_once(':'))
                 .find(|(p, _)| stem(p).as_deref() == Some(*m));
             match listed {
-                Some((p, _)) if dir.join(p).is_file() => {}
+                Some((p, _))
+                    if resolve(&self.root, &format!("{dir}/{p}"))
+                        .is_some_and(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file())) => {}
                 Some((p, _)) => {
                     missing.push(format!("{m} (modules.dep lists {p}, which is missing)"))
                 }
@@ -326,7 +359,7 @@ impl Image {
         if std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 == 0 {
             return Err(format!("/{rel} is not executable"));
         }
-        let b = read_bounded(&p, 1 << 30).map_err(|e| format!("/{rel}: {e}"))?;
+        let b = read_bounded(&p, AGENT_MAX).map_err(|e| format!("/{rel}: {e}"))?;
         let info = elf::parse(&b).map_err(|e| format!("/{rel} is {e}"))?;
         if !info.executable {
             return Err(format!("/{rel} is a shared object, not an executable"));
@@ -352,81 +385,112 @@ impl Image {
         Ok(())
     }
 
+    /// The regular files in the directory `rel` (resolved inside the root), by name.
+    fn files_in(&self, rel: &str) -> Vec<String> {
+        let Some(dir) = resolve(&self.root, rel).filter(|d| is_dir(d)) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The non-comment lines of the file at `rel` that run the boot stage: they name both
+    /// `bootyard` and `boot-assess` (an ExecStart=, an OpenRC `command`/`command_args` pair
+    /// on one line or two, an inittab action), filtered by `keep`.
+    fn runs_stage(&self, rel: &str, keep: impl Fn(&str) -> bool) -> bool {
+        let Ok(b) = file(&self.root, rel, CONFIG_FILE_MAX) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&b);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && keep(l))
+            .collect();
+        lines.iter().any(|l| l.contains("bootyard"))
+            && lines.iter().any(|l| l.contains("boot-assess"))
+    }
+
     fn img_009(&self) -> Result<(), String> {
-        let init = resolve(&self.root, "sbin/init").filter(|p| p.is_file());
-        let init_name = init
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned());
-        let stage = |text: &str| text.contains("bootyard boot-assess");
-        match init_name.as_deref() {
-            Some("systemd") => {
-                // Units enabled through a target's .wants directory.
-                for base in [
-                    "etc/systemd/system",
-                    "usr/lib/systemd/system",
-                    "lib/systemd/system",
-                ] {
-                    let Some(dir) = resolve(&self.root, base) else {
-                        continue;
-                    };
-                    let Ok(rd) = std::fs::read_dir(&dir) else {
-                        continue;
-                    };
-                    for w in rd.flatten() {
-                        let name = w.file_name().to_string_lossy().into_owned();
-                        if !name.ends_with(".target.wants") {
-                            continue;
-                        }
-                        for u in std::fs::read_dir(w.path()).into_iter().flatten().flatten() {
-                            let rel = format!("{base}/{name}/{}", u.file_name().to_string_lossy());
-                            if file(&self.root, &rel, 1 << 20)
-                                .is_ok_and(|b| stage(&String::from_utf8_lossy(&b)))
-                            {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-                Err("systemd: no unit enabled in a target runs `bootyard boot-assess`".into())
-            }
-            Some("busybox") => {
-                let tab = file(&self.root, "etc/inittab", 1 << 20)
-                    .map_err(|e| format!("busybox init: {e}"))?;
-                let wired = String::from_utf8_lossy(&tab).lines().any(|l| {
-                    let f: Vec<&str> = l.splitn(4, ':').collect();
-                    f.len() == 4
-                        && ["sysinit", "wait", "once", "respawn"].contains(&f[2])
-                        && stage(f[3])
-                });
-                if wired {
-                    Ok(())
-                } else {
-                    Err("busybox init: no /etc/inittab action runs `bootyard boot-assess`".into())
-                }
-            }
-            Some("openrc-init") | Some("init")
-                if resolve(&self.root, "etc/runlevels").is_some() =>
-            {
-                for level in ["sysinit", "boot", "default"] {
-                    let Some(dir) = resolve(&self.root, &format!("etc/runlevels/{level}")) else {
-                        continue;
-                    };
-                    for s in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                        let rel = format!("etc/init.d/{}", s.file_name().to_string_lossy());
-                        if file(&self.root, &rel, 1 << 20)
-                            .is_ok_and(|b| stage(&String::from_utf8_lossy(&b)))
+        let init_name = resolve(&self.root, "sbin/init")
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let Some(init_name) = init_name else {
+            return Err("no init system: /sbin/init does not exist".into());
+        };
+        if init_name == "systemd" {
+            // A unit enabled in a target every boot reaches, whose ExecStart runs the stage.
+            const BOOT_TARGETS: &[&str] = &[
+                "sysinit.target",
+                "basic.target",
+                "multi-user.target",
+                "graphical.target",
+                "default.target",
+            ];
+            for base in [
+                "etc/systemd/system",
+                "usr/lib/systemd/system",
+                "lib/systemd/system",
+            ] {
+                for target in BOOT_TARGETS {
+                    let wants = format!("{base}/{target}.wants");
+                    for unit in self.files_in(&wants) {
+                        if self
+                            .runs_stage(&format!("{wants}/{unit}"), |l| l.starts_with("ExecStart"))
                         {
                             return Ok(());
                         }
                     }
                 }
-                Err("OpenRC: no service in the sysinit, boot or default runlevel runs `bootyard boot-assess`".into())
             }
-            Some(other) => Err(format!(
-                "/sbin/init is {other}: not systemd, OpenRC or busybox init"
+            return Err(format!(
+                "systemd: no unit enabled in {} runs `bootyard boot-assess`",
+                BOOT_TARGETS.join(", ")
+            ));
+        }
+        // OpenRC (its own init, or busybox/sysvinit running openrc) and busybox init.
+        let openrc = resolve(&self.root, "etc/runlevels").is_some_and(|d| is_dir(&d));
+        if openrc {
+            for level in ["sysinit", "boot", "default"] {
+                for svc in self.files_in(&format!("etc/runlevels/{level}")) {
+                    if self.runs_stage(&format!("etc/init.d/{svc}"), |l| l.starts_with("command")) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let inittab_runs = |l: &str| {
+            let f: Vec<&str> = l.splitn(4, ':').collect();
+            f.len() == 4
+                && ["sysinit", "wait", "once", "respawn"].contains(&f[2])
+                && f[3].contains("bootyard")
+                && f[3].contains("boot-assess")
+        };
+        let busybox = init_name == "busybox";
+        if busybox {
+            if let Ok(tab) = file(&self.root, "etc/inittab", CONFIG_FILE_MAX) {
+                let tab = String::from_utf8_lossy(&tab);
+                if tab
+                    .lines()
+                    .map(str::trim)
+                    .any(|l| !l.starts_with('#') && inittab_runs(l))
+                {
+                    return Ok(());
+                }
+            }
+        }
+        match (openrc, busybox) {
+            (true, _) => Err("OpenRC: no service in the sysinit, boot or default runlevel runs `bootyard boot-assess`".into()),
+            (false, true) => Err("busybox init: no /etc/inittab action runs `bootyard boot-assess`".into()),
+            (false, false) => Err(format!(
+                "/sbin/init is {init_name}: not systemd, OpenRC or busybox init"
             )),
-            None => Err("no init system: /sbin/init does not exist".into()),
         }
     }
 
@@ -452,18 +516,24 @@ impl Image {
     }
 
     fn img_011(&self) -> Result<(), String> {
+        // Absent is fine; anything there must be empty or `uninitialized`.
         let baked = |rel: &str| -> Option<String> {
-            let b = file(&self.root, rel, 4096).ok()?;
+            resolve(&self.root, rel)?;
+            let b = match file(&self.root, rel, 4096) {
+                Ok(b) => b,
+                Err(e) => return Some(format!("{e}: not an empty machine-id")),
+            };
             let t = String::from_utf8_lossy(&b).trim().to_string();
             (!t.is_empty() && t != "uninitialized").then(|| format!("/{rel} holds {t}"))
         };
         if let Some(e) = baked("etc/machine-id") {
             return Err(e);
         }
-        let dbus = self.root.join("var/lib/dbus/machine-id");
-        let is_link_to_etc = std::fs::read_link(&dbus)
-            .is_ok_and(|t| t == Path::new("/etc/machine-id") || t.ends_with("etc/machine-id"));
-        if !is_link_to_etc {
+        // D-Bus's copy is fine when it is the same file as /etc/machine-id.
+        let same = resolve(&self.root, "var/lib/dbus/machine-id").is_some()
+            && resolve(&self.root, "var/lib/dbus/machine-id")
+                == resolve(&self.root, "etc/machine-id");
+        if !same {
             if let Some(e) = baked("var/lib/dbus/machine-id") {
                 return Err(e);
             }
@@ -488,8 +558,8 @@ impl Image {
                     ));
                 }
             }
-            let agent = resolve(&self.root, "usr/bin/bootyard")
-                .and_then(|p| read_bounded(&p, 1 << 30).ok())
+            let agent = file(&self.root, "usr/bin/bootyard", AGENT_MAX)
+                .ok()
                 .and_then(|b| elf::parse(&b).ok());
             if let Some(a) = agent.and_then(|i| i.arch) {
                 if a != want {
@@ -560,8 +630,9 @@ impl Image {
         Image {
             root: root.to_path_buf(),
             platform,
-            kernel_bytes: kernel_raw.as_ref().ok().map(|b| b.len() as u64),
-            initrd_bytes: initrd_raw.as_ref().ok().map(|b| b.len() as u64),
+            // Sizes from the file system: a file too large to read still counts in full.
+            kernel_bytes: file_len(root, "boot/vmlinuz"),
+            initrd_bytes: file_len(root, "boot/initrd"),
             kernel: kernel_raw
                 .and_then(|b| kernel::parse(&b).map_err(|e| format!("/boot/vmlinuz: {e}"))),
             initrd: initrd_raw
@@ -612,6 +683,31 @@ mod tests {
     use crate::conformance::fixture::{bzimage, elf, good_rootfs as good, initrd, put, RELEASE};
     use std::collections::BTreeSet;
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// Makes the image a systemd one: /sbin/init is systemd, and a unit whose [Service]
+    /// section is `service` is enabled in `wants`.
+    fn systemd_with(r: &Path, wants: &str, service: &str) {
+        std::fs::remove_file(r.join("sbin/init")).unwrap();
+        put(r, "lib/systemd/systemd", 0o755, &elf(2, 62, None, false)).unwrap();
+        symlink("/lib/systemd/systemd", r.join("sbin/init")).unwrap();
+        let unit =
+            format!("[Unit]\nDescription=boot assessment\n\n[Service]\nType=oneshot\n{service}\n");
+        put(
+            r,
+            "etc/systemd/system/bootyard-boot-assess.service",
+            0o644,
+            unit.as_bytes(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join(format!("etc/systemd/system/{wants}"))).unwrap();
+        symlink(
+            "/etc/systemd/system/bootyard-boot-assess.service",
+            r.join(format!(
+                "etc/systemd/system/{wants}/bootyard-boot-assess.service"
+            )),
+        )
+        .unwrap();
+    }
 
     fn amd64() -> Option<Platform> {
         Some(Platform {
@@ -831,6 +927,131 @@ mod tests {
                 },
                 amd64(),
                 &["IMG-013"],
+            ),
+            (
+                "a 32-bit x86 kernel",
+                |r| {
+                    let mut k = bzimage(RELEASE);
+                    k[0x236] = 0;
+                    put(r, "boot/vmlinuz", 0o644, &k).unwrap()
+                },
+                amd64(),
+                &["IMG-001", "IMG-004"],
+            ),
+            (
+                "the boot stage only in a comment",
+                |r| {
+                    put(
+                        r,
+                        "etc/inittab",
+                        0o644,
+                        b"::sysinit:/etc/init.d/rcS\n#::wait:/usr/bin/bootyard boot-assess\n",
+                    )
+                    .unwrap()
+                },
+                amd64(),
+                &["IMG-009"],
+            ),
+            (
+                "modules.dep links out of the image",
+                |r| {
+                    let dep = r.join(format!("lib/modules/{RELEASE}/modules.dep"));
+                    std::fs::remove_file(&dep).unwrap();
+                    symlink("/etc/hostname", &dep).unwrap();
+                },
+                amd64(),
+                &["IMG-005"],
+            ),
+            (
+                "busybox init running OpenRC, the stage in the default runlevel",
+                |r| {
+                    put(r, "etc/inittab", 0o644, b"::sysinit:/sbin/openrc sysinit\n").unwrap();
+                    put(r, "etc/init.d/bootyard", 0o755, b"#!/sbin/openrc-run\ncommand=\"/usr/bin/bootyard\"\ncommand_args=\"boot-assess\"\n").unwrap();
+                    std::fs::create_dir_all(r.join("etc/runlevels/default")).unwrap();
+                    symlink(
+                        "/etc/init.d/bootyard",
+                        r.join("etc/runlevels/default/bootyard"),
+                    )
+                    .unwrap();
+                },
+                amd64(),
+                &[],
+            ),
+            (
+                "OpenRC without the stage in a runlevel",
+                |r| {
+                    put(r, "etc/inittab", 0o644, b"::sysinit:/sbin/openrc sysinit\n").unwrap();
+                    put(r, "etc/init.d/bootyard", 0o755, b"#!/sbin/openrc-run\ncommand=\"/usr/bin/bootyard\"\ncommand_args=\"boot-assess\"\n").unwrap();
+                    std::fs::create_dir_all(r.join("etc/runlevels/shutdown")).unwrap();
+                    symlink(
+                        "/etc/init.d/bootyard",
+                        r.join("etc/runlevels/shutdown/bootyard"),
+                    )
+                    .unwrap();
+                },
+                amd64(),
+                &["IMG-009"],
+            ),
+            (
+                "systemd with the stage enabled in multi-user.target",
+                |r| {
+                    systemd_with(
+                        r,
+                        "multi-user.target.wants",
+                        "ExecStart=/usr/bin/bootyard boot-assess",
+                    )
+                },
+                amd64(),
+                &[],
+            ),
+            (
+                "systemd with the stage enabled only at shutdown",
+                |r| {
+                    systemd_with(
+                        r,
+                        "shutdown.target.wants",
+                        "ExecStart=/usr/bin/bootyard boot-assess",
+                    )
+                },
+                amd64(),
+                &["IMG-009"],
+            ),
+            (
+                "systemd with the stage's ExecStart commented out",
+                |r| {
+                    systemd_with(
+                        r,
+                        "multi-user.target.wants",
+                        "#ExecStart=/usr/bin/bootyard boot-assess\nExecStart=/bin/true",
+                    )
+                },
+                amd64(),
+                &["IMG-009"],
+            ),
+            (
+                "a baked D-Bus machine-id behind a link that only looks like /etc's",
+                |r| {
+                    put(
+                        r,
+                        "opt/etc/machine-id",
+                        0o444,
+                        b"0123456789abcdef0123456789abcdef\n",
+                    )
+                    .unwrap();
+                    std::fs::create_dir_all(r.join("var/lib/dbus")).unwrap();
+                    symlink("/opt/etc/machine-id", r.join("var/lib/dbus/machine-id")).unwrap();
+                },
+                amd64(),
+                &["IMG-011"],
+            ),
+            (
+                "D-Bus's machine-id is /etc's",
+                |r| {
+                    std::fs::create_dir_all(r.join("var/lib/dbus")).unwrap();
+                    symlink("../../../etc/machine-id", r.join("var/lib/dbus/machine-id")).unwrap();
+                },
+                amd64(),
+                &[],
             ),
         ];
         for (name, brk, platform, want) in cases {

@@ -9,6 +9,9 @@ pub const UNPACKED_MAX: u64 = 1 << 30;
 /// Entries read at most.
 pub const ENTRIES_MAX: usize = 1 << 20;
 
+const GZIP: &[u8] = &[0x1f, 0x8b];
+const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
@@ -36,21 +39,66 @@ pub struct Initramfs {
 }
 
 impl Initramfs {
-    /// Follows symlinks inside the archive (at most 16 hops) to a regular file.
+    /// Resolves `path` inside the archive as the kernel's root would: symlinks in any
+    /// component, relative or absolute, at most 40 of them. `None` when something on the way
+    /// is missing (or the links loop).
     pub fn resolve(&self, path: &str) -> Option<&CpioEntry> {
-        let mut p = path.trim_start_matches('/').to_string();
-        for _ in 0..16 {
-            let e = self.entries.get(&p)?;
-            match &e.link {
-                None => return Some(e),
-                Some(t) if t.starts_with('/') => p = t.trim_start_matches('/').to_string(),
-                Some(t) => {
-                    let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
-                    p = normalize(&format!("{dir}/{t}"));
+        let mut done: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .rev()
+            .map(str::to_string)
+            .collect();
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
                 }
+                _ => {}
+            }
+            let here = if done.is_empty() {
+                c.clone()
+            } else {
+                format!("{}/{c}", done.join("/"))
+            };
+            let Some(e) = self.entries.get(&here) else {
+                // A directory the archive never listed, only its contents.
+                let prefix = format!("{here}/");
+                let implied = self
+                    .entries
+                    .range(prefix.clone()..)
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(&prefix));
+                if !implied || todo.is_empty() {
+                    return None;
+                }
+                done.push(c);
+                continue;
+            };
+            match &e.link {
+                Some(t) => {
+                    hops += 1;
+                    if hops > 40 {
+                        return None;
+                    }
+                    if t.starts_with('/') {
+                        done.clear();
+                    }
+                    todo.extend(
+                        t.split('/')
+                            .filter(|c| !c.is_empty())
+                            .rev()
+                            .map(str::to_string),
+                    );
+                }
+                None => done.push(c),
             }
         }
-        None
+        self.entries.get(&done.join("/"))
     }
 }
 
@@ -94,38 +142,51 @@ fn read_into(b: &[u8], out: &mut Initramfs, total: &mut u64, depth: u8) -> Resul
             out.segments.push("cpio");
             continue;
         }
-        // A compressed segment runs to the end of the file (as the kernel reads it, each
-        // decompressor consumes its stream; tools put the compressed part last).
-        let (name, mut reader): (&'static str, Box<dyn Read + '_>) =
-            if rest.starts_with(&[0x1f, 0x8b]) {
-                ("gzip", Box::new(flate2::read::MultiGzDecoder::new(rest)))
-            } else if rest.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-                let d = zstd::stream::read::Decoder::new(rest)
-                    .map_err(|e| format!("at byte {pos}: zstd: {e}"))?;
-                ("zstd", Box::new(d))
+        // The rest is compressed streams (one or several, as the kernel reads them), then
+        // at most the zero padding the kernel skips.
+        let name = if rest.starts_with(GZIP) {
+            "gzip"
+        } else if rest.starts_with(ZSTD) {
+            "zstd"
+        } else {
+            let what = if rest.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+                "xz-compressed, which this check does not read (use gzip or zstd)"
+            } else if rest.starts_with(&[0x02, 0x21, 0x4c, 0x18]) {
+                "lz4-compressed, which this check does not read (use gzip or zstd)"
+            } else if rest.starts_with(b"BZh") {
+                "bzip2-compressed, which this check does not read (use gzip or zstd)"
             } else {
-                let what = if rest.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-                    "xz-compressed, which this check does not read (use gzip or zstd)"
-                } else if rest.starts_with(&[0x02, 0x21, 0x4c, 0x18]) {
-                    "lz4-compressed, which this check does not read (use gzip or zstd)"
-                } else if rest.starts_with(b"BZh") {
-                    "bzip2-compressed, which this check does not read (use gzip or zstd)"
-                } else {
-                    "neither a newc cpio archive nor a compressed one"
-                };
-                return Err(format!("at byte {pos}: {what}"));
+                "neither a newc cpio archive nor a compressed one"
             };
+            return Err(format!("at byte {pos}: {what}"));
+        };
         if depth > 0 {
             return Err(format!("at byte {pos}: {name} inside a compressed segment"));
         }
         let mut plain = Vec::new();
         let budget = UNPACKED_MAX - *total;
-        (&mut reader)
-            .take(budget + 1)
-            .read_to_end(&mut plain)
-            .map_err(|e| format!("at byte {pos}: {name}: {e}"))?;
-        if plain.len() as u64 > budget {
-            return Err(format!("unpacks to more than {UNPACKED_MAX} bytes"));
+        let mut input: &[u8] = rest;
+        while input.iter().any(|&c| c != 0) {
+            let at = pos + (rest.len() - input.len());
+            let left = (budget + 1).saturating_sub(plain.len() as u64);
+            // Bufread decoders consume exactly their stream, so `input` is left at the next.
+            let got = if input.starts_with(GZIP) {
+                flate2::bufread::GzDecoder::new(&mut input)
+                    .take(left)
+                    .read_to_end(&mut plain)
+            } else if input.starts_with(ZSTD) {
+                zstd::stream::read::Decoder::with_buffer(&mut input)
+                    .map(|d| d.single_frame())
+                    .and_then(|d| d.take(left).read_to_end(&mut plain))
+            } else {
+                return Err(format!(
+                    "at byte {at}: after the {name} stream, bytes that are neither padding nor another stream"
+                ));
+            };
+            got.map_err(|e| format!("at byte {at}: {name}: {e}"))?;
+            if plain.len() as u64 > budget {
+                return Err(format!("unpacks to more than {UNPACKED_MAX} bytes"));
+            }
         }
         *total += plain.len() as u64;
         let before = out.segments.len();
@@ -229,6 +290,10 @@ mod tests {
         assert_eq!(r.segments, ["cpio"]);
         assert!(r.resolve("/init").unwrap().is_file());
         assert_eq!(read(&gzip(&plain)).unwrap().segments, ["gzip"]);
+        // Zero padding after a compressed segment, as the kernel allows.
+        let mut padded = gzip(&plain);
+        padded.extend([0u8; 300]);
+        assert_eq!(read(&padded).unwrap().segments, ["gzip"]);
         let z = zstd::encode_all(&plain[..], 3).unwrap();
         assert_eq!(read(&z).unwrap().segments, ["zstd"]);
         // Early microcode archive, padding, then the compressed main one.
@@ -251,8 +316,13 @@ mod tests {
         c.symlink("init", "/sbin/init").unwrap();
         c.symlink("a", "b").unwrap();
         c.symlink("b", "a").unwrap();
+        // A link through a linked directory (merged /usr): /sbin2/init -> /bin/busybox, bin -> usr/bin.
+        c.file("usr/bin/busybox", 0o755, b"x").unwrap();
+        c.symlink("bin", "usr/bin").unwrap();
+        c.symlink("rdinit", "/bin/busybox").unwrap();
         let r = read(&c.finish().unwrap()).unwrap();
         assert!(r.resolve("init").unwrap().is_file());
+        assert!(r.resolve("/rdinit").unwrap().is_file());
         assert!(r.resolve("a").is_none());
         assert!(r.resolve("missing").is_none());
     }

@@ -47,6 +47,13 @@ pub fn parse(b: &[u8]) -> Result<KernelInfo, String> {
     if loadflags & 1 == 0 {
         return Err("a zImage loaded low (loadflags bit 0 clear), not a bzImage".into());
     }
+    // xloadflags (protocol 2.12, Linux 3.8): bit 0 says the kernel has a 64-bit entry point.
+    // Without it this is a 32-bit kernel, or one too old to say.
+    if version < 0x020c || b.get(0x236).is_none_or(|x| x & 1 == 0) {
+        return Err(
+            "not a 64-bit x86 kernel (boot protocol xloadflags lacks XLF_KERNEL_64)".into(),
+        );
+    }
     let setup_sects = match b.get(0x1f1).copied().ok_or("truncated setup header")? {
         0 => 4,
         n => usize::from(n),
@@ -109,6 +116,9 @@ mod tests {
         let mut low = good.clone();
         low[0x211] = 0;
         assert!(parse(&low).unwrap_err().contains("zImage"));
+        let mut i386 = good.clone();
+        i386[0x236] = 0;
+        assert!(parse(&i386).unwrap_err().contains("64-bit"));
         assert!(parse(&good[..2048]).unwrap_err().contains("truncated"));
         assert!(parse(b"\x7fELF\x02\x01").is_err());
         assert!(parse(&[]).is_err());
