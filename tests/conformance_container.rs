@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use bootyard::cli::build_test_image::default_cache;
-use bootyard::conformance::container::Engine;
+use bootyard::conformance::container::{Engine, Subject};
 use bootyard::testimage::{build_rootfs, write_oci, Flavor, TestImageSpec};
 use bootyard::testkit::require_guest_agent;
 
@@ -140,5 +141,48 @@ fn the_debian_image_passes_every_check_of_the_image_and_container_profiles() {
     assert!(
         out.contains("16 passed, 0 failed, 0 warned, 0 skipped, 0 errored"),
         "{out}"
+    );
+}
+
+#[test]
+fn a_command_past_its_deadline_is_the_images_failure_and_leaves_no_container() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(root) = test_rootfs("container_deadline", t.path(), Flavor::Busybox, "1.0.0") else {
+        return;
+    };
+    let engine = Engine::connect().unwrap();
+    let loaded = engine.load(Subject::Tree(&root, "amd64")).unwrap();
+    let o = engine
+        .run(
+            &loaded.tag,
+            &["/bin/sh", "-c", "echo started; while :; do :; done"],
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    assert_eq!(o.exit, 124, "{o:?}");
+    assert!(o.stderr.contains("did not exit within"), "{o:?}");
+    // A command that is not in the image: 127, the image's failure too.
+    let o = engine
+        .run(&loaded.tag, &["/no/such/program"], Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(o.exit, 127, "{o:?}");
+    // Neither run left its container behind (asked through the docker CLI, when there is one).
+    if bootyard::testkit::which("docker").is_none() {
+        return;
+    }
+    let ps = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("ancestor={}", loaded.tag),
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
     );
 }

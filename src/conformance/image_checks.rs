@@ -709,6 +709,17 @@ mod tests {
         .unwrap();
     }
 
+    /// Makes busybox init start OpenRC, with the boot stage's service in `runlevel`.
+    fn openrc_with(r: &Path, runlevel: &str) {
+        put(r, "etc/inittab", 0o644, b"::sysinit:/sbin/openrc sysinit\n").unwrap();
+        let svc =
+            b"#!/sbin/openrc-run\ncommand=\"/usr/bin/bootyard\"\ncommand_args=\"boot-assess\"\n";
+        put(r, "etc/init.d/bootyard", 0o755, svc).unwrap();
+        std::fs::create_dir_all(r.join(format!("etc/runlevels/{runlevel}"))).unwrap();
+        let link = r.join(format!("etc/runlevels/{runlevel}/bootyard"));
+        symlink("/etc/init.d/bootyard", link).unwrap();
+    }
+
     fn amd64() -> Option<Platform> {
         Some(Platform {
             os: "linux".into(),
@@ -964,31 +975,13 @@ mod tests {
             ),
             (
                 "busybox init running OpenRC, the stage in the default runlevel",
-                |r| {
-                    put(r, "etc/inittab", 0o644, b"::sysinit:/sbin/openrc sysinit\n").unwrap();
-                    put(r, "etc/init.d/bootyard", 0o755, b"#!/sbin/openrc-run\ncommand=\"/usr/bin/bootyard\"\ncommand_args=\"boot-assess\"\n").unwrap();
-                    std::fs::create_dir_all(r.join("etc/runlevels/default")).unwrap();
-                    symlink(
-                        "/etc/init.d/bootyard",
-                        r.join("etc/runlevels/default/bootyard"),
-                    )
-                    .unwrap();
-                },
+                |r| openrc_with(r, "default"),
                 amd64(),
                 &[],
             ),
             (
                 "OpenRC without the stage in a runlevel",
-                |r| {
-                    put(r, "etc/inittab", 0o644, b"::sysinit:/sbin/openrc sysinit\n").unwrap();
-                    put(r, "etc/init.d/bootyard", 0o755, b"#!/sbin/openrc-run\ncommand=\"/usr/bin/bootyard\"\ncommand_args=\"boot-assess\"\n").unwrap();
-                    std::fs::create_dir_all(r.join("etc/runlevels/shutdown")).unwrap();
-                    symlink(
-                        "/etc/init.d/bootyard",
-                        r.join("etc/runlevels/shutdown/bootyard"),
-                    )
-                    .unwrap();
-                },
+                |r| openrc_with(r, "shutdown"),
                 amd64(),
                 &["IMG-009"],
             ),
