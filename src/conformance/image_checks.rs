@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-use bootyard_conformance::{catalogue, CheckDef, Verdict};
+use bootyard_conformance::Verdict;
 
 use super::elf::{self, Arch};
 use super::{initramfs, kernel};
@@ -669,18 +669,11 @@ impl Image {
     }
 }
 
-/// Runs every `image` check on the root filesystem at `root`.
-pub fn run(root: &Path, platform: Option<Platform>) -> Vec<(&'static CheckDef, Verdict)> {
-    let img = Image::read(root, platform);
-    catalogue::of_profiles(&[catalogue::Profile::Image])
-        .map(|c| (c, img.check(c.id)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::conformance::fixture::{bzimage, elf, good_rootfs as good, initrd, put, RELEASE};
+    use bootyard_conformance::{catalogue, CheckDef};
     use std::collections::BTreeSet;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
@@ -718,6 +711,14 @@ mod tests {
         std::fs::create_dir_all(r.join(format!("etc/runlevels/{runlevel}"))).unwrap();
         let link = r.join(format!("etc/runlevels/{runlevel}/bootyard"));
         symlink("/etc/init.d/bootyard", link).unwrap();
+    }
+
+    /// Every `image` check on the root filesystem at `root`, in catalogue order.
+    fn run(root: &Path, platform: Option<Platform>) -> Vec<(&'static CheckDef, Verdict)> {
+        let img = Image::read(root, platform);
+        catalogue::of_profiles(&[catalogue::Profile::Image])
+            .map(|c| (c, img.check(c.id)))
+            .collect()
     }
 
     fn amd64() -> Option<Platform> {
