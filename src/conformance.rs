@@ -2,6 +2,7 @@
 //! formats live in the `bootyard-conformance` crate). This release has the `image` profile's
 //! static checks; see `conformance/SPEC.md`.
 
+pub mod boot_checks;
 pub mod container;
 pub mod elf;
 pub mod fixture;

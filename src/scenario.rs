@@ -64,6 +64,9 @@ pub struct BootReport {
     /// QEMU start to the end of the boot (its exit).
     pub ms: u64,
     pub console_log: PathBuf,
+    /// When the harness ended the boot itself: `cut` (power cut), `reset` (QMP reset
+    /// before the slot was proven) or `quit` (powered off once the boot was proven).
+    pub ended_by_harness: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,17 +105,40 @@ fn breakage_of(name: &str) -> Option<Breakage> {
     }
 }
 
+/// How a power-on ends, besides the machine exiting by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End<'s> {
+    /// The node ends the boot: a test image powers off after its hook; a failing boot
+    /// resets, which `-no-reboot` turns into an exit.
+    Exit,
+    /// Power cut (QMP `quit`) as soon as the node announces this upgrade or rollback step.
+    CutAt(&'s str),
+    /// Power off (QMP `quit`) once the boot is proven, for images without the test hook,
+    /// which keep running after `boot-complete` (the agent makes its mark durable before
+    /// it says so). A boot that fails still ends by itself.
+    QuitWhenProven,
+    /// QMP `system_reset` as soon as the boot stage reports the slot up, before the agent
+    /// can mark it good: the boot attempt counts and proves nothing.
+    ResetAtStage,
+}
+
 /// One run of a scenario on one flavor.
 pub struct Run<'a> {
     file: &'a ScenarioFile,
-    opts: &'a RunOptions,
-    registry: LocalRegistry,
+    workdir: PathBuf,
+    accel: Accel,
+    /// Serves the test images to nodes that upgrade themselves; none for outside images.
+    registry: Option<LocalRegistry>,
     /// version -> (host-side source, breakage name)
     images: BTreeMap<String, (Source, Option<String>)>,
     disk: PathBuf,
     model: Option<BootModel>,
     boots: Vec<BootReport>,
     repo: String,
+    boot_deadline: Duration,
+    last_console_log: Option<PathBuf>,
+    /// How installs and upgrades read the images.
+    pull: PullOptions,
 }
 
 impl<'a> Run<'a> {
@@ -126,16 +152,62 @@ impl<'a> Run<'a> {
         };
         let mut r = Run {
             file,
-            opts,
-            registry,
+            workdir: opts.workdir.clone(),
+            accel: opts.accel,
+            registry: Some(registry),
             images: BTreeMap::new(),
             disk: opts.workdir.join("disk.img"),
             model: None,
             boots: Vec::new(),
             repo: format!("bootyard-test/{flavor}"),
+            boot_deadline: Self::default_deadline(file),
+            last_console_log: None,
+            pull: PullOptions::new(opts.workdir.join("cache")),
         };
-        r.build_images()?;
+        r.build_images(opts)?;
         Ok(r)
+    }
+
+    /// A run on images that already exist (version -> where the host reads it), with no
+    /// registry: upgrades and rollbacks are made to the disk from the host. The images
+    /// need no test hook; boots end with [`End::QuitWhenProven`] or [`End::ResetAtStage`].
+    pub fn external(
+        file: &'a ScenarioFile,
+        workdir: &Path,
+        accel: Accel,
+        images: Vec<(String, Source)>,
+        pull: PullOptions,
+    ) -> Result<Self, ScenarioRunError> {
+        std::fs::create_dir_all(workdir).map_err(anyhow::Error::from)?;
+        Ok(Run {
+            file,
+            workdir: workdir.to_path_buf(),
+            accel,
+            registry: None,
+            images: images.into_iter().map(|(v, s)| (v, (s, None))).collect(),
+            disk: workdir.join("disk.img"),
+            model: None,
+            boots: Vec::new(),
+            repo: String::new(),
+            boot_deadline: Self::default_deadline(file),
+            last_console_log: None,
+            pull,
+        })
+    }
+
+    /// Every boot ends within the watchdog's time plus room for the slowest healthy boot.
+    fn default_deadline(file: &ScenarioFile) -> Duration {
+        Duration::from_secs(u64::from(file.watchdog_sec) + 240)
+    }
+
+    /// How long one power-on may take before it is a failure.
+    pub fn set_boot_deadline(&mut self, d: Duration) {
+        self.boot_deadline = d;
+    }
+
+    /// The console log of the latest power-on (kept when it failed).
+    pub fn last_console_log(&self) -> Option<&Path> {
+        self.last_console_log.as_deref()
     }
 
     pub fn disk(&self) -> &Path {
@@ -159,12 +231,15 @@ impl<'a> Run<'a> {
     }
 
     /// The node-side command that upgrades to `version` from the harness's registry.
-    pub fn upgrade_command(&self, version: &str) -> String {
-        format!(
-            "bootyard upgrade --image {} --insecure-registry {}",
-            self.guest_ref(version),
-            self.guest_registry()
-        )
+    pub fn upgrade_command(&self, version: &str) -> Result<String, ScenarioRunError> {
+        let registry = self.registry.as_ref().ok_or_else(|| {
+            Self::fail("images from outside are not served to the node: upgrade from the host")
+        })?;
+        let port = registry.addr().port();
+        Ok(format!(
+            "bootyard upgrade --image 10.0.2.2:{port}/{}:{version} --insecure-registry 10.0.2.2:{port}",
+            self.repo
+        ))
     }
 
     fn fail(msg: impl Into<String>) -> ScenarioRunError {
@@ -177,32 +252,24 @@ impl<'a> Run<'a> {
             .ok_or_else(|| Self::fail("no disk installed yet"))
     }
 
-    /// The reference the node pulls from: the host's loopback is 10.0.2.2 under QEMU user
-    /// networking.
-    fn guest_ref(&self, version: &str) -> String {
-        format!(
-            "10.0.2.2:{}/{}:{version}",
-            self.registry.addr().port(),
-            self.repo
-        )
-    }
-
-    fn guest_registry(&self) -> String {
-        format!("10.0.2.2:{}", self.registry.addr().port())
-    }
-
-    fn build_images(&mut self) -> Result<(), ScenarioRunError> {
-        let layout = self.opts.workdir.join("images");
+    /// Builds the scenario's test images and pushes them to the registry. The node reaches
+    /// the host's loopback as 10.0.2.2 under QEMU user networking.
+    fn build_images(&mut self, opts: &RunOptions) -> Result<(), ScenarioRunError> {
+        let layout = self.workdir.join("images");
+        let host = match &self.registry {
+            Some(r) => r.host(),
+            None => return Err(Self::fail("no registry to serve the test images from")),
+        };
         for img in &self.file.images {
             let spec = TestImageSpec {
-                flavor: self.opts.flavor,
+                flavor: opts.flavor,
                 version: img.version.clone(),
                 breakage: img.breakage.as_deref().and_then(breakage_of),
                 watchdog_sec: self.file.watchdog_sec,
-                agent: self.opts.agent.clone(),
-                cache: self.opts.cache.clone(),
+                agent: opts.agent.clone(),
+                cache: opts.cache.clone(),
             };
-            let root = self.opts.workdir.join(format!("rootfs-{}", img.version));
+            let root = self.workdir.join(format!("rootfs-{}", img.version));
             if root.exists() {
                 std::fs::remove_dir_all(&root).map_err(anyhow::Error::from)?;
             }
@@ -212,7 +279,7 @@ impl<'a> Run<'a> {
             std::fs::remove_dir_all(&root).map_err(anyhow::Error::from)?;
             let l = crate::image::layout::Layout::open(&layout).map_err(anyhow::Error::from)?;
             let top = l.find(Some(&img.version)).map_err(anyhow::Error::from)?;
-            let dest = format!("{}/{}:{}", self.registry.host(), self.repo, img.version);
+            let dest = format!("{host}/{}:{}", self.repo, img.version);
             let Source::Registry(reference) = dest.parse().map_err(anyhow::Error::from)? else {
                 return Err(Self::fail(format!("{dest} is not a registry reference")));
             };
@@ -221,7 +288,7 @@ impl<'a> Run<'a> {
                 &top,
                 &reference,
                 &crate::image::registry::RegistryOptions {
-                    insecure: vec![self.registry.host()],
+                    insecure: vec![host.clone()],
                     ..Default::default()
                 },
             )
@@ -250,6 +317,24 @@ impl<'a> Run<'a> {
         hook: &str,
         cut: Option<&str>,
     ) -> Result<BootReport, ScenarioRunError> {
+        let end = match cut {
+            Some(step) => End::CutAt(step),
+            None => End::Exit,
+        };
+        self.boot(purpose, Some(hook), end)
+    }
+
+    /// Powers the node on once and reads the boot until `end` (or the machine) ends it,
+    /// then checks it against the model: the slot GRUB picked, the version that came up,
+    /// how the boot ended. `hook`: the test image's script, through fw_cfg (none for an
+    /// image without the test hook). A boot the harness cut or reset is reported, not
+    /// judged (it proves nothing; the model already counted the attempt).
+    pub fn boot(
+        &mut self,
+        purpose: &str,
+        hook: Option<&str>,
+        end: End<'_>,
+    ) -> Result<BootReport, ScenarioRunError> {
         let n = self.boots.len() as u32 + 1;
         let model = self.model()?;
         let expected_slot = model
@@ -267,26 +352,29 @@ impl<'a> Run<'a> {
         let expected_outcome = Outcome::expected_for(breakage.as_deref());
 
         let name = format!("boot{n:02}");
-        let hook_path = self.opts.workdir.join(format!("{name}.hook.sh"));
-        std::fs::write(&hook_path, hook).map_err(anyhow::Error::from)?;
-        let mut spec = MachineSpec::new(&name, &self.opts.workdir);
-        spec.accel = self.opts.accel;
+        let mut spec = MachineSpec::new(&name, &self.workdir);
+        spec.accel = self.accel;
         spec.memory_mib = self.file.memory_mib;
         spec.user_net = true;
         spec.firmware_serial = true;
         if self.file.firmware == Firmware::Efi {
             spec.bios = Some(OVMF.into());
         }
-        spec.fw_cfg
-            .push((crate::testimage::HOOK_FW_CFG.into(), hook_path));
+        if let Some(hook) = hook {
+            let hook_path = self.workdir.join(format!("{name}.hook.sh"));
+            std::fs::write(&hook_path, hook).map_err(anyhow::Error::from)?;
+            spec.fw_cfg
+                .push((crate::testimage::HOOK_FW_CFG.into(), hook_path));
+        }
         spec.drives.push(Drive {
             path: self.disk.clone(),
             format: "raw".into(),
             interface: "virtio".into(),
         });
         let console_log = spec.console_log();
+        self.last_console_log = Some(console_log.clone());
         let mut m = Machine::launch(spec).map_err(anyhow::Error::from)?;
-        let mut qmp = if cut.is_some() {
+        let mut qmp = if end != End::Exit {
             Some(
                 m.qmp(Duration::from_secs(10))
                     .map_err(anyhow::Error::from)?,
@@ -296,14 +384,14 @@ impl<'a> Run<'a> {
         };
         let started = Instant::now();
         // Every boot ends within the watchdog's time plus room for the slowest healthy boot.
-        let deadline = started + Duration::from_secs(u64::from(self.file.watchdog_sec) + 240);
+        let deadline = started + self.boot_deadline;
         let mut watch = BootWatch::default();
         let mut tracker = (expected_outcome == Outcome::Complete)
             .then(|| PhaseTracker::new(self.file.phases.clone(), 0));
         let mut phases = Vec::new();
         let mut steps = Vec::new();
         let mut phase_failure = None;
-        let mut cut_done = false;
+        let mut ended_by_harness: Option<&str> = None;
         loop {
             let wait_until = match tracker.as_ref().and_then(|t| t.poll_timeout()) {
                 Some(ms) => (started + Duration::from_millis(ms)).min(deadline),
@@ -332,18 +420,32 @@ impl<'a> Run<'a> {
                             }
                         }
                     }
-                    if let (Some(step), false) = (cut, cut_done) {
-                        if watch
-                            .steps
-                            .iter()
-                            .any(|s| s.split_whitespace().any(|w| w == step))
+                    let act = match end {
+                        _ if ended_by_harness.is_some() => None,
+                        End::CutAt(step)
+                            if watch
+                                .steps
+                                .iter()
+                                .any(|s| s.split_whitespace().any(|w| w == step)) =>
                         {
-                            if let Some(q) = qmp.as_mut() {
-                                // Power cut: QEMU stops at once, nothing is flushed.
-                                let _ = q.execute("quit", None);
-                            }
-                            cut_done = true;
+                            // Power cut: QEMU stops at once, nothing is flushed.
+                            Some(("cut", "quit"))
                         }
+                        End::QuitWhenProven if watch.outcome == Some(Outcome::Complete) => {
+                            Some(("quit", "quit"))
+                        }
+                        // With -no-reboot, QEMU exits on the reset.
+                        End::ResetAtStage
+                            if watch.outcome.is_none() && line.text.contains("BOOTYARD-STAGE ") =>
+                        {
+                            Some(("reset", "system_reset"))
+                        }
+                        _ => None,
+                    };
+                    if let (Some((what, command)), Some(q)) = (act, qmp.as_mut()) {
+                        // QEMU may stop before it answers; the exit that follows is what counts.
+                        let _ = q.execute(command, None);
+                        ended_by_harness = Some(what);
                     }
                 }
                 Err(bootyard_scenarios::qemu::QemuError::Exited { .. }) => break,
@@ -395,9 +497,10 @@ impl<'a> Run<'a> {
             phases,
             ms: started.elapsed().as_millis() as u64,
             console_log: console_log.clone(),
+            ended_by_harness: ended_by_harness.map(String::from),
         };
         self.boots.push(report.clone());
-        if cut_done {
+        if matches!(ended_by_harness, Some("cut" | "reset")) {
             return Ok(report);
         }
         let disagree = |what: String| {
@@ -463,24 +566,71 @@ impl<'a> Run<'a> {
         Ok(why)
     }
 
+    fn source(&self, version: &str) -> Result<Source, ScenarioRunError> {
+        self.images
+            .get(version)
+            .map(|(s, _)| s.clone())
+            .ok_or_else(|| Self::fail(format!("the run has no image {version}")))
+    }
+
+    /// Installs `version` on a fresh disk, as a node's installer would.
+    pub fn install(
+        &mut self,
+        version: &str,
+    ) -> Result<crate::install::InstallReport, ScenarioRunError> {
+        let source = self.source(version)?;
+        if self.disk.exists() {
+            std::fs::remove_file(&self.disk).map_err(anyhow::Error::from)?;
+        }
+        let mut o = crate::install::InstallOptions::new(self.disk.clone(), self.pull.clone());
+        o.tries = self.file.tries;
+        o.persistent_bytes = 512 << 20;
+        let r = crate::install::install(&source, &o).map_err(anyhow::Error::from)?;
+        self.model =
+            Some(BootModel::installed(&r.version, self.file.tries).map_err(anyhow::Error::from)?);
+        Ok(r)
+    }
+
+    /// Writes `version` to the disk from the host, with the same steps the node's
+    /// `bootyard upgrade` takes.
+    pub fn upgrade_from_host(
+        &mut self,
+        version: &str,
+    ) -> Result<crate::upgrade::UpgradeReport, ScenarioRunError> {
+        let source = self.source(version)?;
+        let r = crate::upgrade::upgrade_disk(&source, &self.disk, &self.pull)
+            .map_err(anyhow::Error::from)?;
+        // Offline, the node "runs" from where it last booted.
+        let m = self.model()?;
+        m.running = Some(r.from_slot);
+        m.upgrade(&r.version).map_err(anyhow::Error::from)?;
+        Ok(r)
+    }
+
+    /// `bootyard rollback`'s swap, made to the disk from the host.
+    pub fn rollback_from_host(
+        &mut self,
+    ) -> Result<crate::upgrade::DiskRollbackReport, ScenarioRunError> {
+        let last = crate::upgrade::read_disk_model(&self.disk)
+            .map_err(anyhow::Error::from)?
+            .last_boot
+            .map(|(s, _)| s);
+        let r = crate::upgrade::rollback_disk(&self.disk).map_err(anyhow::Error::from)?;
+        let m = self.model()?;
+        m.running = Some(last.unwrap_or(Slot::Active));
+        m.rollback().map_err(anyhow::Error::from)?;
+        Ok(r)
+    }
+
+    /// The slots as the disk has them must be the model's; says how `status` explains them.
+    pub fn check_disk_agrees(&mut self) -> Result<String, ScenarioRunError> {
+        self.check_disk(None)
+    }
+
     pub fn step(&mut self, st: &StepSpec) -> Result<String, ScenarioRunError> {
         match st {
             StepSpec::Install { image } => {
-                let (source, _) = self.images[image].clone();
-                if self.disk.exists() {
-                    std::fs::remove_file(&self.disk).map_err(anyhow::Error::from)?;
-                }
-                let mut o = crate::install::InstallOptions::new(
-                    self.disk.clone(),
-                    PullOptions::new(self.opts.workdir.join("cache")),
-                );
-                o.tries = self.file.tries;
-                o.persistent_bytes = 512 << 20;
-                let r = crate::install::install(&source, &o).map_err(anyhow::Error::from)?;
-                self.model = Some(
-                    BootModel::installed(&r.version, self.file.tries)
-                        .map_err(anyhow::Error::from)?,
-                );
+                let r = self.install(image)?;
                 Ok(format!("installed {} ({} bytes)", r.version, r.size_bytes))
             }
             StepSpec::Boot { times } => {
@@ -496,21 +646,11 @@ impl<'a> Run<'a> {
             }
             StepSpec::Upgrade { image, from } => match from {
                 UpgradeFrom::Host => {
-                    let (source, _) = self.images[image].clone();
-                    let r = crate::upgrade::upgrade_disk(
-                        &source,
-                        &self.disk,
-                        &PullOptions::new(self.opts.workdir.join("cache")),
-                    )
-                    .map_err(anyhow::Error::from)?;
-                    // Offline, the node "runs" from where it last booted.
-                    let m = self.model()?;
-                    m.running = Some(r.from_slot);
-                    m.upgrade(image).map_err(anyhow::Error::from)?;
+                    let r = self.upgrade_from_host(image)?;
                     Ok(format!("host upgrade to {image} from {}", r.from_slot))
                 }
                 UpgradeFrom::Node => {
-                    let hook = format!("{}\n", self.upgrade_command(image));
+                    let hook = format!("{}\n", self.upgrade_command(image)?);
                     let b = self.power_on(&format!("upgrade to {image}"), &hook, None)?;
                     if b.hook_rc != Some(0) {
                         return Err(Self::fail(format!(

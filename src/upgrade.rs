@@ -44,10 +44,14 @@ pub enum UpgradeError {
     Assessment(#[from] AssessmentError),
     #[error("debugfs failed ({what}): {stderr}")]
     Debugfs { what: String, stderr: String },
+    #[error("cannot replay the journal of COS_STATE on {disk} (e2fsck): {stderr}")]
+    Recover { disk: PathBuf, stderr: String },
     #[error(transparent)]
     Sys(#[from] crate::agent::sys::SysError),
     #[error(transparent)]
     Mark(#[from] crate::agent::health::MarkError),
+    #[error("{0} has no active.img (an upgrade was cut off): there is nothing to roll back from")]
+    NoActiveImage(PathBuf),
     #[error("failed to resolve an interrupted rollback")]
     Rollback(#[from] Box<crate::rollback::RollbackError>),
     #[error("cannot {op} {path}")]
@@ -147,6 +151,49 @@ impl StateFs {
         self.debugfs("stat", false, &format!("stat {path}")).is_ok()
     }
 
+    /// Replays the journal of a file system a node left without unmounting it (a power
+    /// cut, or a harness that powered it off): debugfs writes past the journal, and a
+    /// replay at the next mount would put stale metadata back over what it wrote. e2fsck
+    /// cannot replay at an offset (it reopens the device without it), so the partition is
+    /// copied out (sparse), replayed, and copied back.
+    fn recover(&self, file: &std::fs::File, size: u64) -> Result<(), UpgradeError> {
+        const SUPERBLOCK: u64 = 1024;
+        const INCOMPAT: u64 = 0x60;
+        const INCOMPAT_RECOVER: u32 = 0x4;
+        let mut w = [0u8; 4];
+        file.read_exact_at(&mut w, self.offset + SUPERBLOCK + INCOMPAT)
+            .map_err(io("read the COS_STATE superblock in", &self.disk))?;
+        if u32::from_le_bytes(w) & INCOMPAT_RECOVER == 0 {
+            return Ok(());
+        }
+        let parent = self
+            .disk
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".bootyard-state-")
+            .tempfile_in(parent)
+            .map_err(io("create a scratch file in", parent))?;
+        copy_nonzero(file, self.offset, tmp.as_file(), 0, size)
+            .map_err(io("copy COS_STATE out of", &self.disk))?;
+        let o = Command::new("e2fsck")
+            .args(["-p", "-E", "journal_only"])
+            .arg(tmp.path())
+            .output()
+            .map_err(io("run e2fsck on", &self.disk))?;
+        // 0: nothing to do, 1: the journal was replayed.
+        if !matches!(o.status.code(), Some(0 | 1)) {
+            return Err(UpgradeError::Recover {
+                disk: self.disk.clone(),
+                stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            });
+        }
+        copy_nonzero(tmp.as_file(), 0, file, self.offset, size)
+            .map_err(io("copy COS_STATE back into", &self.disk))?;
+        file.sync_all().map_err(io("sync", &self.disk))
+    }
+
     /// Byte offset of a one-block file's data inside the disk.
     fn block_offset(&self, path: &str) -> Result<u64, UpgradeError> {
         let out = self.debugfs("locate grubenv", false, &format!("bmap {path} 0"))?;
@@ -156,6 +203,29 @@ impl StateFs {
         })?;
         Ok(self.offset + block * 4096)
     }
+}
+
+/// Copies `len` bytes from `src` at `from` to `dst` at `to`, skipping all-zero chunks (a
+/// fresh destination stays sparse; a replay never zeroes a block that held data).
+fn copy_nonzero(
+    src: &std::fs::File,
+    from: u64,
+    dst: &std::fs::File,
+    to: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done) as usize;
+        src.read_exact_at(&mut buf[..n], from + done)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.write_all_at(&buf[..n], to + done)?;
+        }
+        done += n as u64;
+    }
+    dst.set_len(dst.metadata()?.len().max(to + len))
 }
 
 /// One step of an upgrade, in the order they run. Public so a harness can stop after any
@@ -537,6 +607,66 @@ impl DiskUpgrade {
     }
 }
 
+/// What a rollback on a disk image did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskRollbackReport {
+    pub schema_version: u32,
+    pub disk: PathBuf,
+    pub active_version: Option<String>,
+    pub passive_version: Option<String>,
+}
+
+/// `bootyard rollback` applied to an installed disk image from the host, without booting
+/// it: the passive (good) image becomes active and the active one passive, as the model's
+/// `rollback` says. The disk is offline, so the names are swapped in one debugfs session
+/// (three renames through `previous.img`) and grubenv is written after; refused, with
+/// nothing changed, when there is no good passive slot or no `active.img`.
+pub fn rollback_disk(disk: &Path) -> Result<DiskRollbackReport, UpgradeError> {
+    let OpenDisk {
+        file,
+        fs,
+        env_at,
+        mut env,
+        mut model,
+    } = open_disk(disk, true)?;
+    if model.active_missing {
+        return Err(UpgradeError::NoActiveImage(disk.to_path_buf()));
+    }
+    model.running = Some(
+        model
+            .last_boot
+            .as_ref()
+            .map(|(s, _)| *s)
+            .unwrap_or(Slot::Active),
+    );
+    model.rollback()?;
+    if fs.exists("/cOS/previous.img") {
+        fs.step("remove a stale previous.img", &["rm /cOS/previous.img"])?;
+    }
+    // Each ln + unlink pair is a rename: the link counts stay 1 throughout.
+    fs.step(
+        "swap active.img and passive.img",
+        &[
+            "ln /cOS/active.img /cOS/previous.img",
+            "unlink /cOS/active.img",
+            "ln /cOS/passive.img /cOS/active.img",
+            "unlink /cOS/passive.img",
+            "ln /cOS/previous.img /cOS/passive.img",
+            "unlink /cOS/previous.img",
+        ],
+    )?;
+    grubcfg::model_to_env(&model, &mut env)?;
+    file.write_all_at(&env.to_block()?, env_at)
+        .map_err(io("write grubenv in", disk))?;
+    file.sync_all().map_err(io("sync", disk))?;
+    Ok(DiskRollbackReport {
+        schema_version: 1,
+        disk: disk.to_path_buf(),
+        active_version: model.active.version.clone(),
+        passive_version: model.passive.version.clone(),
+    })
+}
+
 /// The boot model a disk image's grubenv holds, read from the host.
 pub fn read_disk_model(disk: &Path) -> Result<crate::boot::assessment::BootModel, UpgradeError> {
     Ok(open_disk(disk, false)?.model)
@@ -568,6 +698,9 @@ fn open_disk(disk: &Path, write: bool) -> Result<OpenDisk, UpgradeError> {
         disk: disk.to_path_buf(),
         offset: state.offset_bytes(),
     };
+    if write {
+        fs.recover(&file, state.size_bytes())?;
+    }
     let env_at = fs.block_offset("/grub2/grubenv")?;
     let env = read_env_at(&file, env_at, disk)?;
     let mut model = grubcfg::env_to_model(&env)?;

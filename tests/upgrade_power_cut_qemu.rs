@@ -59,7 +59,7 @@ fn cut_and_recover(run: &mut Run, pristine: &Path, cut: &str, case: &str) {
         .into_iter()
         .map(String::from)
         .collect();
-    let hook = format!("{CANARY}\n{}\n", run.upgrade_command("v4"));
+    let hook = format!("{CANARY}\n{}\n", run.upgrade_command("v4").unwrap());
     let b = run
         .power_on(&format!("{case}: upgrade, cut at {cut}"), &hook, Some(cut))
         .unwrap_or_else(|e| panic!("{case}: {e}"));

@@ -4,7 +4,7 @@ use anyhow::Context;
 use bootyard_conformance::{Console, JsonLines, Junit, Outcome, Profile, Reporter, Tap};
 use clap::Args;
 
-use crate::conformance::run::{load_denylist, run, today, RunOptions};
+use crate::conformance::run::{load_denylist, run, today, BootSettings, RunOptions};
 use crate::image::Source;
 
 #[derive(Debug, Args)]
@@ -24,9 +24,21 @@ pub struct ConformanceArgs {
     /// failures are reported as warnings until the date
     #[arg(long, value_name = "FILE")]
     pub denylist: Option<PathBuf>,
-    /// Write junit.xml, results.jsonl and results.tap here (created if missing)
+    /// Write junit.xml, results.jsonl and results.tap here (created if missing), and the
+    /// console logs of failed boots under console/
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
+    /// The upgrade profile upgrades to this second build of the image (any source the
+    /// image argument takes) [default: the image again, with "+conformance" added to its
+    /// version]
+    #[arg(long, value_name = "IMAGE")]
+    pub upgrade_to: Option<String>,
+    /// Seconds one boot may take, QEMU's start to boot-complete
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub boot_timeout: u64,
+    /// Guest memory for the boot and upgrade profiles
+    #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(128..=65536))]
+    pub memory_mib: u32,
     #[command(flatten)]
     pub fetch: super::FetchArgs,
 }
@@ -59,6 +71,12 @@ pub fn run_cmd(a: ConformanceArgs) -> anyhow::Result<()> {
         },
         today: today(),
         pull,
+        boot: BootSettings {
+            upgrade_to: a.upgrade_to.as_deref().map(str::parse).transpose()?,
+            boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
+            memory_mib: a.memory_mib,
+            artifacts: a.report_dir.clone(),
+        },
     };
     let mut console = Console::new(std::io::stdout().lock());
     let results = match &a.report_dir {

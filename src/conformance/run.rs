@@ -10,6 +10,7 @@ use bootyard_conformance::{
 };
 use serde::Deserialize;
 
+use super::boot_checks;
 use super::container;
 use super::error_chain as chain;
 use super::image_checks::{self, Platform};
@@ -148,6 +149,30 @@ pub struct RunOptions {
     /// Today, in days since the epoch: denylist entries past their date no longer apply.
     pub today: i64,
     pub pull: PullOptions,
+    /// The boot and upgrade profiles' settings.
+    pub boot: BootSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootSettings {
+    /// A second build to upgrade to; none: the image again, with a new version.
+    pub upgrade_to: Option<Source>,
+    /// How long one boot may take, QEMU's start to `boot-complete`.
+    pub boot_timeout: std::time::Duration,
+    pub memory_mib: u32,
+    /// Where console logs of failed boots are kept (the report directory).
+    pub artifacts: Option<PathBuf>,
+}
+
+impl Default for BootSettings {
+    fn default() -> Self {
+        Self {
+            upgrade_to: None,
+            boot_timeout: std::time::Duration::from_secs(300),
+            memory_mib: 1024,
+            artifacts: None,
+        }
+    }
 }
 
 /// The checks a run will do, in catalogue order.
@@ -224,6 +249,17 @@ impl Progress<'_, '_, '_> {
     }
 
     fn finish(&mut self, def: &CheckDef, verdict: Verdict, started: Instant) -> anyhow::Result<()> {
+        let ms = started.elapsed().as_millis() as u64;
+        self.finish_with(def, verdict, ms, Vec::new())
+    }
+
+    fn finish_with(
+        &mut self,
+        def: &CheckDef,
+        verdict: Verdict,
+        duration_ms: u64,
+        attachments: Vec<String>,
+    ) -> anyhow::Result<()> {
         let deny = self.opts.denylist.iter().find(|d| {
             d.id == def.id && parse_date(&d.expires).is_some_and(|e| e >= self.opts.today)
         });
@@ -232,8 +268,8 @@ impl Progress<'_, '_, '_> {
             title: def.title.to_string(),
             level: def.level,
             verdict: weigh(def, verdict, deny),
-            duration_ms: started.elapsed().as_millis() as u64,
-            attachments: Vec::new(),
+            duration_ms,
+            attachments,
         };
         self.summary.count(&result.verdict);
         self.emit(&Event::CheckFinished {
@@ -282,12 +318,16 @@ pub fn run(
             *unpacked = Some(unpack(source, &opts.pull));
         }
     };
-    // Profiles are contiguous in catalogue order: each runs as a group.
+    // Profiles are contiguous in catalogue order: each runs as a group, except that boot
+    // and upgrade share one machine.
+    let machine = |p: Profile| matches!(p, Profile::Boot | Profile::Upgrade);
     let mut rest: &[&'static CheckDef] = &checks;
     while let Some(first) = rest.first() {
         let n = rest
             .iter()
-            .take_while(|c| c.profile == first.profile)
+            .take_while(|c| {
+                c.profile == first.profile || (machine(c.profile) && machine(first.profile))
+            })
             .count();
         let (group, tail) = rest.split_at(n);
         rest = tail;
@@ -370,6 +410,69 @@ pub fn run(
                     p.finish(def, v, t)?;
                 }
             }
+            Profile::Boot | Profile::Upgrade => {
+                let t = Instant::now();
+                if let Err(why) = can_boot() {
+                    p.finish_all(group, &Verdict::Skip { reason: why }, t)?;
+                    continue;
+                }
+                get(&mut unpacked);
+                let u = match unpacked.as_ref().expect("unpacked above") {
+                    Ok(u) => u,
+                    Err(e) => {
+                        let reason = format!("could not get the image to check: {e}");
+                        p.finish_all(group, &Verdict::Error { reason }, t)?;
+                        continue;
+                    }
+                };
+                let platform = crate::image::spec::Platform {
+                    os: u.platform.as_ref().map_or("linux".into(), |p| p.os.clone()),
+                    architecture: u
+                        .platform
+                        .as_ref()
+                        .map_or("amd64".into(), |p| p.architecture.clone()),
+                    variant: None,
+                };
+                if platform.architecture != "amd64" {
+                    let reason = format!(
+                        "this build boots amd64 images only; the image is {}",
+                        platform.architecture
+                    );
+                    p.finish_all(group, &Verdict::Skip { reason }, t)?;
+                    continue;
+                }
+                let accel = bootyard_scenarios::qemu::choose_accel(
+                    QEMU,
+                    u.root.parent().unwrap_or(Path::new("/tmp")),
+                    std::time::Duration::from_secs(5),
+                )
+                .accel;
+                let bo = boot_checks::BootOptions {
+                    accel,
+                    memory_mib: opts.boot.memory_mib,
+                    boot_timeout: opts.boot.boot_timeout,
+                    second: match &opts.boot.upgrade_to {
+                        Some(s) => boot_checks::SecondImage::Given(s.clone()),
+                        None => boot_checks::SecondImage::Derived,
+                    },
+                    artifacts: opts.boot.artifacts.clone(),
+                    pull: opts.pull.clone(),
+                };
+                let ids: Vec<&str> = group.iter().map(|d| d.id).collect();
+                // The last profile to read the unpacked tree: deriving the second image
+                // edits it.
+                let mut done = boot_checks::run(source, &u.root, &platform, &ids, &bo);
+                for def in group {
+                    let c = done.remove(def.id).unwrap_or_else(|| boot_checks::Checked {
+                        verdict: Verdict::Error {
+                            reason: format!("{} is not a boot check this build knows", def.id),
+                        },
+                        duration_ms: 0,
+                        attachments: Vec::new(),
+                    });
+                    p.finish_with(def, c.verdict, c.duration_ms, c.attachments)?;
+                }
+            }
             other => {
                 let t = Instant::now();
                 for def in group {
@@ -385,6 +488,37 @@ pub fn run(
     let summary = p.summary.clone();
     p.emit(&Event::RunFinished { summary })?;
     Ok(p.results)
+}
+
+const QEMU: &str = "qemu-system-x86_64";
+
+/// Whether this machine can run the boot checks: QEMU, GRUB's BIOS modules, e2fsprogs.
+fn can_boot() -> Result<(), String> {
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    };
+    for (tool, package) in [
+        (QEMU, "qemu-system-x86"),
+        ("grub-mkimage", "grub-common"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("mkfs.fat", "dosfstools"),
+        ("mcopy", "mtools"),
+    ] {
+        if !on_path(tool) {
+            return Err(format!(
+                "{tool} is not installed (Debian package {package})"
+            ));
+        }
+    }
+    if !Path::new(crate::boot::grub::I386_PC_DIR).is_dir() {
+        return Err(format!(
+            "{} is missing (Debian package grub-pc-bin)",
+            crate::boot::grub::I386_PC_DIR
+        ));
+    }
+    Ok(())
 }
 
 /// An unpacked image: removed with the value.
