@@ -148,18 +148,30 @@ pub fn unpack_bootable(
 
 /// The version an image calls itself: kairos-release VERSION, else os-release VERSION_ID.
 pub fn image_version(rootfs: &Path) -> String {
-    let read = |file: &str, key: &str| -> Option<String> {
-        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
-        text.lines()
+    version_source(rootfs).map_or_else(|| "unknown".into(), |(_, _, v)| v)
+}
+
+/// Where an image's version comes from: the file (resolved inside `rootfs`, so an absolute
+/// link names the image's file, not this machine's), the key, and the value.
+pub fn version_source(rootfs: &Path) -> Option<(PathBuf, &'static str, String)> {
+    [
+        ("etc/kairos-release", "VERSION"),
+        ("etc/os-release", "VERSION_ID"),
+    ]
+    .into_iter()
+    .find_map(|(file, key)| {
+        let path = crate::conformance::image_checks::resolve(rootfs, file)?;
+        let text = std::fs::read_to_string(&path).ok()?;
+        let value = text
+            .lines()
             .find_map(|l| {
-                l.strip_prefix(&format!("{key}="))
+                l.strip_prefix(key)
+                    .and_then(|r| r.strip_prefix('='))
                     .map(|v| v.trim_matches('"').to_string())
             })
-            .filter(|v| !v.is_empty())
-    };
-    read("etc/kairos-release", "VERSION")
-        .or_else(|| read("etc/os-release", "VERSION_ID"))
-        .unwrap_or_else(|| "unknown".into())
+            .filter(|v| !v.is_empty())?;
+        Some((path, key, value))
+    })
 }
 
 /// Makes an ext4 filesystem inside the disk at `offset`, filled from `dir` if given.

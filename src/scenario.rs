@@ -117,9 +117,10 @@ pub enum End<'s> {
     /// which keep running after `boot-complete` (the agent makes its mark durable before
     /// it says so). A boot that fails still ends by itself.
     QuitWhenProven,
-    /// QMP `system_reset` as soon as the boot stage reports the slot up, before the agent
-    /// can mark it good: the boot attempt counts and proves nothing.
-    ResetAtStage,
+    /// QMP `system_reset` as soon as the kernel reports its command line: GRUB has counted
+    /// the try, and nothing of the slot has run, so it cannot have proven itself. A boot
+    /// proven without that line being seen is powered off as with `QuitWhenProven`.
+    ResetAtKernel,
 }
 
 /// One run of a scenario on one flavor.
@@ -170,7 +171,7 @@ impl<'a> Run<'a> {
 
     /// A run on images that already exist (version -> where the host reads it), with no
     /// registry: upgrades and rollbacks are made to the disk from the host. The images
-    /// need no test hook; boots end with [`End::QuitWhenProven`] or [`End::ResetAtStage`].
+    /// need no test hook; boots end with [`End::QuitWhenProven`] or [`End::ResetAtKernel`].
     pub fn external(
         file: &'a ScenarioFile,
         workdir: &Path,
@@ -233,7 +234,7 @@ impl<'a> Run<'a> {
     /// The node-side command that upgrades to `version` from the harness's registry.
     pub fn upgrade_command(&self, version: &str) -> Result<String, ScenarioRunError> {
         let registry = self.registry.as_ref().ok_or_else(|| {
-            Self::fail("images from outside are not served to the node: upgrade from the host")
+            Self::harness("images from outside are not served to the node: upgrade from the host")
         })?;
         let port = registry.addr().port();
         Ok(format!(
@@ -246,10 +247,15 @@ impl<'a> Run<'a> {
         ScenarioRunError::Failed(msg.into())
     }
 
+    /// A mistake in how the run was driven, not something a node did.
+    fn harness(msg: impl Into<String>) -> ScenarioRunError {
+        ScenarioRunError::Other(anyhow::anyhow!(msg.into()))
+    }
+
     fn model(&mut self) -> Result<&mut BootModel, ScenarioRunError> {
         self.model
             .as_mut()
-            .ok_or_else(|| Self::fail("no disk installed yet"))
+            .ok_or_else(|| Self::harness("no disk installed yet"))
     }
 
     /// Builds the scenario's test images and pushes them to the registry. The node reaches
@@ -258,7 +264,7 @@ impl<'a> Run<'a> {
         let layout = self.workdir.join("images");
         let host = match &self.registry {
             Some(r) => r.host(),
-            None => return Err(Self::fail("no registry to serve the test images from")),
+            None => return Err(Self::harness("no registry to serve the test images from")),
         };
         for img in &self.file.images {
             let spec = TestImageSpec {
@@ -431,12 +437,14 @@ impl<'a> Run<'a> {
                             // Power cut: QEMU stops at once, nothing is flushed.
                             Some(("cut", "quit"))
                         }
-                        End::QuitWhenProven if watch.outcome == Some(Outcome::Complete) => {
+                        End::QuitWhenProven | End::ResetAtKernel
+                            if watch.outcome == Some(Outcome::Complete) =>
+                        {
                             Some(("quit", "quit"))
                         }
                         // With -no-reboot, QEMU exits on the reset.
-                        End::ResetAtStage
-                            if watch.outcome.is_none() && line.text.contains("BOOTYARD-STAGE ") =>
+                        End::ResetAtKernel
+                            if watch.outcome.is_none() && line.text.contains("Command line:") =>
                         {
                             Some(("reset", "system_reset"))
                         }
@@ -500,20 +508,25 @@ impl<'a> Run<'a> {
             ended_by_harness: ended_by_harness.map(String::from),
         };
         self.boots.push(report.clone());
-        if matches!(ended_by_harness, Some("cut" | "reset")) {
-            return Ok(report);
-        }
         let disagree = |what: String| {
             Self::fail(format!(
                 "boot {n} ({purpose}) disagrees with the model: {what}; console: {}",
                 console_log.display()
             ))
         };
+        // A power cut can come before GRUB has said anything; a reset comes after the
+        // kernel named the slot, which must be the model's.
+        if ended_by_harness == Some("cut") {
+            return Ok(report);
+        }
         if watch.slot.as_deref() != Some(expected_slot.to_string().as_str()) {
             return Err(disagree(format!(
                 "GRUB booted {:?}, the model says {expected_slot}",
                 watch.slot
             )));
+        }
+        if ended_by_harness == Some("reset") {
+            return Ok(report);
         }
         // A kernel that panics before the stage never says its version.
         if let Some(v) = &watch.version {
@@ -535,6 +548,11 @@ impl<'a> Run<'a> {
             )));
         }
         if expected_outcome == Outcome::Complete {
+            if watch.version.is_none() {
+                return Err(disagree(
+                    "the boot completed without saying which version it runs".into(),
+                ));
+            }
             self.model()?.boot_complete();
         }
         Ok(report)
@@ -570,7 +588,7 @@ impl<'a> Run<'a> {
         self.images
             .get(version)
             .map(|(s, _)| s.clone())
-            .ok_or_else(|| Self::fail(format!("the run has no image {version}")))
+            .ok_or_else(|| Self::harness(format!("the run has no image {version}")))
     }
 
     /// Installs `version` on a fresh disk, as a node's installer would.

@@ -52,6 +52,10 @@ pub enum UpgradeError {
     Mark(#[from] crate::agent::health::MarkError),
     #[error("{0} has no active.img (an upgrade was cut off): there is nothing to roll back from")]
     NoActiveImage(PathBuf),
+    #[error("{0} holds a rollback the node did not finish (cOS/rollback.pending or previous.img): boot the node, whose next rollback or upgrade finishes or undoes it")]
+    InterruptedRollback(PathBuf),
+    #[error("{0} has no passive.img: there is nothing to roll back to")]
+    NoPassiveImage(PathBuf),
     #[error("failed to resolve an interrupted rollback")]
     Rollback(#[from] Box<crate::rollback::RollbackError>),
     #[error("cannot {op} {path}")]
@@ -155,7 +159,9 @@ impl StateFs {
     /// cut, or a harness that powered it off): debugfs writes past the journal, and a
     /// replay at the next mount would put stale metadata back over what it wrote. e2fsck
     /// cannot replay at an offset (it reopens the device without it), so the partition is
-    /// copied out (sparse), replayed, and copied back.
+    /// copied out (sparse) and replayed there, and the chunks that changed are written back:
+    /// the journal's superblock and then the file system's last, each after a sync, so a
+    /// copy-back cut short leaves a journal that still replays.
     fn recover(&self, file: &std::fs::File, size: u64) -> Result<(), UpgradeError> {
         const SUPERBLOCK: u64 = 1024;
         const INCOMPAT: u64 = 0x60;
@@ -175,8 +181,13 @@ impl StateFs {
             .prefix(".bootyard-state-")
             .tempfile_in(parent)
             .map_err(io("create a scratch file in", parent))?;
-        copy_nonzero(file, self.offset, tmp.as_file(), 0, size)
+        copy_out(file, self.offset, tmp.as_file(), size)
             .map_err(io("copy COS_STATE out of", &self.disk))?;
+        let scratch = StateFs {
+            disk: tmp.path().to_path_buf(),
+            offset: 0,
+        };
+        let journal_block = scratch.block_offset("<8>")?;
         let o = Command::new("e2fsck")
             .args(["-p", "-E", "journal_only"])
             .arg(tmp.path())
@@ -189,43 +200,79 @@ impl StateFs {
                 stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
             });
         }
-        copy_nonzero(tmp.as_file(), 0, file, self.offset, size)
-            .map_err(io("copy COS_STATE back into", &self.disk))?;
-        file.sync_all().map_err(io("sync", &self.disk))
+        copy_back(tmp.as_file(), file, self.offset, size, &[journal_block, 0])
+            .map_err(io("copy COS_STATE back into", &self.disk))
     }
 
     /// Byte offset of a one-block file's data inside the disk.
     fn block_offset(&self, path: &str) -> Result<u64, UpgradeError> {
-        let out = self.debugfs("locate grubenv", false, &format!("bmap {path} 0"))?;
+        let what = format!("locate {path}");
+        let out = self.debugfs(&what, false, &format!("bmap {path} 0"))?;
         let block: u64 = out.trim().parse().map_err(|_| UpgradeError::Debugfs {
-            what: "locate grubenv".into(),
+            what,
             stderr: out.clone(),
         })?;
         Ok(self.offset + block * 4096)
     }
 }
 
-/// Copies `len` bytes from `src` at `from` to `dst` at `to`, skipping all-zero chunks (a
-/// fresh destination stays sparse; a replay never zeroes a block that held data).
-fn copy_nonzero(
-    src: &std::fs::File,
-    from: u64,
-    dst: &std::fs::File,
-    to: u64,
-    len: u64,
-) -> std::io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
-    let mut buf = vec![0u8; CHUNK as usize];
+const COPY_CHUNK: u64 = 1 << 20;
+
+/// Copies `len` bytes of `src` from `from` into the fresh file `dst`, leaving all-zero chunks
+/// as holes.
+fn copy_out(src: &std::fs::File, from: u64, dst: &std::fs::File, len: u64) -> std::io::Result<()> {
+    dst.set_len(len)?;
+    let mut buf = vec![0u8; COPY_CHUNK as usize];
     let mut done = 0;
     while done < len {
-        let n = CHUNK.min(len - done) as usize;
+        let n = COPY_CHUNK.min(len - done) as usize;
         src.read_exact_at(&mut buf[..n], from + done)?;
         if buf[..n].iter().any(|&b| b != 0) {
-            dst.write_all_at(&buf[..n], to + done)?;
+            dst.write_all_at(&buf[..n], done)?;
         }
         done += n as u64;
     }
-    dst.set_len(dst.metadata()?.len().max(to + len))
+    Ok(())
+}
+
+/// Writes back into `dst` at `to` the chunks of `src` (`len` bytes) that differ from what
+/// `dst` holds; the chunks holding the byte offsets in `last` go after all others, in that
+/// order, each after a sync.
+fn copy_back(
+    src: &std::fs::File,
+    dst: &std::fs::File,
+    to: u64,
+    len: u64,
+    last: &[u64],
+) -> std::io::Result<()> {
+    let mut late: Vec<u64> = Vec::new();
+    for at in last {
+        let c = at / COPY_CHUNK;
+        if !late.contains(&c) {
+            late.push(c);
+        }
+    }
+    let mut new = vec![0u8; COPY_CHUNK as usize];
+    let mut old = vec![0u8; COPY_CHUNK as usize];
+    let mut chunk = |c: u64| -> std::io::Result<()> {
+        let at = c * COPY_CHUNK;
+        let n = COPY_CHUNK.min(len - at) as usize;
+        src.read_exact_at(&mut new[..n], at)?;
+        dst.read_exact_at(&mut old[..n], to + at)?;
+        if new[..n] != old[..n] {
+            dst.write_all_at(&new[..n], to + at)?;
+        }
+        Ok(())
+    };
+    let chunks = len.div_ceil(COPY_CHUNK);
+    for c in (0..chunks).filter(|c| !late.contains(c)) {
+        chunk(c)?;
+    }
+    for c in late.into_iter().filter(|&c| c < chunks) {
+        dst.sync_all()?;
+        chunk(c)?;
+    }
+    dst.sync_all()
 }
 
 /// One step of an upgrade, in the order they run. Public so a harness can stop after any
@@ -616,11 +663,13 @@ pub struct DiskRollbackReport {
     pub passive_version: Option<String>,
 }
 
-/// `bootyard rollback` applied to an installed disk image from the host, without booting
-/// it: the passive (good) image becomes active and the active one passive, as the model's
-/// `rollback` says. The disk is offline, so the names are swapped in one debugfs session
-/// (three renames through `previous.img`) and grubenv is written after; refused, with
-/// nothing changed, when there is no good passive slot or no `active.img`.
+/// The swap `bootyard rollback` makes, applied to an installed disk image from the host
+/// without booting it: the passive (good) image becomes active and the active one passive,
+/// as the model's `rollback` says. The disk is offline, so there is no power cut to survive
+/// between steps: the names are swapped in one debugfs session (three renames through
+/// `previous.img`) and grubenv is written after. Refused, with nothing changed, when there is
+/// no good passive slot, no `active.img` or `passive.img`, or a rollback the node left
+/// unfinished.
 pub fn rollback_disk(disk: &Path) -> Result<DiskRollbackReport, UpgradeError> {
     let OpenDisk {
         file,
@@ -640,8 +689,13 @@ pub fn rollback_disk(disk: &Path) -> Result<DiskRollbackReport, UpgradeError> {
             .unwrap_or(Slot::Active),
     );
     model.rollback()?;
-    if fs.exists("/cOS/previous.img") {
-        fs.step("remove a stale previous.img", &["rm /cOS/previous.img"])?;
+    for leftover in ["/cOS/rollback.pending", "/cOS/previous.img"] {
+        if fs.exists(leftover) {
+            return Err(UpgradeError::InterruptedRollback(disk.to_path_buf()));
+        }
+    }
+    if !fs.exists("/cOS/passive.img") {
+        return Err(UpgradeError::NoPassiveImage(disk.to_path_buf()));
     }
     // Each ln + unlink pair is a rename: the link counts stay 1 throughout.
     fs.step(
@@ -741,4 +795,58 @@ pub fn upgrade_disk(
     pull_opts: &PullOptions,
 ) -> Result<UpgradeReport, UpgradeError> {
     run_steps(DiskUpgrade::prepare(source, disk, pull_opts)?, |_, _, _| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn copy_out_and_back_round_trip_and_write_only_what_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let mib = COPY_CHUNK as usize;
+        let len = (5 * mib + 4096) as u64;
+        // A "disk" with the partition at 1 MiB: data in chunks 0, 2 and the short last one.
+        let disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.path().join("disk"))
+            .unwrap();
+        disk.set_len(8 << 20).unwrap();
+        let at = COPY_CHUNK;
+        for (chunk, byte) in [(0u64, 1u8), (2, 2), (5, 5)] {
+            disk.write_all_at(&[byte; 4096], at + chunk * COPY_CHUNK)
+                .unwrap();
+        }
+        let scratch = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.path().join("scratch"))
+            .unwrap();
+        copy_out(&disk, at, &scratch, len).unwrap();
+        assert_eq!(scratch.metadata().unwrap().len(), len);
+        // Only the three chunks with data were written: the copy stays sparse.
+        assert!(scratch.metadata().unwrap().blocks() * 512 <= 3 * COPY_CHUNK);
+
+        // A replay changes chunk 2 and chunk 4 (a hole before); copy back.
+        scratch
+            .write_all_at(&[9; 10], 2 * COPY_CHUNK + 100)
+            .unwrap();
+        scratch.write_all_at(&[7; 10], 4 * COPY_CHUNK).unwrap();
+        let allocated = disk.metadata().unwrap().blocks();
+        copy_back(&scratch, &disk, at, len, &[3 * COPY_CHUNK + 5, 0]).unwrap();
+        let mut a = vec![0u8; len as usize];
+        let mut b = vec![0u8; len as usize];
+        scratch.read_exact_at(&mut a, 0).unwrap();
+        disk.read_exact_at(&mut b, at).unwrap();
+        assert!(a == b, "the partition is the replayed copy");
+        // Only the changed chunks 2 and 4 were written; the unchanged ones (holes among
+        // them) would have added three more MiB.
+        assert!(disk.metadata().unwrap().blocks() - allocated <= 2 * COPY_CHUNK / 512);
+    }
 }

@@ -218,7 +218,8 @@ fn a_second_build_that_fails_its_health_checks_fails_the_upgrade() {
         .unwrap()
         .contains("BOOTYARD-HEALTH-FAILED"));
 
-    // The same version twice is no upgrade: the run says so rather than pass.
+    // The same version twice is no upgrade: the run says so, with no verdict (exit 5), and
+    // boots nothing to find out.
     let (code, out) = conformance(&[
         &format!("oci-layout:{}:1.0.0", layout.display()),
         "--profile",
@@ -228,6 +229,9 @@ fn a_second_build_that_fails_its_health_checks_fails_the_upgrade() {
         "--upgrade-to",
         &format!("oci-layout:{}:1.0.0", layout.display()),
     ]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("could not be told from no upgrade"), "{out}");
+    assert_eq!(code, 5, "{out}");
+    assert!(
+        out.contains("ERROR UPG-001") && out.contains("could not be told from no upgrade"),
+        "{out}"
+    );
 }

@@ -173,5 +173,5 @@ fn the_ci_example_uses_only_flags_the_command_has() {
             "the example uses {f}, which `bootyard conformance` lacks"
         );
     }
-    assert!(wf.contains("bootyard conformance \"${args[@]}\""));
+    assert!(wf.contains("bootyard)\" conformance \"${args[@]}\""));
 }

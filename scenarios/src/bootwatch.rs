@@ -76,6 +76,11 @@ impl BootWatch {
         } else {
             None
         };
+        if let Some(rest) = text.split("BOOTYARD-BOOT-COMPLETE ").nth(1) {
+            if self.version.is_none() {
+                self.version = field(rest, "version=").map(String::from);
+            }
+        }
         if let (Some(o), None) = (ended, self.outcome) {
             self.outcome = Some(o);
             if o != Outcome::Complete {

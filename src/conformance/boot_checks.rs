@@ -17,7 +17,6 @@ use bootyard_conformance::Verdict;
 use bootyard_scenarios::file::{Firmware, ScenarioFile};
 use bootyard_scenarios::qemu::Accel;
 
-use super::image_checks::resolve;
 use crate::boot::assessment::{Health, Slot, TRIES_DEFAULT};
 use crate::image::Source;
 use crate::scenario::{End, Run, ScenarioRunError};
@@ -132,45 +131,26 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The version an image calls itself, and the file (inside `root`) that says it.
-fn version_file(root: &Path) -> Option<(PathBuf, &'static str)> {
-    for (rel, key) in [
-        ("etc/kairos-release", "VERSION"),
-        ("etc/os-release", "VERSION_ID"),
-    ] {
-        let Some(p) = resolve(root, rel) else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(&p) else {
-            continue;
-        };
-        let named = text.lines().any(|l| {
-            l.strip_prefix(key)
-                .and_then(|r| r.strip_prefix('='))
-                .is_some_and(|v| !v.trim_matches('"').is_empty())
-        });
-        if named {
-            return Some((p, key));
-        }
-    }
-    None
-}
-
 /// Makes the second image from the unpacked first one: the same tree with `+conformance`
 /// added to the version its release file gives, as a one-image OCI layout under `dir`.
 /// Returns its version. Edits `root` in place: call it when nothing reads `root` any more.
-pub fn derive_second(
+fn derive_second(
     root: &Path,
     platform: &crate::image::spec::Platform,
     dir: &Path,
-) -> Result<(String, Source), String> {
-    let (file, key) = version_file(root).ok_or(
-        "the image names no version (VERSION in /etc/kairos-release or VERSION_ID in \
-         /etc/os-release), so a second build of it cannot be told apart; see IMG-007/IMG-008, \
-         or name a second build with --upgrade-to",
-    )?;
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let first = crate::install::image_version(root);
+) -> Result<(String, Source), StepFailure> {
+    let (file, key, first) = crate::install::version_source(root).ok_or_else(|| {
+        StepFailure::image(
+            "the image names no version (VERSION in /etc/kairos-release or VERSION_ID in \
+             /etc/os-release), so a second build of it cannot be told apart; see IMG-006 and \
+             IMG-007, or name a second build with --upgrade-to",
+            None,
+        )
+    })?;
+    let harness = |e: String| StepFailure::harness(format!("making the second image: {e}"), None);
+    let shown = |e: std::io::Error| harness(format!("{}: {e}", file.display()));
+    let text = std::fs::read_to_string(&file).map_err(shown)?;
+    let meta = std::fs::symlink_metadata(&file).map_err(shown)?;
     let second = format!("{first}+conformance");
     let mut out = String::with_capacity(text.len() + 16);
     for l in text.lines() {
@@ -181,29 +161,36 @@ pub fn derive_second(
         }
         out.push('\n');
     }
-    // A hard link in the tree would carry the change to its other names: write a new file.
-    std::fs::remove_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    std::fs::write(&file, out).map_err(|e| format!("{}: {e}", file.display()))?;
-    if crate::install::image_version(root) != second {
-        return Err(format!(
-            "the second image's version did not change ({} still says {first})",
-            file.display()
-        ));
+    // A hard link in the tree would carry the change to its other names: a new file, with
+    // the old one's mode and owner.
+    std::fs::remove_file(&file).map_err(shown)?;
+    std::fs::write(&file, out).map_err(shown)?;
+    std::fs::set_permissions(&file, meta.permissions()).map_err(shown)?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::chown(&file, Some(meta.uid()), Some(meta.gid())).map_err(shown)?;
     }
-    let layout = crate::image::layout::Layout::create(dir).map_err(|e| super::error_chain(&e))?;
+    if crate::install::image_version(root) != second {
+        return Err(harness(format!(
+            "the version did not change ({} still says {first})",
+            file.display()
+        )));
+    }
+    let layout =
+        crate::image::layout::Layout::create(dir).map_err(|e| harness(super::error_chain(&e)))?;
     let mut tar = Vec::new();
     crate::image::dirstream::write_tree(root, &mut tar)
-        .map_err(|e| format!("cannot archive the second image: {e}"))?;
+        .map_err(|e| harness(format!("cannot archive it: {e}")))?;
     let desc = crate::image::sample::write_image(
         &layout,
         &[(tar, crate::image::spec::Compression::Zstd)],
         platform,
         BTreeMap::new(),
     )
-    .map_err(|e| super::error_chain(&e))?;
+    .map_err(|e| harness(super::error_chain(&e)))?;
     layout
         .set_tag(desc, &second)
-        .map_err(|e| super::error_chain(&e))?;
+        .map_err(|e| harness(super::error_chain(&e)))?;
     Ok((
         second.clone(),
         Source::Layout {
@@ -294,13 +281,13 @@ impl Machine<'_> {
             }
             let b = self
                 .run
-                .boot(&format!("{new}, to be reset"), None, End::ResetAtStage)
+                .boot(&format!("{new}, to be reset"), None, End::ResetAtKernel)
                 .map_err(|e| StepFailure::of(e, self.console()))?;
             if b.ended_by_harness.as_deref() != Some("reset") {
                 return Err(StepFailure::harness(
                     format!(
-                        "the new slot proved itself before its boot stage said BOOTYARD-STAGE, \
-                         so the harness had no moment to reset it (boot ended {:?})",
+                        "the kernel never printed its command line, so the harness had no \
+                         moment to reset the new slot before it proved itself (boot ended {:?})",
                         b.outcome
                     ),
                     Some(&b.console_log),
@@ -344,20 +331,8 @@ pub fn run(
     {
         Ok(w) => w,
         Err(e) => {
-            let reason = format!("cannot make a work directory: {e}");
-            for id in IDS.iter().filter(|i| wanted.contains(i)) {
-                out.insert(
-                    *id,
-                    Checked {
-                        verdict: Verdict::Error {
-                            reason: reason.clone(),
-                        },
-                        duration_ms: 0,
-                        attachments: Vec::new(),
-                    },
-                );
-            }
-            return out;
+            let f = StepFailure::harness(format!("cannot make a work directory: {e}"), None);
+            return every(wanted, &f, opts);
         }
     };
     let file = ScenarioFile {
@@ -385,22 +360,29 @@ pub fn run(
             SecondImage::Derived => {
                 derive_second(root, platform, &work.path().join("second")).map(Some)
             }
+            // What is wrong with a second build the run was given says nothing about the
+            // image under test: no verdict.
             SecondImage::Given(s) => {
                 let probe = work.path().join("second-rootfs");
-                match crate::install::unpack_bootable(s, &probe, &opts.pull) {
-                    Ok(v) if v == first_version => Err(format!(
-                        "the --upgrade-to image calls itself {v}, as the image under test does: \
-                         an upgrade to it could not be told from no upgrade"
+                let r = match crate::install::unpack_bootable(s, &probe, &opts.pull) {
+                    Ok(v) if v == first_version => Err(StepFailure::harness(
+                        format!(
+                            "the --upgrade-to image calls itself {v}, as the image under test \
+                             does: an upgrade to it could not be told from no upgrade"
+                        ),
+                        None,
                     )),
-                    Ok(v) => {
-                        let _ = std::fs::remove_dir_all(&probe);
-                        Ok(Some((v, s.clone())))
-                    }
-                    Err(e) => Err(format!(
-                        "cannot use the --upgrade-to image: {}",
-                        super::error_chain(&e)
+                    Ok(v) => Ok(Some((v, s.clone()))),
+                    Err(e) => Err(StepFailure::harness(
+                        format!(
+                            "cannot use the --upgrade-to image: {}",
+                            super::error_chain(&e)
+                        ),
+                        None,
                     )),
-                }
+                };
+                let _ = std::fs::remove_dir_all(&probe);
+                r
             }
         }
     };
@@ -416,13 +398,7 @@ pub fn run(
     let machine = work.path().join("machine");
     let mut run = match Run::external(&file, &machine, opts.accel, images, opts.pull.clone()) {
         Ok(r) => r,
-        Err(e) => {
-            let f = StepFailure::of(e, None);
-            for id in IDS.iter().filter(|i| wanted.contains(i)) {
-                out.insert(*id, settle(id, Err(f.clone()), 0, opts));
-            }
-            return out;
-        }
+        Err(e) => return every(wanted, &StepFailure::of(e, None), opts),
     };
     run.set_boot_deadline(opts.boot_timeout);
     let mut m = Machine {
@@ -462,7 +438,7 @@ pub fn run(
     // Every upgrade check needs the first boot and the second image.
     let ready = match (&booted, &second_err) {
         (Err(f), _) => Err(blocked("BOOT-001", f, "the first boot")),
-        (Ok(_), Some(e)) => Err(StepFailure::image(e.clone(), None)),
+        (Ok(_), Some(f)) => Err(f.clone()),
         (Ok(_), None) => Ok(()),
     };
 
@@ -480,6 +456,7 @@ pub fn run(
         }
         upgraded = Some(r);
     }
+    let mut rolled_back_ok = true;
     if want("UPG-003") {
         let t = Instant::now();
         let r = match upgraded.as_ref().expect("the upgrade ran for UPG-003") {
@@ -487,23 +464,33 @@ pub fn run(
             Err(f) => Err(blocked("UPG-001", f, "the upgrade")),
             Ok(_) => m.rollback_and_boot(),
         };
+        rolled_back_ok = r.is_ok();
         let ms = t.elapsed().as_millis() as u64;
         out.insert("UPG-003", settle("UPG-003", r, ms, opts));
     }
 
-    // UPG-002, on a fresh install when a failed upgrade left the machine where no
-    // correct node would be.
+    // UPG-002, on a fresh install when a failed step left the machine where no correct
+    // node would be: it is judged on its own evidence.
     if want("UPG-002") {
         let t = Instant::now();
-        let r = match (&ready, &upgraded) {
-            (Err(f), _) => Err(f.clone()),
-            (Ok(()), Some(Err(_))) => m.install_and_boot().and_then(|_| m.fall_back()),
-            (Ok(()), _) => m.fall_back(),
+        let clean = rolled_back_ok && !matches!(upgraded, Some(Err(_)));
+        let r = match &ready {
+            Err(f) => Err(f.clone()),
+            Ok(()) if clean => m.fall_back(),
+            Ok(()) => m.install_and_boot().and_then(|_| m.fall_back()),
         };
         let ms = t.elapsed().as_millis() as u64;
         out.insert("UPG-002", settle("UPG-002", r, ms, opts));
     }
     out
+}
+
+/// The same failure for every wanted check: the sequence could not start.
+fn every(wanted: &[&str], f: &StepFailure, opts: &BootOptions) -> BTreeMap<&'static str, Checked> {
+    IDS.iter()
+        .filter(|i| wanted.contains(i))
+        .map(|id| (*id, settle(id, Err(f.clone()), 0, opts)))
+        .collect()
 }
 
 /// A step's outcome as a check's verdict, with its console log attached when it failed.
@@ -607,6 +594,7 @@ mod tests {
             &d.path().join("layout"),
         )
         .unwrap_err();
-        assert!(e.contains("names no version"), "{e}");
+        assert_eq!(e.fault, Fault::Image);
+        assert!(e.reason.contains("names no version"), "{}", e.reason);
     }
 }

@@ -503,6 +503,7 @@ fn can_boot() -> Result<(), String> {
         ("grub-mkimage", "grub-common"),
         ("mkfs.ext4", "e2fsprogs"),
         ("debugfs", "e2fsprogs"),
+        ("e2fsck", "e2fsprogs"),
         ("mkfs.fat", "dosfstools"),
         ("mcopy", "mtools"),
     ] {
