@@ -1,13 +1,14 @@
 //! The `boot` and `upgrade` profiles: the image is installed on a disk and booted under
 //! QEMU through the scenario runner, the way a node would run it. The image needs no test
 //! hook: the harness reads the boot off the serial console, powers the machine off once the
-//! agent reports `boot-complete`, and makes upgrades and rollbacks to the disk from the host
-//! with the same steps the node's `bootyard upgrade` and `bootyard rollback` take.
+//! agent reports `boot-complete`, and makes upgrades to the disk from the host with the
+//! steps of the node's `bootyard upgrade`, and rollbacks with the swap `bootyard rollback`
+//! makes.
 //!
 //! One machine runs the checks in sequence, each from where the one before left the disk:
 //! install and first boot (BOOT-001); upgrade to a second image and boot it (UPG-001); roll
 //! back and boot the old image (UPG-003); upgrade again and reset every boot of the new slot
-//! at its boot stage until the tries counter gives up on it (UPG-002).
+//! as its kernel starts until the tries counter gives up on it (UPG-002).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
