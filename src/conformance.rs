@@ -4,6 +4,7 @@
 
 pub mod boot_checks;
 pub mod container;
+pub mod decompress;
 pub mod elf;
 pub mod fixture;
 pub mod image_checks;

@@ -5,31 +5,18 @@
 //! boots under QEMU (TCG); skipped with the reason where QEMU's tools or the static guest
 //! agent are missing, except in CI.
 
+#[path = "support/conformance.rs"]
+mod conformance_support;
+
 #[path = "support/boot.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use bootyard::cli::build_test_image::default_cache;
 use bootyard::testimage::{build_rootfs, write_oci, Breakage, Flavor, TestImageSpec};
 use bootyard::testkit::require_guest_agent;
-
-fn conformance(args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_bootyard"))
-        .arg("conformance")
-        .args(args)
-        .output()
-        .expect("run bootyard");
-    (
-        o.status.code().expect("exited"),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
+use conformance_support::conformance;
 
 /// Adds a busybox test image `version` (with `breakage`) to the layout at `layout`; false
 /// (after saying why) when this machine cannot build or boot one.

@@ -3,25 +3,14 @@
 //! `bootyard::conformance::fixture`); the busybox and Debian test flavors are judged by the
 //! QEMU suites that build them.
 
+#[path = "support/conformance.rs"]
+mod conformance_support;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use bootyard::conformance::fixture::{good_rootfs, put};
 use bootyard::testimage::write_oci;
-
-fn conformance(args: &[&str]) -> (i32, String) {
-    let o: Output = Command::new(env!("CARGO_BIN_EXE_bootyard"))
-        .arg("conformance")
-        .args(args)
-        .output()
-        .expect("run bootyard");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().expect("exited"), text)
-}
+use conformance_support::conformance;
 
 /// A layout with `v1` (good) and `v2` (baked SSH host keys).
 fn layout(dir: &Path) -> String {

@@ -3,6 +3,9 @@
 //! test OS image through every implemented profile (its boots under QEMU). Skipped with the
 //! reason when no engine is reachable, except in CI, which must have one.
 
+#[path = "support/conformance.rs"]
+mod conformance_support;
+
 #[path = "support/boot.rs"]
 mod support;
 
@@ -14,6 +17,7 @@ use bootyard::cli::build_test_image::default_cache;
 use bootyard::conformance::container::{Engine, Subject};
 use bootyard::testimage::{build_rootfs, write_oci, Flavor, TestImageSpec};
 use bootyard::testkit::require_guest_agent;
+use conformance_support::conformance;
 
 fn engine_or_skip(test: &str) -> bool {
     match Engine::connect() {
@@ -26,22 +30,6 @@ fn engine_or_skip(test: &str) -> bool {
             false
         }
     }
-}
-
-fn conformance(args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_bootyard"))
-        .arg("conformance")
-        .args(args)
-        .output()
-        .expect("run bootyard");
-    (
-        o.status.code().expect("exited"),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
 }
 
 /// A test OS image's root filesystem, built under `dir` (None, with the reason printed, when

@@ -2,6 +2,11 @@
 
 use std::io::{self, Write};
 
+/// `n` rounded up to newc's 4-byte alignment (of names and of file data).
+pub fn aligned(n: u64) -> u64 {
+    n.div_ceil(4) * 4
+}
+
 pub struct CpioWriter<W> {
     w: W,
     ino: u32,
@@ -18,7 +23,7 @@ impl<W: Write> CpioWriter<W> {
     }
 
     fn pad(&mut self) -> io::Result<()> {
-        let rem = (4 - (self.written % 4)) % 4;
+        let rem = aligned(self.written) - self.written;
         self.put(&[0u8; 3][..rem as usize])
     }
 

@@ -1,16 +1,15 @@
 //! Reading an initramfs as the kernel does: newc cpio segments, bare or compressed,
-//! one after another (an early uncompressed microcode archive, then the main one).
+//! one after another (an early uncompressed microcode archive, then the main one), in any
+//! compression the kernel reads but bzip2 and lzo.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+
+use super::decompress::{one_stream, Format};
 
 /// Unpacked bytes read at most, so a hostile archive cannot exhaust memory.
 pub const UNPACKED_MAX: u64 = 1 << 30;
 /// Entries read at most.
 pub const ENTRIES_MAX: usize = 1 << 20;
-
-const GZIP: &[u8] = &[0x1f, 0x8b];
-const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
@@ -144,46 +143,41 @@ fn read_into(b: &[u8], out: &mut Initramfs, total: &mut u64, depth: u8) -> Resul
         }
         // The rest is compressed streams (one or several, as the kernel reads them), then
         // at most the zero padding the kernel skips.
-        let name = if rest.starts_with(GZIP) {
-            "gzip"
-        } else if rest.starts_with(ZSTD) {
-            "zstd"
-        } else {
-            let what = if rest.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-                "xz-compressed, which this check does not read (use gzip or zstd)"
-            } else if rest.starts_with(&[0x02, 0x21, 0x4c, 0x18]) {
-                "lz4-compressed, which this check does not read (use gzip or zstd)"
-            } else if rest.starts_with(b"BZh") {
-                "bzip2-compressed, which this check does not read (use gzip or zstd)"
+        let Some(format) = Format::sniff(rest) else {
+            let what = if rest.starts_with(b"BZh") {
+                "bzip2-compressed, which this check does not read (use zstd, gzip, xz or lz4)"
+            } else if rest.starts_with(&[0x89, b'L', b'Z', b'O']) {
+                "lzo-compressed, which this check does not read (use zstd, gzip, xz or lz4)"
             } else {
                 "neither a newc cpio archive nor a compressed one"
             };
             return Err(format!("at byte {pos}: {what}"));
         };
+        let name = format.name();
         if depth > 0 {
             return Err(format!("at byte {pos}: {name} inside a compressed segment"));
         }
         let mut plain = Vec::new();
         let budget = UNPACKED_MAX - *total;
         let mut input: &[u8] = rest;
-        while input.iter().any(|&c| c != 0) {
+        loop {
+            // The kernel skips zeros between segments.
+            while input.first() == Some(&0) {
+                input = &input[1..];
+            }
+            if input.is_empty() {
+                break;
+            }
             let at = pos + (rest.len() - input.len());
             let left = (budget + 1).saturating_sub(plain.len() as u64);
-            // Bufread decoders consume exactly their stream, so `input` is left at the next.
-            let got = if input.starts_with(GZIP) {
-                flate2::bufread::GzDecoder::new(&mut input)
-                    .take(left)
-                    .read_to_end(&mut plain)
-            } else if input.starts_with(ZSTD) {
-                zstd::stream::read::Decoder::with_buffer(&mut input)
-                    .map(|d| d.single_frame())
-                    .and_then(|d| d.take(left).read_to_end(&mut plain))
-            } else {
+            let Some(f) = Format::sniff(input) else {
                 return Err(format!(
                     "at byte {at}: after the {name} stream, bytes that are neither padding nor another stream"
                 ));
             };
-            got.map_err(|e| format!("at byte {at}: {name}: {e}"))?;
+            // Each decoder consumes exactly its stream, so `input` is left at the next.
+            one_stream(f, &mut input, &mut plain, left)
+                .map_err(|e| format!("at byte {at}: {}: {e}", f.name()))?;
             if plain.len() as u64 > budget {
                 return Err(format!("unpacks to more than {UNPACKED_MAX} bytes"));
             }
@@ -212,7 +206,7 @@ fn hex8(b: &[u8], field: usize) -> Result<u32, String> {
 }
 
 fn pad4(n: usize) -> usize {
-    (n + 3) & !3
+    crate::boot::cpio::aligned(n as u64) as usize
 }
 
 /// One newc archive, up to and including its trailer; returns the bytes it took.
@@ -296,6 +290,20 @@ mod tests {
         assert_eq!(read(&padded).unwrap().segments, ["gzip"]);
         let z = zstd::encode_all(&plain[..], 3).unwrap();
         assert_eq!(read(&z).unwrap().segments, ["zstd"]);
+        // xz (RHEL-family dracut) and legacy lz4 (Ubuntu's initramfs-tools of 2020).
+        let mut x = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        std::io::Write::write_all(&mut x, &plain).unwrap();
+        let x = x.finish().unwrap();
+        let r = read(&x).unwrap();
+        assert_eq!(r.segments, ["xz"]);
+        assert!(r.resolve("/init").unwrap().is_file());
+        let l = crate::conformance::decompress::tests::lz4_legacy_of(&plain, 1000);
+        assert_eq!(read(&l).unwrap().segments, ["lz4"]);
+        // Two compressed streams with zeros between them, as concatenated files give.
+        let mut two = gzip(&plain);
+        two.extend([0u8; 3]);
+        two.extend(&x);
+        assert_eq!(read(&two).unwrap().segments, ["gzip", "gzip"]);
         // Early microcode archive, padding, then the compressed main one.
         let mut early = CpioWriter::new(Vec::new());
         early.dir("kernel", 0o755).unwrap();
@@ -339,7 +347,10 @@ mod tests {
             .contains("neither a newc cpio"));
         assert!(read(&[0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2])
             .unwrap_err()
-            .contains("xz"));
+            .starts_with("at byte 0: xz"));
+        assert!(read(b"BZh91AY&SY")
+            .unwrap_err()
+            .contains("bzip2-compressed"));
         assert!(read(&[0u8; 64]).unwrap_err().contains("empty"));
         let mut bad_gzip = gzip(&plain);
         let n = bad_gzip.len();

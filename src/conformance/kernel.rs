@@ -1,6 +1,8 @@
 //! Linux kernel images, judged by their headers: an x86 bzImage (the boot protocol's setup
-//! header) or an arm64 `Image`.
+//! header) or an arm64 `Image`, bare, compressed whole (`Image.gz`, as Debian ships it) or
+//! in an EFI zboot wrapper (a PE file whose payload is the compressed `Image`).
 
+use super::decompress::{one_stream, Format};
 use super::elf::Arch;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +20,9 @@ fn le16(b: &[u8], at: usize) -> Option<u16> {
     b.get(at..at + 2).map(|x| u16::from_le_bytes([x[0], x[1]]))
 }
 
+/// A compressed kernel unpacks to at most this much.
+const UNPACKED_MAX: u64 = 256 << 20;
+
 /// Parses `b` as a Linux kernel image; `Err` says what is wrong.
 pub fn parse(b: &[u8]) -> Result<KernelInfo, String> {
     if b.get(0x38..0x3c) == Some(b"ARM\x64") {
@@ -25,6 +30,12 @@ pub fn parse(b: &[u8]) -> Result<KernelInfo, String> {
             arch: Arch::Arm64,
             release: linux_banner(b),
         });
+    }
+    if let Some(f) = Format::sniff(b) {
+        return compressed_arm64(f, b, &format!("a {}-compressed file", f.name()));
+    }
+    if b.starts_with(b"MZ") && b.get(4..8) == Some(b"zimg") {
+        return zboot(b);
     }
     if b.get(0x1fe..0x200) != Some(&[0x55, 0xaa]) {
         return Err(
@@ -76,6 +87,60 @@ pub fn parse(b: &[u8]) -> Result<KernelInfo, String> {
         arch: Arch::Amd64,
         release,
     })
+}
+
+/// A compressed whole kernel: only arm64 ships one (x86 compresses inside the bzImage).
+fn compressed_arm64(f: Format, b: &[u8], what: &str) -> Result<KernelInfo, String> {
+    let mut input = b;
+    let mut inner = Vec::new();
+    one_stream(f, &mut input, &mut inner, UNPACKED_MAX + 1)
+        .map_err(|e| format!("{what} that does not decompress: {e}"))?;
+    if inner.len() as u64 > UNPACKED_MAX {
+        return Err(format!(
+            "{what} that unpacks to more than {UNPACKED_MAX} bytes"
+        ));
+    }
+    if inner.get(0x38..0x3c) != Some(b"ARM\x64") {
+        return Err(format!("{what} that does not hold an arm64 Image"));
+    }
+    Ok(KernelInfo {
+        arch: Arch::Arm64,
+        release: linux_banner(&inner),
+    })
+}
+
+/// An EFI zboot kernel: "zimg" at 4, then the payload's offset and size (little-endian
+/// u32s at 8 and 12) and its compression's name (NUL-terminated, at 24).
+fn zboot(b: &[u8]) -> Result<KernelInfo, String> {
+    let u32_at = |at: usize| {
+        b.get(at..at + 4)
+            .map(|x| u32::from_le_bytes(x.try_into().expect("four bytes")) as usize)
+    };
+    let (off, len) = u32_at(8)
+        .zip(u32_at(12))
+        .ok_or("an EFI zboot kernel with a truncated header")?;
+    let kind = b
+        .get(24..32)
+        .and_then(|n| n.split(|&c| c == 0).next())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .unwrap_or_default();
+    let payload = off
+        .checked_add(len)
+        .and_then(|end| b.get(off..end))
+        .ok_or("an EFI zboot kernel whose payload runs past the end of the file")?;
+    let f = match kind.as_str() {
+        "gzip" => Format::Gzip,
+        "zstd" | "zstd22" => Format::Zstd,
+        "xzkern" | "xz" => Format::Xz,
+        "lz4" => Format::Lz4Legacy,
+        other => {
+            return Err(format!(
+                "an EFI zboot kernel compressed with {other:?}, which this check does not read \
+                 (use gzip, zstd, xz or lz4)"
+            ))
+        }
+    };
+    compressed_arm64(f, payload, &format!("an EFI zboot kernel ({kind})"))
 }
 
 /// The release in an uncompressed kernel's `Linux version X ...` banner.
@@ -133,5 +198,32 @@ mod tests {
         let k = parse(&b).unwrap();
         assert_eq!(k.arch, Arch::Arm64);
         assert_eq!(k.release.as_deref(), Some("6.6.1-arm64"));
+
+        // Image.gz, as Debian's arm64 kernels are.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &b).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(parse(&gz).unwrap(), k);
+
+        // EFI zboot: a PE header, then the zstd-compressed Image as its payload.
+        let payload = zstd::encode_all(&b[..], 3).unwrap();
+        let mut z = vec![0u8; 512];
+        z[..2].copy_from_slice(b"MZ");
+        z[4..8].copy_from_slice(b"zimg");
+        z[8..12].copy_from_slice(&512u32.to_le_bytes());
+        z[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        z[24..29].copy_from_slice(b"zstd\0");
+        z.extend(&payload);
+        assert_eq!(parse(&z).unwrap(), k);
+        let mut lzo = z.clone();
+        lzo[24..29].copy_from_slice(b"lzo\0\0");
+        assert!(parse(&lzo).unwrap_err().contains("\"lzo\""));
+        assert!(parse(&z[..z.len() - 1]).unwrap_err().contains("past the end"));
+        // A compressed file that is not a kernel at all.
+        let mut junk = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut junk, b"hello").unwrap();
+        assert!(parse(&junk.finish().unwrap())
+            .unwrap_err()
+            .contains("does not hold an arm64 Image"));
     }
 }

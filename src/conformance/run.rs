@@ -318,6 +318,9 @@ pub fn run(
             *unpacked = Some(unpack(source, &opts.pull));
         }
     };
+    let not_got = |e: &String| Verdict::Error {
+        reason: format!("could not get the image to check: {e}"),
+    };
     // Profiles are contiguous in catalogue order: each runs as a group, except that boot
     // and upgrade share one machine.
     let machine = |p: Profile| matches!(p, Profile::Boot | Profile::Upgrade);
@@ -337,7 +340,7 @@ pub fn run(
                 get(&mut unpacked);
                 let img = match unpacked.as_ref().expect("unpacked above") {
                     Ok(u) => Ok(image_checks::Image::read(&u.root, u.platform.clone())),
-                    Err(e) => Err(e.clone()),
+                    Err(e) => Err(not_got(e)),
                 };
                 // The first check's time includes unpacking and reading the image; the
                 // others time only themselves.
@@ -345,9 +348,7 @@ pub fn run(
                 for def in group {
                     let v = match &img {
                         Ok(img) => img.check(def.id),
-                        Err(e) => Verdict::Error {
-                            reason: format!("could not get the image to check: {e}"),
-                        },
+                        Err(v) => v.clone(),
                     };
                     p.finish(def, v, t)?;
                     t = Instant::now();
@@ -367,8 +368,7 @@ pub fn run(
                 let u = match unpacked.as_ref().expect("unpacked above") {
                     Ok(u) => u,
                     Err(e) => {
-                        let reason = format!("could not get the image to check: {e}");
-                        p.finish_all(group, &Verdict::Error { reason }, t)?;
+                        p.finish_all(group, &not_got(e), t)?;
                         continue;
                     }
                 };
@@ -420,8 +420,7 @@ pub fn run(
                 let u = match unpacked.as_ref().expect("unpacked above") {
                     Ok(u) => u,
                     Err(e) => {
-                        let reason = format!("could not get the image to check: {e}");
-                        p.finish_all(group, &Verdict::Error { reason }, t)?;
+                        p.finish_all(group, &not_got(e), t)?;
                         continue;
                     }
                 };
