@@ -218,7 +218,9 @@ mod tests {
         let mut lzo = z.clone();
         lzo[24..29].copy_from_slice(b"lzo\0\0");
         assert!(parse(&lzo).unwrap_err().contains("\"lzo\""));
-        assert!(parse(&z[..z.len() - 1]).unwrap_err().contains("past the end"));
+        assert!(parse(&z[..z.len() - 1])
+            .unwrap_err()
+            .contains("past the end"));
         // A compressed file that is not a kernel at all.
         let mut junk = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut junk, b"hello").unwrap();
