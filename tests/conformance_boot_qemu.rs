@@ -1,9 +1,10 @@
 //! The conformance `boot` and `upgrade` profiles, end to end through the CLI: the busybox
-//! test OS image installs, boots, upgrades, falls back when every try of its new slot is
-//! reset, and rolls back; a kernel that panics fails the boot check and leaves the upgrade
-//! checks untried; a second build that fails its health checks fails the upgrade. Real
-//! boots under QEMU (TCG); skipped with the reason where QEMU's tools or the static guest
-//! agent are missing, except in CI.
+//! test OS image installs, boots (under SeaBIOS and OVMF), upgrades, falls back when every
+//! try of its new slot is reset, and rolls back; a kernel that panics fails the boot check and leaves the upgrade
+//! checks untried; a second build that fails its health checks fails the upgrade. The Debian
+//! test OS image passes every check of every implemented profile. Real boots under QEMU
+//! (TCG); skipped with the reason where QEMU's tools, the static guest agent or (for the
+//! container profile) a Docker engine are missing, except in CI.
 
 #[path = "support/conformance.rs"]
 mod conformance_support;
@@ -16,7 +17,7 @@ use std::path::Path;
 use bootyard::cli::build_test_image::default_cache;
 use bootyard::testimage::{build_rootfs, write_oci, Breakage, Flavor, TestImageSpec};
 use bootyard::testkit::require_guest_agent;
-use conformance_support::conformance;
+use conformance_support::{conformance, test_rootfs};
 
 /// Adds a busybox test image `version` (with `breakage`) to the layout at `layout`; false
 /// (after saying why) when this machine cannot build or boot one.
@@ -99,6 +100,17 @@ fn the_busybox_image_boots_upgrades_falls_back_and_rolls_back() {
     );
     // Nothing failed, so no console log was kept.
     assert!(!reports.join("console").exists());
+
+    // The same install boots under UEFI (OVMF) as well.
+    let (code, out) = conformance(&[
+        &format!("oci-layout:{}:1.0.0", layout.display()),
+        "--profile",
+        "boot",
+        "--firmware",
+        "efi",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PASS  BOOT-001"), "{out}");
 }
 
 #[test]
@@ -221,4 +233,35 @@ fn a_second_build_that_fails_its_health_checks_fails_the_upgrade() {
         out.contains("ERROR UPG-001") && out.contains("could not be told from no upgrade"),
         "{out}"
     );
+}
+
+#[test]
+fn a_debian_image_passes_every_check_of_every_implemented_profile() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(root) = test_rootfs("debian_all_profiles", t.path(), Flavor::Debian, "2.0.0") else {
+        return;
+    };
+    let archive_dir = t.path().join("layout");
+    write_oci(&root, &archive_dir, "2.0.0", Default::default()).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    let mut args = vec![
+        format!("oci-layout:{}:2.0.0", archive_dir.display()),
+        "--profile".into(),
+        "image".into(),
+        "--profile".into(),
+        "container".into(),
+    ];
+    // The boots need QEMU's tools; outside CI, a machine without them judges the rest.
+    let boots = support::boot_tools("debian_all_profiles");
+    if boots {
+        args.extend(["--profile", "boot", "--profile", "upgrade"].map(String::from));
+    }
+    let (code, out) = conformance(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}");
+    let want = if boots {
+        "20 passed, 0 failed, 0 warned, 0 skipped, 0 errored"
+    } else {
+        "16 passed, 0 failed, 0 warned, 0 skipped, 0 errored"
+    };
+    assert!(out.contains(want), "{out}");
 }

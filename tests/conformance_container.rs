@@ -1,56 +1,17 @@
 //! The conformance `container` profile against the local Docker engine, with the busybox
-//! test OS image (built here from Debian packages) and two breakages of it, and the Debian
-//! test OS image through every implemented profile (its boots under QEMU). Skipped with the
-//! reason when no engine is reachable, except in CI, which must have one.
+//! test OS image (built here from Debian packages) and two breakages of it (the Debian image
+//! is judged by every profile in conformance_boot_qemu.rs). Skipped with the reason when no
+//! engine is reachable, except in CI, which must have one.
 
 #[path = "support/conformance.rs"]
 mod conformance_support;
 
-#[path = "support/boot.rs"]
-mod support;
-
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bootyard::cli::build_test_image::default_cache;
 use bootyard::conformance::container::{Engine, Subject};
-use bootyard::testimage::{build_rootfs, write_oci, Flavor, TestImageSpec};
-use bootyard::testkit::require_guest_agent;
-use conformance_support::conformance;
-
-fn engine_or_skip(test: &str) -> bool {
-    match Engine::connect() {
-        Ok(_) => true,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: no Docker engine in CI ({why}); .ci/run must start one")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED {test}: no Docker engine reachable ({why})");
-            false
-        }
-    }
-}
-
-/// A test OS image's root filesystem, built under `dir` (None, with the reason printed, when
-/// there is no guest agent or no engine outside CI).
-fn test_rootfs(test: &str, dir: &Path, flavor: Flavor, version: &str) -> Option<PathBuf> {
-    let agent = require_guest_agent(test)?;
-    if !engine_or_skip(test) {
-        return None;
-    }
-    let root = dir.join("rootfs");
-    let spec = TestImageSpec {
-        flavor,
-        version: version.into(),
-        breakage: None,
-        watchdog_sec: 120,
-        agent,
-        cache: default_cache(),
-    };
-    build_rootfs(&spec, &root).unwrap();
-    Some(root)
-}
+use bootyard::testimage::{write_oci, Flavor};
+use conformance_support::{conformance, test_rootfs};
 
 /// The checks that did not pass, from the console report.
 fn not_passed(out: &str) -> Vec<String> {
@@ -112,37 +73,6 @@ fn the_busybox_image_runs_as_a_container_and_broken_userlands_fail_exactly_their
         out.contains("error while loading shared libraries"),
         "{out}"
     );
-}
-
-#[test]
-fn the_debian_image_passes_every_check_of_every_implemented_profile() {
-    let t = tempfile::tempdir().unwrap();
-    let Some(root) = test_rootfs("debian_all_profiles", t.path(), Flavor::Debian, "2.0.0") else {
-        return;
-    };
-    let archive_dir = t.path().join("layout");
-    write_oci(&root, &archive_dir, "2.0.0", Default::default()).unwrap();
-    std::fs::remove_dir_all(&root).unwrap();
-    let mut args = vec![
-        format!("oci-layout:{}:2.0.0", archive_dir.display()),
-        "--profile".into(),
-        "image".into(),
-        "--profile".into(),
-        "container".into(),
-    ];
-    // The boots need QEMU's tools; outside CI, a machine without them judges the rest.
-    let boots = support::boot_tools("debian_all_profiles");
-    if boots {
-        args.extend(["--profile", "boot", "--profile", "upgrade"].map(String::from));
-    }
-    let (code, out) = conformance(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(code, 0, "{out}");
-    let want = if boots {
-        "20 passed, 0 failed, 0 warned, 0 skipped, 0 errored"
-    } else {
-        "16 passed, 0 failed, 0 warned, 0 skipped, 0 errored"
-    };
-    assert!(out.contains(want), "{out}");
 }
 
 #[test]

@@ -39,8 +39,17 @@ pub struct ConformanceArgs {
     /// Guest memory for the boot and upgrade profiles
     #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(128..=65536))]
     pub memory_mib: u32,
+    /// Firmware the boot and upgrade profiles boot with: SeaBIOS, or OVMF (UEFI)
+    #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
+    pub firmware: FirmwareArg,
     #[command(flatten)]
     pub fetch: super::FetchArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FirmwareArg {
+    Bios,
+    Efi,
 }
 
 /// A run that reached its verdict, when the verdict is not a pass: the exit status says
@@ -75,6 +84,10 @@ pub fn run_cmd(a: ConformanceArgs) -> anyhow::Result<()> {
             upgrade_to: a.upgrade_to.as_deref().map(str::parse).transpose()?,
             boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
             memory_mib: a.memory_mib,
+            firmware: match a.firmware {
+                FirmwareArg::Bios => bootyard_scenarios::file::Firmware::Bios,
+                FirmwareArg::Efi => bootyard_scenarios::file::Firmware::Efi,
+            },
             artifacts: a.report_dir.clone(),
         },
     };

@@ -39,6 +39,7 @@ pub enum SecondImage {
 pub struct BootOptions {
     pub accel: Accel,
     pub memory_mib: u32,
+    pub firmware: Firmware,
     /// How long one power-on may take, from QEMU's start to the boot's end.
     pub boot_timeout: Duration,
     pub second: SecondImage,
@@ -344,7 +345,7 @@ pub fn run(
         tries: TRIES_DEFAULT,
         watchdog_sec: 0,
         memory_mib: opts.memory_mib,
-        firmware: Firmware::Bios,
+        firmware: opts.firmware,
         images: Vec::new(),
         steps: Vec::new(),
         phases: Vec::new(),

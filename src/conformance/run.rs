@@ -160,6 +160,7 @@ pub struct BootSettings {
     /// How long one boot may take, QEMU's start to `boot-complete`.
     pub boot_timeout: std::time::Duration,
     pub memory_mib: u32,
+    pub firmware: bootyard_scenarios::file::Firmware,
     /// Where console logs of failed boots are kept (the report directory).
     pub artifacts: Option<PathBuf>,
 }
@@ -170,6 +171,7 @@ impl Default for BootSettings {
             upgrade_to: None,
             boot_timeout: std::time::Duration::from_secs(300),
             memory_mib: 1024,
+            firmware: bootyard_scenarios::file::Firmware::Bios,
             artifacts: None,
         }
     }
@@ -412,7 +414,7 @@ pub fn run(
             }
             Profile::Boot | Profile::Upgrade => {
                 let t = Instant::now();
-                if let Err(why) = can_boot() {
+                if let Err(why) = can_boot(opts.boot.firmware) {
                     p.finish_all(group, &Verdict::Skip { reason: why }, t)?;
                     continue;
                 }
@@ -449,6 +451,7 @@ pub fn run(
                 let bo = boot_checks::BootOptions {
                     accel,
                     memory_mib: opts.boot.memory_mib,
+                    firmware: opts.boot.firmware,
                     boot_timeout: opts.boot.boot_timeout,
                     second: match &opts.boot.upgrade_to {
                         Some(s) => boot_checks::SecondImage::Given(s.clone()),
@@ -491,8 +494,9 @@ pub fn run(
 
 const QEMU: &str = "qemu-system-x86_64";
 
-/// Whether this machine can run the boot checks: QEMU, GRUB's BIOS modules, e2fsprogs.
-fn can_boot() -> Result<(), String> {
+/// Whether this machine can run the boot checks: QEMU, GRUB's modules (an install writes
+/// both the BIOS and the EFI boot loader), e2fsprogs, the FAT tools, and OVMF for EFI boots.
+fn can_boot(firmware: bootyard_scenarios::file::Firmware) -> Result<(), String> {
     let on_path = |tool: &str| {
         std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -512,11 +516,17 @@ fn can_boot() -> Result<(), String> {
             ));
         }
     }
-    if !Path::new(crate::boot::grub::I386_PC_DIR).is_dir() {
-        return Err(format!(
-            "{} is missing (Debian package grub-pc-bin)",
-            crate::boot::grub::I386_PC_DIR
-        ));
+    let mut needed = vec![
+        (crate::boot::grub::I386_PC_DIR, "grub-pc-bin"),
+        (crate::boot::grub::X86_64_EFI_DIR, "grub-efi-amd64-bin"),
+    ];
+    if firmware == bootyard_scenarios::file::Firmware::Efi {
+        needed.push((crate::scenario::OVMF, "ovmf"));
+    }
+    for (path, package) in needed {
+        if !Path::new(path).exists() {
+            return Err(format!("{path} is missing (Debian package {package})"));
+        }
     }
     Ok(())
 }
