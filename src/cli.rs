@@ -6,6 +6,7 @@ pub mod build_slot;
 pub mod build_test_image;
 pub mod conformance;
 pub mod demo;
+pub mod exit;
 pub mod install;
 pub mod pull;
 pub mod push;
@@ -81,7 +82,7 @@ pub struct FetchArgs {
     #[arg(long, default_value = "linux/amd64")]
     pub platform: crate::image::spec::Platform,
     /// Registry (host:port) to reach over plain HTTP; repeatable
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = registry_host)]
     pub insecure_registry: Vec<String>,
     /// Blob cache (an OCI layout) [default: $XDG_CACHE_HOME/bootyard/oci]
     #[arg(long)]
@@ -89,6 +90,12 @@ pub struct FetchArgs {
     /// Docker config with registry credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
     #[arg(long)]
     pub docker_config: Option<std::path::PathBuf>,
+}
+
+/// `--insecure-registry`: a HOST[:PORT] as a registry reference names one.
+pub fn registry_host(s: &str) -> Result<String, String> {
+    crate::image::source::check_registry_host(s)?;
+    Ok(s.to_string())
 }
 
 impl FetchArgs {
@@ -103,6 +110,50 @@ impl FetchArgs {
         opts.registry.insecure = self.insecure_registry.clone();
         opts.registry.docker_config = self.docker_config.clone();
         opts
+    }
+}
+
+/// Which accelerator boots run under, and which QEMU runs them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccelArgs {
+    /// auto: boot the run's kernel to its first userspace line under KVM and TCG at once,
+    /// take KVM only if it got there in TCG's time, and retry under TCG (for the rest of
+    /// the run) a boot that stalls under KVM before its kernel starts
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelArg,
+    /// QEMU system emulator to run
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl AccelArgs {
+    /// The accelerator to start with: forced, or probed by booting `kernel` (which `kernel`
+    /// finds; when it cannot, TCG, saying why).
+    pub fn choose(
+        &self,
+        kernel: impl FnOnce() -> anyhow::Result<std::path::PathBuf>,
+        workdir: &std::path::Path,
+    ) -> crate::accel::AccelChoice {
+        use bootyard_scenarios::qemu::Accel;
+        match self.accel {
+            AccelArg::Kvm => crate::accel::AccelChoice::forced(Accel::Kvm),
+            AccelArg::Tcg => crate::accel::AccelChoice::forced(Accel::Tcg),
+            AccelArg::Auto => match kernel() {
+                Ok(k) => crate::accel::probe(&self.qemu, &k, workdir),
+                Err(e) => crate::accel::AccelChoice {
+                    accel: Accel::Tcg,
+                    mode: crate::accel::AccelMode::Auto,
+                    reason: format!("no kernel to probe KVM with ({e:#})"),
+                },
+            },
+        }
     }
 }
 

@@ -12,7 +12,6 @@
 //! A disk image is built in a temp file beside the destination and renamed into place only
 //! when complete; a failed install leaves what was there before.
 
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -38,6 +37,8 @@ pub enum InstallError {
     Image(#[from] BootableImageError),
     #[error("{0} exists (pass --force to replace it)")]
     DiskExists(PathBuf),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("disk of {size_bytes} bytes is too small; this image needs at least {needed_bytes}")]
     TooSmall { size_bytes: u64, needed_bytes: u64 },
     #[error("failed to build a slot image")]
@@ -203,19 +204,25 @@ fn relabel(image: &Path, label: &str) -> Result<(), InstallError> {
 
 pub fn install(source: &Source, opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     let started = Instant::now();
-    let is_block = std::fs::metadata(&opts.disk)
-        .map(|m| m.file_type().is_block_device())
-        .unwrap_or(false);
-    if !is_block && opts.disk.exists() && !opts.force {
+    // Only a regular file is replaced (by a rename, once the disk is whole); a block device
+    // is written in place; anything else is refused before any work.
+    // Arguments first: nothing is unpacked for a run that cannot succeed.
+    if opts.tries == 0 || opts.tries > crate::boot::assessment::TRIES_MAX {
+        return Err(AssessmentError::Tries(opts.tries).into());
+    }
+    let out = crate::output::file_output(&opts.disk, true)?;
+    let is_block = out.existing == crate::output::Existing::BlockDevice;
+    if out.existing == crate::output::Existing::RegularFile && !opts.force {
         return Err(InstallError::DiskExists(opts.disk.clone()));
     }
-    let parent = opts
-        .disk
+    let disk_path = out.path;
+    let parent = disk_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    crate::output::scratch_dir(parent);
     let work = tempfile::Builder::new()
-        .prefix(".bootyard-install-")
+        .prefix(&crate::output::scratch_prefix("install"))
         .tempdir_in(parent)
         .map_err(io("create work directory in", parent))?;
 
@@ -300,7 +307,7 @@ pub fn install(source: &Source, opts: &InstallOptions) -> Result<InstallReport, 
     let table = gpt::plan(size_bytes, &specs, Guid::derived(version.as_bytes(), 0))?;
 
     let target = if is_block {
-        opts.disk.clone()
+        disk_path.clone()
     } else {
         work.path().join("disk.img")
     };
@@ -387,7 +394,7 @@ pub fn install(source: &Source, opts: &InstallOptions) -> Result<InstallReport, 
         }
     }
     if !is_block {
-        std::fs::rename(&target, &opts.disk).map_err(io("move into place", &opts.disk))?;
+        std::fs::rename(&target, &disk_path).map_err(io("move into place", &disk_path))?;
     }
     Ok(InstallReport {
         schema_version: 1,

@@ -5,6 +5,7 @@
 //! the harness crates (`bootyard-sim`, `bootyard-scenarios`, `bootyard-conformance`), which
 //! never depend on it. The `bootyard` binary is a thin CLI over this library.
 
+pub mod accel;
 pub mod agent;
 pub mod allocator;
 pub mod boot;
@@ -17,6 +18,7 @@ pub mod install;
 pub mod localreg;
 pub mod mesh;
 pub mod meshsim;
+pub mod output;
 pub mod rollback;
 pub mod scenario;
 pub mod testimage;

@@ -1,10 +1,7 @@
 use std::process::ExitCode;
 
+use bootyard::cli::exit::{self, exit_code};
 use bootyard::cli::{self, Cli};
-use bootyard::image::apply::ApplyError;
-use bootyard::image::pull::PullError;
-use bootyard::image::registry::RegistryError;
-use bootyard::image::unpack::UnpackError;
 use clap::Parser;
 
 /// The simulator allocates and frees millions of small buffers (messages, packets): mimalloc
@@ -12,60 +9,36 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit codes, stable for scripts and CI gates.
-mod exit {
-    pub const FAILURE: u8 = 1;
-    /// A usage error (clap's, and a conformance run asked for unknown checks or given a bad
-    /// denylist).
-    pub const USAGE: u8 = 2;
-    /// The image is invalid, corrupt or hostile (digest mismatch, unsafe path, bomb).
-    pub const BAD_IMAGE: u8 = 3;
-    /// The registry or source could not be reached, refused access, or lacks the image.
-    pub const UNAVAILABLE: u8 = 4;
-    /// Standard output was closed under a report (`| head`): 128 + SIGPIPE, as the shell
-    /// reports a tool that signal ended.
-    pub const STDOUT_CLOSED: u8 = 141;
-}
-
-fn exit_code(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if let Some(cli::conformance::NotPassed(outcome)) = cause.downcast_ref() {
-            return outcome.exit_code();
+/// SIGINT and SIGTERM end a command once it has removed its scratch files, with exit status
+/// 128 + the signal (130, 143), as a shell reports a command a signal ended. Both are
+/// blocked in every thread (threads inherit the mask; the children std spawns get it
+/// cleared) and taken by one thread, which can do what no signal handler may.
+fn handle_interrupts() {
+    // SAFETY: plain libc calls on a sigset_t this function owns, before any other thread
+    // exists; the spawned thread only waits on the same set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            // Without the mask the default action (ending at once) stands; nothing is lost
+            // that a later run does not sweep.
+            return;
         }
-        if cause.is::<bootyard::conformance::run::ConfigError>() {
-            return exit::USAGE;
-        }
-        if let Some(e) = cause.downcast_ref::<RegistryError>() {
-            return match e {
-                RegistryError::DigestMismatch { .. }
-                | RegistryError::SizeMismatch { .. }
-                | RegistryError::TooLarge { .. }
-                | RegistryError::Spec(_) => exit::BAD_IMAGE,
-                RegistryError::Unauthorized { .. }
-                | RegistryError::NotFound { .. }
-                | RegistryError::Exhausted { .. }
-                | RegistryError::Failed { .. } => exit::UNAVAILABLE,
-                _ => exit::FAILURE,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<UnpackError>() {
-            return match e {
-                UnpackError::DestinationNotEmpty(_)
-                | UnpackError::DestinationNotDir(_)
-                | UnpackError::Io { .. } => exit::FAILURE,
-                UnpackError::Apply {
-                    source: ApplyError::Io { .. },
-                    ..
-                } => exit::FAILURE,
-                _ => exit::BAD_IMAGE,
-            };
-        }
-        if let Some(PullError::Archive(_) | PullError::Spec(_)) = cause.downcast_ref::<PullError>()
-        {
-            return exit::BAD_IMAGE;
+        let waited = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut sig: libc::c_int = 0;
+                if libc::sigwait(&set, &mut sig) == 0 {
+                    bootyard::output::sweep_own_scratch();
+                    std::process::exit(128 + sig);
+                }
+            });
+        if waited.is_err() {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         }
     }
-    exit::FAILURE
 }
 
 fn main() -> ExitCode {
@@ -75,6 +48,7 @@ fn main() -> ExitCode {
     {
         bootyard::agent::stage::run();
     }
+    handle_interrupts();
     let cli = Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use bootyard_scenarios::bootwatch::{BootWatch, Outcome};
 use bootyard_scenarios::file::{Firmware, StepSpec, UpgradeFrom};
 use bootyard_scenarios::qemu::{Accel, Drive, Machine, MachineSpec};
+
+use crate::accel::{accel_name, AccelChoice, AccelReport};
 use bootyard_scenarios::{PhaseEvent, PhaseTracker, ScenarioFile};
 use serde::Serialize;
 
@@ -28,6 +30,13 @@ pub enum ScenarioRunError {
     Other(#[from] anyhow::Error),
 }
 
+/// Lines a Linux kernel prints first on the serial console (`Linux version` is suppressed
+/// by `quiet`; the command line is not).
+const KERNEL_MARKERS: [&str; 2] = ["Linux version", "Command line:"];
+/// While KVM is on probation, a boot's kernel must print within this time of QEMU's start.
+/// Under TCG firmware and GRUB take 2-10 s to get there.
+const KVM_KERNEL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Debian's OVMF build (package ovmf), for EFI boots.
 pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
@@ -38,7 +47,9 @@ pub struct RunOptions {
     /// The static agent the test images carry.
     pub agent: PathBuf,
     pub cache: PathBuf,
-    pub accel: Accel,
+    pub accel: AccelChoice,
+    /// The QEMU binary (`qemu-system-x86_64`, or a wrapper).
+    pub qemu: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,7 +93,8 @@ pub struct RunReport {
     pub schema_version: u32,
     pub scenario: String,
     pub flavor: Flavor,
-    pub accel: String,
+    /// What the boots ran under, why, and whether the run had to fall back to TCG.
+    pub accel: AccelReport,
     pub passed: bool,
     pub failure: Option<String>,
     /// Wall time of the whole run, image builds included.
@@ -127,7 +139,14 @@ pub enum End<'s> {
 pub struct Run<'a> {
     file: &'a ScenarioFile,
     workdir: PathBuf,
-    accel: Accel,
+    qemu: String,
+    /// What boots run under now; a fallback moves it to TCG.
+    accel: AccelChoice,
+    /// A boot under KVM has reached its kernel: KVM runs Linux here, and a later stall is
+    /// the image's.
+    kvm_proven: bool,
+    /// What moved the run to TCG, when something did.
+    fallback: Option<String>,
     /// Serves the test images to nodes that upgrade themselves; none for outside images.
     registry: Option<LocalRegistry>,
     /// version -> (host-side source, breakage name)
@@ -154,7 +173,10 @@ impl<'a> Run<'a> {
         let mut r = Run {
             file,
             workdir: opts.workdir.clone(),
-            accel: opts.accel,
+            qemu: opts.qemu.clone(),
+            accel: opts.accel.clone(),
+            kvm_proven: false,
+            fallback: None,
             registry: Some(registry),
             images: BTreeMap::new(),
             disk: opts.workdir.join("disk.img"),
@@ -175,7 +197,7 @@ impl<'a> Run<'a> {
     pub fn external(
         file: &'a ScenarioFile,
         workdir: &Path,
-        accel: Accel,
+        (accel, qemu): (AccelChoice, String),
         images: Vec<(String, Source)>,
         pull: PullOptions,
     ) -> Result<Self, ScenarioRunError> {
@@ -183,7 +205,10 @@ impl<'a> Run<'a> {
         Ok(Run {
             file,
             workdir: workdir.to_path_buf(),
+            qemu,
             accel,
+            kvm_proven: false,
+            fallback: None,
             registry: None,
             images: images.into_iter().map(|(v, s)| (v, (s, None))).collect(),
             disk: workdir.join("disk.img"),
@@ -217,6 +242,15 @@ impl<'a> Run<'a> {
 
     pub fn boots(&self) -> &[BootReport] {
         &self.boots
+    }
+
+    /// What the boots ran under and why, for the run's reports.
+    pub fn accel_report(&self) -> AccelReport {
+        AccelReport {
+            accel: accel_name(self.accel.accel).into(),
+            reason: self.accel.reason.clone(),
+            fallback: self.fallback.clone(),
+        }
     }
 
     pub fn current_model(&self) -> Option<&BootModel> {
@@ -335,12 +369,57 @@ impl<'a> Run<'a> {
     /// how the boot ended. `hook`: the test image's script, through fw_cfg (none for an
     /// image without the test hook). A boot the harness cut or reset is reported, not
     /// judged (it proves nothing; the model already counted the attempt).
+    ///
+    /// While KVM is on probation (chosen by the probe, no boot of the run has reached its
+    /// kernel under it yet), a boot that stalls or ends before its kernel prints is taken
+    /// to be KVM's failure, not the image's: GRUB's one write (grubenv's block) is undone,
+    /// the model put back, and the boot run again under TCG, where the run then stays.
     pub fn boot(
         &mut self,
         purpose: &str,
         hook: Option<&str>,
         end: End<'_>,
     ) -> Result<BootReport, ScenarioRunError> {
+        let probation = self.accel.may_fall_back() && !self.kvm_proven;
+        if !probation {
+            return self
+                .boot_once(purpose, hook, end, false)?
+                .map_err(Self::fail);
+        }
+        let model_before = self.model.clone();
+        let env = crate::upgrade::GrubenvBlock::read(&self.disk).map_err(anyhow::Error::from)?;
+        let stall = match self.boot_once(purpose, hook, end, true)? {
+            Ok(report) => return Ok(report),
+            Err(stall) => stall,
+        };
+        let n = self.boots.len() as u32 + 1;
+        env.restore(&self.disk).map_err(anyhow::Error::from)?;
+        self.model = model_before;
+        // Keep the KVM boot's logs beside the retry's.
+        for ext in ["console.log", "qemu.log"] {
+            let from = self.workdir.join(format!("boot{n:02}.{ext}"));
+            let to = self.workdir.join(format!("boot{n:02}-kvm.{ext}"));
+            // A log QEMU never wrote is no reason to stop; the retry writes its own.
+            let _ = std::fs::rename(from, to);
+        }
+        self.accel.accel = Accel::Tcg;
+        self.fallback = Some(format!(
+            "boot {n} ({purpose}) did not reach its kernel under KVM ({stall}); it was run \
+             again under TCG, and the rest of the run stayed on TCG"
+        ));
+        self.boot_once(purpose, hook, end, false)?
+            .map_err(Self::fail)
+    }
+
+    /// One power-on. `Ok(Err(why))`: on probation, the kernel never started (`why`), and
+    /// nothing of the boot was judged.
+    fn boot_once(
+        &mut self,
+        purpose: &str,
+        hook: Option<&str>,
+        end: End<'_>,
+        probation: bool,
+    ) -> Result<Result<BootReport, String>, ScenarioRunError> {
         let n = self.boots.len() as u32 + 1;
         let model = self.model()?;
         let expected_slot = model
@@ -359,7 +438,8 @@ impl<'a> Run<'a> {
 
         let name = format!("boot{n:02}");
         let mut spec = MachineSpec::new(&name, &self.workdir);
-        spec.accel = self.accel;
+        spec.binary = self.qemu.clone();
+        spec.accel = self.accel.accel;
         spec.memory_mib = self.file.memory_mib;
         spec.user_net = true;
         spec.firmware_serial = true;
@@ -398,13 +478,24 @@ impl<'a> Run<'a> {
         let mut steps = Vec::new();
         let mut phase_failure = None;
         let mut ended_by_harness: Option<&str> = None;
+        let mut kernel_seen = false;
+        let kernel_deadline = started + KVM_KERNEL_TIMEOUT;
         loop {
-            let wait_until = match tracker.as_ref().and_then(|t| t.poll_timeout()) {
+            let mut wait_until = match tracker.as_ref().and_then(|t| t.poll_timeout()) {
                 Some(ms) => (started + Duration::from_millis(ms)).min(deadline),
                 None => deadline,
             };
+            if probation && !kernel_seen {
+                wait_until = wait_until.min(kernel_deadline);
+            }
             match m.next_line(wait_until, "the boot to end") {
                 Ok(line) => {
+                    if !kernel_seen && KERNEL_MARKERS.iter().any(|k| line.text.contains(k)) {
+                        kernel_seen = true;
+                        if self.accel.accel == Accel::Kvm {
+                            self.kvm_proven = true;
+                        }
+                    }
                     let before = watch.steps.len();
                     watch.line(&line.text);
                     for st in &watch.steps[before..] {
@@ -456,6 +547,13 @@ impl<'a> Run<'a> {
                         ended_by_harness = Some(what);
                     }
                 }
+                Err(bootyard_scenarios::qemu::QemuError::Exited { status, .. })
+                    if probation && !kernel_seen && ended_by_harness.is_none() =>
+                {
+                    return Ok(Err(format!(
+                        "QEMU exited ({status}) before the kernel printed"
+                    )));
+                }
                 Err(bootyard_scenarios::qemu::QemuError::Exited { .. }) => break,
                 Err(e) => {
                     let now = started.elapsed().as_millis() as u64;
@@ -470,6 +568,16 @@ impl<'a> Run<'a> {
                                 ));
                             }
                         }
+                    }
+                    if probation
+                        && !kernel_seen
+                        && (phase_failure.is_some() || Instant::now() >= kernel_deadline)
+                    {
+                        m.kill();
+                        let why = phase_failure.unwrap_or_else(|| {
+                            format!("no kernel output within {} s", KVM_KERNEL_TIMEOUT.as_secs())
+                        });
+                        return Ok(Err(why));
                     }
                     if phase_failure.is_some() || Instant::now() >= deadline {
                         m.kill();
@@ -517,7 +625,7 @@ impl<'a> Run<'a> {
         // A power cut can come before GRUB has said anything; a reset comes after the
         // kernel named the slot, which must be the model's.
         if ended_by_harness == Some("cut") {
-            return Ok(report);
+            return Ok(Ok(report));
         }
         if watch.slot.as_deref() != Some(expected_slot.to_string().as_str()) {
             return Err(disagree(format!(
@@ -526,7 +634,7 @@ impl<'a> Run<'a> {
             )));
         }
         if ended_by_harness == Some("reset") {
-            return Ok(report);
+            return Ok(Ok(report));
         }
         // A kernel that panics before the stage never says its version.
         if let Some(v) = &watch.version {
@@ -555,7 +663,7 @@ impl<'a> Run<'a> {
             }
             self.model()?.boot_complete();
         }
-        Ok(report)
+        Ok(Ok(report))
     }
 
     /// The slots as the disk has them must be the model's.
@@ -716,10 +824,14 @@ impl<'a> Run<'a> {
 pub fn run(file: &ScenarioFile, opts: &RunOptions) -> Result<RunReport, ScenarioRunError> {
     let started = Instant::now();
     let mut report = RunReport {
-        schema_version: 1,
+        schema_version: 2,
         scenario: file.name.clone(),
         flavor: opts.flavor,
-        accel: format!("{:?}", opts.accel).to_lowercase(),
+        accel: AccelReport {
+            accel: accel_name(opts.accel.accel).into(),
+            reason: opts.accel.reason.clone(),
+            fallback: None,
+        },
         passed: false,
         failure: None,
         ms: 0,
@@ -760,6 +872,7 @@ pub fn run(file: &ScenarioFile, opts: &RunOptions) -> Result<RunReport, Scenario
         .err()
         .map(|e| format!("{:#}", anyhow::Error::from(e)));
     report.boots = r.boots.clone();
+    report.accel = r.accel_report();
     report.final_model = r.model.clone();
     report.ms = started.elapsed().as_millis() as u64;
     Ok(report)

@@ -32,6 +32,8 @@ pub enum UpgradeError {
     Image(#[from] BootableImageError),
     #[error("{0} has no COS_STATE partition: not a disk bootyard installed")]
     NoStatePartition(PathBuf),
+    #[error("{disk}: {what}: not a disk bootyard installed")]
+    NotInstalled { disk: PathBuf, what: &'static str },
     #[error("failed to read the partition table")]
     Gpt(#[from] GptError),
     #[error("failed to build the transition image")]
@@ -84,6 +86,9 @@ pub struct UpgradeReport {
     pub passive_version: Option<String>,
     pub tries: u8,
     pub elapsed_ms: u64,
+    /// What was wrong with the disk before the upgrade, and what it did about it (a
+    /// damaged partition table copy rewritten, a cut-off upgrade's transition image).
+    pub disk_problems: Vec<String>,
 }
 
 /// debugfs exits 0 even when a request fails; its complaints on stderr name the request.
@@ -177,8 +182,9 @@ impl StateFs {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        crate::output::scratch_dir(parent);
         let tmp = tempfile::Builder::new()
-            .prefix(".bootyard-state-")
+            .prefix(&crate::output::scratch_prefix("state"))
             .tempfile_in(parent)
             .map_err(io("create a scratch file in", parent))?;
         copy_out(file, self.offset, tmp.as_file(), size)
@@ -212,7 +218,7 @@ impl StateFs {
             what,
             stderr: out.clone(),
         })?;
-        Ok(self.offset + block * 4096)
+        Ok(self.offset + block * STATE_BLOCK_BYTES as u64)
     }
 }
 
@@ -326,6 +332,7 @@ pub struct DiskUpgrade {
     version: String,
     _work: tempfile::TempDir,
     started: Instant,
+    disk_problems: Vec<String>,
 }
 
 impl DiskUpgrade {
@@ -341,6 +348,7 @@ impl DiskUpgrade {
             env_at,
             env,
             mut model,
+            problems,
         } = open_disk(disk, true)?;
         // Offline, the node "runs" from where it last booted (never booted: active).
         let from_slot = model
@@ -355,8 +363,9 @@ impl DiskUpgrade {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        crate::output::scratch_dir(parent);
         let work = tempfile::Builder::new()
-            .prefix(".bootyard-upgrade-")
+            .prefix(&crate::output::scratch_prefix("upgrade"))
             .tempdir_in(parent)
             .map_err(io("create work directory in", parent))?;
         let rootfs = work.path().join("rootfs");
@@ -371,7 +380,7 @@ impl DiskUpgrade {
             },
         )?;
         std::fs::remove_dir_all(&rootfs).map_err(io("remove", &rootfs))?;
-        Self::plan(
+        let mut u = Self::plan(
             Target::Disk {
                 file,
                 fs,
@@ -384,7 +393,9 @@ impl DiskUpgrade {
             version,
             work,
             started,
-        )
+        )?;
+        u.disk_problems = problems.sentences();
+        Ok(u)
     }
 
     /// An upgrade of the running node: COS_STATE mounted at `state`, running from
@@ -403,8 +414,9 @@ impl DiskUpgrade {
         let (env, mut model) = crate::agent::health::read_model(state)?;
         model.running = Some(from_slot);
         std::fs::create_dir_all(work_parent).map_err(io("create", work_parent))?;
+        crate::output::scratch_dir(work_parent);
         let work = tempfile::Builder::new()
-            .prefix(".bootyard-upgrade-")
+            .prefix(&crate::output::scratch_prefix("upgrade"))
             .tempdir_in(work_parent)
             .map_err(io("create work directory in", work_parent))?;
         let rootfs = work.path().join("rootfs");
@@ -446,6 +458,7 @@ impl DiskUpgrade {
             version,
             _work: work,
             started,
+            disk_problems: Vec::new(),
         })
     }
 
@@ -642,7 +655,7 @@ impl DiskUpgrade {
             });
         }
         Ok(UpgradeReport {
-            schema_version: 1,
+            schema_version: 2,
             disk,
             version: self.version.clone(),
             from_slot: self.from_slot,
@@ -650,6 +663,7 @@ impl DiskUpgrade {
             passive_version: self.model.passive.version.clone(),
             tries: self.model.tries,
             elapsed_ms: self.started.elapsed().as_millis() as u64,
+            disk_problems: self.disk_problems.clone(),
         })
     }
 }
@@ -677,6 +691,7 @@ pub fn rollback_disk(disk: &Path) -> Result<DiskRollbackReport, UpgradeError> {
         env_at,
         mut env,
         mut model,
+        problems: _,
     } = open_disk(disk, true)?;
     if model.active_missing {
         return Err(UpgradeError::NoActiveImage(disk.to_path_buf()));
@@ -721,9 +736,88 @@ pub fn rollback_disk(disk: &Path) -> Result<DiskRollbackReport, UpgradeError> {
     })
 }
 
+/// grubenv's filesystem block on an installed disk, as it was when read: before a kernel
+/// runs, GRUB writes nothing else, so putting it back undoes a boot that never reached its
+/// kernel.
+#[derive(Debug, Clone)]
+pub struct GrubenvBlock {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+/// ext4's superblock magic (0xEF53, little-endian) and where it sits in the file system.
+const EXT4_MAGIC: [u8; 2] = [0x53, 0xef];
+const EXT4_MAGIC_AT: u64 = 1024 + 56;
+
+/// ext4's block size on COS_STATE (install makes it so; `block_offset` counts in it).
+const STATE_BLOCK_BYTES: usize = 4096;
+
+impl GrubenvBlock {
+    pub fn read(disk: &Path) -> Result<Self, UpgradeError> {
+        let d = open_disk(disk, false)?;
+        let mut bytes = vec![0u8; STATE_BLOCK_BYTES];
+        d.file
+            .read_exact_at(&mut bytes, d.env_at)
+            .map_err(io("read grubenv in", disk))?;
+        Ok(Self {
+            at: d.env_at,
+            bytes,
+        })
+    }
+
+    pub fn restore(&self, disk: &Path) -> Result<(), UpgradeError> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(disk)
+            .map_err(io("open", disk))?;
+        f.write_all_at(&self.bytes, self.at)
+            .and_then(|()| f.sync_data())
+            .map_err(io("write grubenv in", disk))
+    }
+}
+
 /// The boot model a disk image's grubenv holds, read from the host.
 pub fn read_disk_model(disk: &Path) -> Result<crate::boot::assessment::BootModel, UpgradeError> {
     Ok(open_disk(disk, false)?.model)
+}
+
+/// What is wrong with an installed disk besides what its boot model says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiskProblems {
+    /// Damage to one copy of the partition table (the other served); empty when intact.
+    pub gpt_damaged: Vec<String>,
+    /// Whether that damage was repaired from the intact copy (by a command that writes).
+    pub gpt_repaired: bool,
+    /// `cOS/transition.img` is on COS_STATE: an upgrade was cut off before its rename (the
+    /// next upgrade writes it anew; nothing boots it).
+    pub stray_transition: bool,
+}
+
+impl DiskProblems {
+    /// The problems in words, one sentence each; empty when there are none.
+    pub fn sentences(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.gpt_damaged.is_empty() {
+            out.push(format!(
+                "the partition table is damaged ({}); {}",
+                self.gpt_damaged.join("; "),
+                if self.gpt_repaired {
+                    "it was rewritten from the intact copy"
+                } else {
+                    "the intact copy served, and a command that writes the disk (upgrade, \
+                     rollback) rewrites the damaged one from it"
+                }
+            ));
+        }
+        if self.stray_transition {
+            out.push(
+                "cOS/transition.img is on COS_STATE: an upgrade was cut off before it finished \
+                 (nothing boots it; the next upgrade replaces it)"
+                    .into(),
+            );
+        }
+        out
+    }
 }
 
 /// An installed disk image, opened: its COS_STATE, where grubenv's block is, grubenv, and
@@ -734,6 +828,15 @@ struct OpenDisk {
     env_at: u64,
     env: GrubEnv,
     model: crate::boot::assessment::BootModel,
+    problems: DiskProblems,
+}
+
+/// The boot model a disk holds, and what else is wrong with it (for `status`).
+pub fn inspect_disk(
+    disk: &Path,
+) -> Result<(crate::boot::assessment::BootModel, DiskProblems), UpgradeError> {
+    let d = open_disk(disk, false)?;
+    Ok((d.model, d.problems))
 }
 
 fn open_disk(disk: &Path, write: bool) -> Result<OpenDisk, UpgradeError> {
@@ -742,7 +845,17 @@ fn open_disk(disk: &Path, write: bool) -> Result<OpenDisk, UpgradeError> {
         .write(write)
         .open(disk)
         .map_err(io("open", disk))?;
-    let table = gpt::read(&file)?;
+    let checked = gpt::read_checked(&file)?;
+    let mut problems = DiskProblems {
+        gpt_damaged: checked.damaged.clone(),
+        ..Default::default()
+    };
+    if write && !checked.damaged.is_empty() {
+        // The copy that served is whole and inside the disk: write both from it.
+        gpt::repair(&file, &checked)?;
+        problems.gpt_repaired = true;
+    }
+    let table = checked.gpt;
     let state = table
         .partitions
         .iter()
@@ -752,19 +865,37 @@ fn open_disk(disk: &Path, write: bool) -> Result<OpenDisk, UpgradeError> {
         disk: disk.to_path_buf(),
         offset: state.offset_bytes(),
     };
+    // Before any tool reads it: debugfs on something else says "Bad magic number".
+    let mut magic = [0u8; 2];
+    file.read_exact_at(&mut magic, state.offset_bytes() + EXT4_MAGIC_AT)
+        .map_err(io("read COS_STATE in", disk))?;
+    if magic != EXT4_MAGIC {
+        return Err(UpgradeError::NotInstalled {
+            disk: disk.to_path_buf(),
+            what: "its COS_STATE partition holds no ext4 file system",
+        });
+    }
     if write {
         fs.recover(&file, state.size_bytes())?;
+    }
+    if !fs.exists("/grub2/grubenv") {
+        return Err(UpgradeError::NotInstalled {
+            disk: disk.to_path_buf(),
+            what: "its COS_STATE has no grub2/grubenv",
+        });
     }
     let env_at = fs.block_offset("/grub2/grubenv")?;
     let env = read_env_at(&file, env_at, disk)?;
     let mut model = grubcfg::env_to_model(&env)?;
     model.active_missing = !fs.exists("/cOS/active.img");
+    problems.stray_transition = fs.exists("/cOS/transition.img");
     Ok(OpenDisk {
         file,
         fs,
         env_at,
         env,
         model,
+        problems,
     })
 }
 

@@ -2,6 +2,7 @@
 //! source kind, and slot images.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -158,9 +159,23 @@ fn a_closed_stdout_ends_a_report_quietly() {
 #[test]
 fn exit_codes_name_the_kind_of_failure() {
     let tmp = tempfile::tempdir().unwrap();
+    // A source that is not one is a usage error (issue 19: it was 1), as is a bad port.
     let o = bootyard(&["image", "pull", "not a reference", "--out", "x"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("invalid"));
+    let o = bootyard(&["image", "pull", "localhost:99999/os:v1", "--out", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("1..=65535"), "{}", text(&o));
+    let o = bootyard(&[
+        "image",
+        "pull",
+        "localhost:5000/os:v1",
+        "--out",
+        "x",
+        "--insecure-registry",
+        "not a host",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 
     // A hostile image: exit 3.
     let layout = Layout::create(&tmp.path().join("bad")).unwrap();
@@ -383,4 +398,275 @@ fn boot_complete_marks_the_running_slot_good_in_place() {
         "{}",
         text(&o)
     );
+}
+
+/// Issue 19: `install --disk /dev/null --force` replaced the system's /dev/null with a 1 GB
+/// file, renaming its temp file over the device (and a FIFO the same way). Only regular
+/// files and block devices are disks; the check comes before any work.
+#[test]
+fn r19_install_never_renames_a_disk_over_a_device_or_fifo() {
+    let d = tempfile::tempdir().unwrap();
+    let layout = d.path().join("layout");
+    sample_layout(&layout);
+    let fifo = d.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let mut targets = vec![(fifo, "a FIFO")];
+    // A null device of our own (needs root, as CI has): never the system's.
+    let null = d.path().join("null");
+    let made = rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &null,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    );
+    match made {
+        Ok(()) => targets.push((null, "a character device")),
+        Err(e) => eprintln!("r19 install: no character device test here (mknod: {e})"),
+    }
+    let source = format!("oci-layout:{}:v1", layout.display());
+    for (target, kind) in targets {
+        let before = std::fs::symlink_metadata(&target).unwrap();
+        let o = bootyard(&[
+            "install",
+            "--image",
+            &source,
+            "--disk",
+            target.to_str().unwrap(),
+            "--force",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(kind), "{}", text(&o));
+        let after = std::fs::symlink_metadata(&target).unwrap();
+        assert_eq!(
+            (before.ino(), before.file_type()),
+            (after.ino(), after.file_type())
+        );
+    }
+    // Nothing was left beside them either.
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".bootyard"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Issue 19: `image pull oci-layout:SRC --out SRC --force` replaced the source layout with
+/// its own unpacked tree; `image pull dir:rec --out rec/inner` unpacked a tree into itself.
+#[test]
+fn r19_pull_refuses_an_output_that_is_in_or_around_its_source() {
+    let d = tempfile::tempdir().unwrap();
+    let layout = d.path().join("layout");
+    sample_layout(&layout);
+    let before = fingerprint(&layout).unwrap();
+    let rec = d.path().join("rec");
+    std::fs::create_dir_all(rec.join("etc")).unwrap();
+    std::fs::write(rec.join("etc/hostname"), "rec\n").unwrap();
+    let rec_before = fingerprint(&rec).unwrap();
+    for (source, out) in [
+        (
+            format!("oci-layout:{}:v1", layout.display()),
+            layout.clone(),
+        ),
+        (
+            format!("oci-layout:{}:v1", layout.display()),
+            d.path().to_path_buf(),
+        ),
+        (format!("dir:{}", rec.display()), rec.join("inner")),
+    ] {
+        let o = bootyard(&[
+            "image",
+            "pull",
+            &source,
+            "--out",
+            out.to_str().unwrap(),
+            "--force",
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{source} -> {out:?}: {}",
+            text(&o)
+        );
+        assert!(text(&o).contains("the input"), "{}", text(&o));
+    }
+    assert!(diff(&before, &fingerprint(&layout).unwrap(), 5).is_empty());
+    assert!(diff(&rec_before, &fingerprint(&rec).unwrap(), 5).is_empty());
+}
+
+/// Issue 19: `image pull oci-layout:GOOD:latest --platform linux/arm64` unpacked the amd64
+/// image (exit 0): the platform was checked only when the tag pointed at an index.
+#[test]
+fn r19_pull_checks_the_platform_against_the_config() {
+    let d = tempfile::tempdir().unwrap();
+    let layout = d.path().join("layout");
+    sample_layout(&layout);
+    let out = d.path().join("out");
+    let o = bootyard(&[
+        "image",
+        "pull",
+        &format!("oci-layout:{}:v1", layout.display()),
+        "--out",
+        out.to_str().unwrap(),
+        "--platform",
+        "linux/arm64",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        text(&o).contains("linux/amd64, not the requested platform linux/arm64"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+}
+
+/// Rewrites the layout's index so its first manifest descriptor points at `bytes` (stored
+/// as a blob under their own digest).
+fn point_index_at(layout: &Path, media_type: &str, bytes: &[u8]) {
+    use sha2::Digest as _;
+    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let d = &mut index["manifests"][0];
+    d["digest"] = format!("sha256:{hex}").into();
+    d["size"] = bytes.len().into();
+    d["mediaType"] = media_type.into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Issue 19: corrupt metadata in a local layout exited 1 (and a garbage index.json blamed
+/// "manifest"); each is an invalid image (3) or one the source lacks (4).
+#[test]
+fn r19_corrupt_layout_metadata_exits_as_a_bad_or_missing_image() {
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| {
+        let l = tmp.path().join(name);
+        sample_layout(&l);
+        l
+    };
+    let manifest_of = |l: &Path| -> serde_json::Value {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(l.join("index.json")).unwrap()).unwrap();
+        let digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(l.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    type Breakage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Breakage, i32, &str)> = vec![
+        (
+            "index-garbage",
+            Box::new(|l: &Path| std::fs::write(l.join("index.json"), [0x9f, 0x13, 0xff]).unwrap()),
+            3,
+            "index",
+        ),
+        (
+            "manifest-not-json",
+            Box::new(|l: &Path| point_index_at(l, MANIFEST, b"not json")),
+            3,
+            "not valid JSON",
+        ),
+        (
+            "config-no-diff-ids",
+            Box::new(move |l: &Path| {
+                let mut m = manifest_of(l);
+                let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+                use sha2::Digest as _;
+                let hex = hex::encode(sha2::Sha256::digest(config));
+                std::fs::write(l.join("blobs/sha256").join(&hex), config).unwrap();
+                m["config"]["digest"] = format!("sha256:{hex}").into();
+                m["config"]["size"] = config.len().into();
+                point_index_at(l, MANIFEST, &serde_json::to_vec(&m).unwrap());
+            }),
+            3,
+            "diff_ids",
+        ),
+        (
+            "layer-missing",
+            Box::new(move |l: &Path| {
+                let m = manifest_of(l);
+                let d = m["layers"][0]["digest"].as_str().unwrap().to_string();
+                std::fs::remove_file(
+                    l.join("blobs/sha256")
+                        .join(d.strip_prefix("sha256:").unwrap()),
+                )
+                .unwrap();
+            }),
+            3,
+            "missing",
+        ),
+        (
+            "size-lies",
+            Box::new(|l: &Path| {
+                let index_path = l.join("index.json");
+                let mut index: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+                let n = index["manifests"][0]["size"].as_u64().unwrap();
+                index["manifests"][0]["size"] = (n + 7).into();
+                std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+            }),
+            3,
+            "says",
+        ),
+        (
+            "no-manifests",
+            Box::new(|l: &Path| {
+                std::fs::write(
+                    l.join("index.json"),
+                    br#"{"schemaVersion":2,"manifests":[]}"#,
+                )
+                .unwrap()
+            }),
+            4,
+            "no images",
+        ),
+    ];
+    for (name, breakage, code, said) in cases {
+        let l = fresh(name);
+        breakage(&l);
+        let tag = if name == "no-manifests" { "" } else { ":v1" };
+        let o = bootyard(&[
+            "image",
+            "pull",
+            &format!("oci-layout:{}{tag}", l.display()),
+            "--out",
+            tmp.path().join(format!("out-{name}")).to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(code), "{name}: {}", text(&o));
+        assert!(text(&o).contains(said), "{name}: {}", text(&o));
+    }
+    // A tag the layout does not have: the source lacks the image.
+    let l = fresh("tags");
+    let o = bootyard(&[
+        "image",
+        "pull",
+        &format!("oci-layout:{}:v9", l.display()),
+        "--out",
+        tmp.path().join("out-tag").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    // A zero-byte archive is not an image.
+    let empty = tmp.path().join("empty.tar");
+    std::fs::write(&empty, b"").unwrap();
+    let o = bootyard(&[
+        "image",
+        "pull",
+        &format!("oci-archive:{}", empty.display()),
+        "--out",
+        tmp.path().join("out-ar").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }

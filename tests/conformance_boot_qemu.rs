@@ -265,3 +265,64 @@ fn a_debian_image_passes_every_check_of_every_implemented_profile() {
     };
     assert!(out.contains(want), "{out}");
 }
+
+/// Issue 19: on a host whose KVM opens but never runs a Linux kernel, `--accel auto` (the
+/// default) failed BOOT-001 of a good image. Here the probe is fooled on purpose (the
+/// wrapper's "KVM" boots a kernel given with -kernel, but no kernel from a disk), so it is
+/// the fallback that must save the verdict, and every report must say what ran and why.
+#[test]
+fn r19_a_good_image_passes_the_boot_check_on_a_kvm_that_cannot_boot_linux() {
+    let test = "r19_a_good_image_passes_the_boot_check_on_a_kvm_that_cannot_boot_linux";
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    if !image(test, t.path(), &layout, "1.0.0", None) || !support::kvm_device_opens(test) {
+        return;
+    }
+    let qemu = support::stalling_kvm_qemu(t.path(), false);
+    let reports = t.path().join("reports");
+    let (code, out) = conformance(&[
+        &format!("oci-layout:{}:1.0.0", layout.display()),
+        "--profile",
+        "boot",
+        "--qemu",
+        qemu.to_str().unwrap(),
+        "--report-dir",
+        reports.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(verdicts(&reports), pairs(&[("BOOT-001", "pass")]));
+    assert!(out.contains("accelerator: tcg"), "{out}");
+    assert!(
+        out.contains(
+            "accelerator_fallback: boot 1 (first boot) did not reach its kernel under KVM"
+        ),
+        "{out}"
+    );
+    let props: std::collections::BTreeMap<String, String> =
+        std::fs::read_to_string(reports.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == "property")
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    assert_eq!(props.get("accelerator").map(String::as_str), Some("tcg"));
+    assert!(
+        props["accelerator_reason"].contains("reached userspace"),
+        "{props:?}"
+    );
+    assert!(props.contains_key("accelerator_fallback"), "{props:?}");
+    let junit = std::fs::read_to_string(reports.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains(r#"<property name="accelerator" value="tcg"/>"#)
+            && junit.contains(r#"<property name="accelerator_fallback""#),
+        "{junit}"
+    );
+    let tap = std::fs::read_to_string(reports.join("results.tap")).unwrap();
+    assert!(tap.contains("# accelerator: tcg"), "{tap}");
+}

@@ -9,6 +9,7 @@ mod conformance_support;
 use std::path::Path;
 
 use bootyard::conformance::fixture::{good_rootfs, put};
+use bootyard::conformance::run::{date_of, today};
 use bootyard::testimage::write_oci;
 use conformance_support::conformance;
 
@@ -73,13 +74,18 @@ fn a_failed_must_check_fails_the_run_and_a_live_denylist_entry_makes_it_a_warnin
     let entry = |expires: &str| {
         format!("[[deny]]\nid = \"IMG-010\"\nreason = \"keys removed at first boot\"\ntracker = \"https://example.org/distro/issues/7\"\nexpires = \"{expires}\"\n")
     };
-    std::fs::write(&deny, entry("2999-12-31")).unwrap();
+    let soon = date_of(today() + 30);
+    std::fs::write(&deny, entry(&soon)).unwrap();
     let (code, out) = conformance(&[&v2, "--denylist", deny.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("WARN  IMG-010") && out.contains("denylisted until 2999-12-31"),
+        out.contains("WARN  IMG-010") && out.contains(&format!("denylisted until {soon}")),
         "{out}"
     );
+    // TOML's own date (unquoted) is a date too (issue 19: it was "invalid type: map").
+    std::fs::write(&deny, entry(&soon).replace(&format!("\"{soon}\""), &soon)).unwrap();
+    let (code, out) = conformance(&[&v2, "--denylist", deny.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
     // Past its date, the entry no longer applies.
     std::fs::write(&deny, entry("2001-01-01")).unwrap();
     let (code, out) = conformance(&[&v2, "--denylist", deny.to_str().unwrap()]);
@@ -104,6 +110,11 @@ fn usage_mistakes_exit_2_and_check_nothing() {
         ("[[deny]]\nid = \"IMG-010\"\nreason = \"r\"\ntracker = \"see the wiki\"\nexpires = \"2999-01-01\"\n", "http(s) link"),
         ("[[deny]]\nid = \"IMG-010\"\nreason = \"r\"\ntracker = \"https://example.org/1\"\nexpires = \"2999-02-30\"\n", "YYYY-MM-DD"),
         ("[[deny]]\nid = \"NOPE-001\"\nreason = \"r\"\ntracker = \"https://example.org/1\"\nexpires = \"2999-01-01\"\n", "not a check"),
+        // Issue 19: links that are not links, and a waiver that never ends.
+        ("[[deny]]\nid = \"IMG-010\"\nreason = \"r\"\ntracker = \"https://    \"\nexpires = \"2999-01-01\"\n", "http(s) link"),
+        ("[[deny]]\nid = \"IMG-010\"\nreason = \"r\"\ntracker = \"https://a b c\"\nexpires = \"2999-01-01\"\n", "http(s) link"),
+        ("[[deny]]\nid = \"IMG-010\"\nreason = \"r\"\ntracker = \"https://example.org/1\"\nexpires = \"9999-12-31\"\n", "more than 366 days"),
+        ("[[deny]]\nid = \"IMG-010\"\nreason = \"r\"\ntracker = \"https://example.org/1\"\nexpires = 2027-01-01T10:00:00\n", "without a time"),
     ] {
         std::fs::write(&deny, bad).unwrap();
         let (code, out) = conformance(&[&v1, "--denylist", deny.to_str().unwrap()]);
@@ -167,4 +178,50 @@ fn the_ci_example_uses_only_flags_the_command_has() {
         );
     }
     assert!(wf.contains("bootyard)\" conformance \"${args[@]}\""));
+}
+
+/// Issue 19: an image whose layout is corrupt (a garbage index.json, a truncated layer)
+/// got ERROR (exit 5, "the harness broke"): what cannot be read of an image is the image's
+/// failure.
+#[test]
+fn r19_a_corrupt_image_fails_its_checks_instead_of_erroring() {
+    let t = tempfile::tempdir().unwrap();
+    let l = layout(t.path());
+    std::fs::write(Path::new(&l).join("index.json"), [0x9f, 0x00, 0xff, 0x13]).unwrap();
+    let (code, out) = conformance(&[&format!("oci-layout:{l}:v1")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the image cannot be read"), "{out}");
+    assert!(out.contains(" 0 errored"), "{out}");
+}
+
+/// Issue 19: `--profile mesh` said "... with --only/--skip leave nothing to run" when
+/// neither was given.
+#[test]
+fn r19_a_profile_without_checks_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let l = layout(t.path());
+    let (code, out) = conformance(&[&format!("oci-layout:{l}:v1"), "--profile", "mesh"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("have no checks") && !out.contains("--only"),
+        "{out}"
+    );
+}
+
+/// Issue 19: a `--report-dir` that cannot be written exited 1, which a gate reads as "a
+/// MUST check failed". It has its own status, and is found before any check runs.
+#[test]
+fn r19_an_unwritable_report_dir_has_its_own_status() {
+    let t = tempfile::tempdir().unwrap();
+    let l = layout(t.path());
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, out) = conformance(&[
+        &format!("oci-layout:{l}:v1"),
+        "--report-dir",
+        file.join("reports").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 7, "{out}");
+    assert!(out.contains("cannot write the report directory"), "{out}");
+    assert!(!out.contains("IMG-001"), "no check ran: {out}");
 }

@@ -6,7 +6,9 @@ use crate::catalogue::Level;
 use crate::check::{CheckId, Verdict};
 
 /// Version of the event and report formats; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the `property` event (facts about the run learnt while it ran, such as the
+/// accelerator the boots ran under).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunInfo {
@@ -65,6 +67,12 @@ pub enum Event {
     },
     CheckFinished {
         result: CheckResult,
+    },
+    /// A fact about the run, known once some checks have run (which accelerator the boots
+    /// ran under, and why). A later property of the same name replaces an earlier one.
+    Property {
+        name: String,
+        value: String,
     },
     RunFinished {
         summary: Summary,

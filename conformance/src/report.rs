@@ -94,6 +94,9 @@ impl<W: Write> Reporter for Tap<W> {
                     }
                 }
             }
+            Event::Property { name, value } => {
+                writeln!(self.w, "# {}: {}", tap_text(name), tap_text(value))?;
+            }
             Event::RunFinished { summary } => {
                 writeln!(
                     self.w,
@@ -116,6 +119,7 @@ pub struct Junit<W> {
     w: W,
     run: Option<RunInfo>,
     results: Vec<CheckResult>,
+    properties: std::collections::BTreeMap<String, String>,
 }
 
 impl<W: Write> Junit<W> {
@@ -124,6 +128,7 @@ impl<W: Write> Junit<W> {
             w,
             run: None,
             results: Vec::new(),
+            properties: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -158,6 +163,9 @@ impl<W: Write> Reporter for Junit<W> {
         match event {
             Event::RunStarted { run, .. } => self.run = Some(run.clone()),
             Event::CheckFinished { result } => self.results.push(result.clone()),
+            Event::Property { name, value } => {
+                self.properties.insert(name.clone(), value.clone());
+            }
             Event::RunFinished { summary } => {
                 let run = self.run.clone().unwrap_or(RunInfo {
                     catalogue_version: "?".into(),
@@ -180,12 +188,21 @@ impl<W: Write> Reporter for Junit<W> {
                     summary.skipped,
                     secs(summary.duration_ms)
                 )?;
-                writeln!(
+                write!(
                     self.w,
-                    r#"  <properties><property name="schema_version" value="{SCHEMA_VERSION}"/><property name="profile" value="{}"/><property name="subject" value="{}"/></properties>"#,
+                    r#"  <properties><property name="schema_version" value="{SCHEMA_VERSION}"/><property name="profile" value="{}"/><property name="subject" value="{}"/>"#,
                     xml(&run.profile),
                     xml(&run.subject)
                 )?;
+                for (name, value) in &self.properties {
+                    write!(
+                        self.w,
+                        r#"<property name="{}" value="{}"/>"#,
+                        xml(name),
+                        xml(value)
+                    )?;
+                }
+                writeln!(self.w, "</properties>")?;
                 for (area, results) in areas {
                     let count =
                         |f: fn(&Verdict) -> bool| results.iter().filter(|r| f(&r.verdict)).count();
@@ -287,6 +304,7 @@ impl<W: Write> Reporter for Console<W> {
                 }
                 self.results.push(result.clone());
             }
+            Event::Property { name, value } => writeln!(self.w, "{name}: {value}")?,
             Event::RunFinished { summary } => {
                 let outcome = Outcome::of(&self.results);
                 writeln!(
@@ -380,6 +398,17 @@ mod tests {
         }];
         for r in results {
             summary.count(&r.verdict);
+            if r.id.area() == "BOOT" {
+                for (name, value) in [
+                    ("accelerator", "tcg"),
+                    ("accelerator_reason", "/dev/kvm opens, but the probe kernel did not reach userspace under KVM # <nested>"),
+                ] {
+                    out.push(Event::Property {
+                        name: name.into(),
+                        value: value.into(),
+                    });
+                }
+            }
             out.push(Event::CheckFinished { result: r });
         }
         out.push(Event::RunFinished { summary });

@@ -257,6 +257,23 @@ pub struct Machine {
     exited: Option<ExitStatus>,
     /// Bound before launch; QEMU connects to it once. Taken by [`Machine::qmp`].
     qmp_listener: Option<UnixListener>,
+    /// A pidfd, opened before the waiter thread can reap QEMU, so a [`Stopper`] never
+    /// signals a recycled pid.
+    pidfd: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+/// Kills a machine from another thread (the one that owns it may be blocked reading its
+/// console). Signalling a QEMU that is gone does nothing.
+#[derive(Clone)]
+pub struct Stopper {
+    pidfd: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl Stopper {
+    pub fn kill(&self) {
+        // ESRCH: it has exited already, which is what we wanted.
+        let _ = rustix::process::pidfd_send_signal(&*self.pidfd, rustix::process::Signal::KILL);
+    }
 }
 
 impl Machine {
@@ -297,6 +314,19 @@ impl Machine {
             })?;
         let started = Instant::now();
         let pid = rustix::process::Pid::from_child(&child);
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => std::sync::Arc::new(fd),
+            Err(e) => {
+                // Without it the machine could not be stopped from elsewhere: do not run it.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(QemuError::Io {
+                    op: "open a pidfd for",
+                    path: PathBuf::from(&spec.binary),
+                    source: e.into(),
+                });
+            }
+        };
         let stdout = child.stdout.take().expect("stdout was piped");
         let log_path = spec.console_log();
         let mut log = std::fs::File::create(&log_path).map_err(io("create", &log_path))?;
@@ -347,7 +377,15 @@ impl Machine {
             exit,
             exited: None,
             qmp_listener: Some(qmp_listener),
+            pidfd,
         })
+    }
+
+    /// A handle that kills this machine from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            pidfd: self.pidfd.clone(),
+        }
     }
 
     pub fn spec(&self) -> &MachineSpec {
@@ -570,41 +608,9 @@ impl Qmp {
     }
 }
 
-/// What the accelerator probe found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccelChoice {
-    pub accel: Accel,
-    /// Why, in words, for the run's log.
-    pub reason: String,
-}
-
-/// Picks KVM only if `/dev/kvm` opens and a probe guest runs to its end under KVM within
-/// `deadline`; otherwise TCG. (On some hosts KVM exists but guests hang or crawl.)
-pub fn choose_accel(binary: &str, workdir: &Path, deadline: Duration) -> AccelChoice {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return AccelChoice {
-            accel: Accel::Tcg,
-            reason: "/dev/kvm cannot be opened".into(),
-        };
-    }
-    match run_probe(binary, workdir, Accel::Kvm, deadline) {
-        Ok(ms) => AccelChoice {
-            accel: Accel::Kvm,
-            reason: format!("KVM probe guest finished in {ms} ms"),
-        },
-        Err(e) => AccelChoice {
-            accel: Accel::Tcg,
-            reason: format!("KVM probe failed, using TCG: {e}"),
-        },
-    }
-}
-
-/// Boots the probe sector; returns how long it took.
+/// Boots the test boot sector (it exits QEMU through the debug-exit port); returns how
+/// long it took. It proves QEMU and the accelerator run firmware, not that they run Linux:
+/// the root package's `accel::probe` boots a kernel to choose an accelerator.
 pub fn run_probe(
     binary: &str,
     workdir: &Path,

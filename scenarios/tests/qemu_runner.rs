@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bootyard_scenarios::bootsector;
-use bootyard_scenarios::qemu::{
-    choose_accel, run_probe, Accel, Drive, Machine, MachineSpec, QemuError,
-};
+use bootyard_scenarios::qemu::{run_probe, Accel, Drive, Machine, MachineSpec, QemuError};
 
 /// Missing QEMU skips the test on a developer machine and fails it in CI, which installs it.
 fn have_qemu(test: &str) -> bool {
@@ -106,8 +104,8 @@ fn qemu_deadlines_are_errors_that_name_the_console_log() {
 }
 
 #[test]
-fn qemu_accel_probe_decides_within_its_deadline() {
-    if !have_qemu("qemu_accel_probe_decides_within_its_deadline") {
+fn qemu_boot_sector_probe_finishes_within_its_deadline() {
+    if !have_qemu("qemu_boot_sector_probe_finishes_within_its_deadline") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -119,10 +117,4 @@ fn qemu_accel_probe_decides_within_its_deadline() {
     )
     .unwrap();
     assert!(ms < 30_000);
-    let started = Instant::now();
-    let choice = choose_accel("qemu-system-x86_64", tmp.path(), Duration::from_secs(2));
-    // Whatever the host, the probe answers within its deadline (plus launch and kill).
-    assert!(started.elapsed() < Duration::from_secs(10), "{choice:?}");
-    assert!(!choice.reason.is_empty());
-    eprintln!("accelerator: {:?} ({})", choice.accel, choice.reason);
 }

@@ -37,7 +37,7 @@ pub struct BuildTestImageArgs {
     #[arg(long, value_name = "REF")]
     pub push: Option<String>,
     /// Registry (host:port) to reach over plain HTTP; repeatable
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = super::registry_host)]
     pub insecure_registry: Vec<String>,
     /// Print a JSON report
     #[arg(long)]

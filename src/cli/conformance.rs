@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 
-use anyhow::Context;
 use bootyard_conformance::{Console, JsonLines, Junit, Outcome, Profile, Reporter, Tap};
 use clap::Args;
 
-use crate::conformance::run::{load_denylist, run, today, BootSettings, RunOptions};
+use crate::conformance::run::{
+    load_denylist, run, today, BootSettings, ReportUnwritable, RunOptions,
+};
 use crate::image::Source;
 
 #[derive(Debug, Args)]
@@ -43,6 +44,8 @@ pub struct ConformanceArgs {
     #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
     pub firmware: FirmwareArg,
     #[command(flatten)]
+    pub accel: super::AccelArgs,
+    #[command(flatten)]
     pub fetch: super::FetchArgs,
 }
 
@@ -75,7 +78,7 @@ pub fn run_cmd(a: ConformanceArgs) -> anyhow::Result<()> {
         only: a.only.clone(),
         skip: a.skip.clone(),
         denylist: match &a.denylist {
-            Some(p) => load_denylist(p)?,
+            Some(p) => load_denylist(p, today())?,
             None => Vec::new(),
         },
         today: today(),
@@ -89,19 +92,27 @@ pub fn run_cmd(a: ConformanceArgs) -> anyhow::Result<()> {
                 FirmwareArg::Efi => bootyard_scenarios::file::Firmware::Efi,
             },
             artifacts: a.report_dir.clone(),
+            accel: a.accel.clone(),
         },
     };
     let mut console = Console::new(std::io::stdout().lock());
     let results = match &a.report_dir {
         None => run(&source, &opts, &mut [&mut console])?,
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the report directory {}", dir.display()))?;
+            // Before any check runs: a gate must not wait minutes to learn its report
+            // directory is unusable.
+            std::fs::create_dir_all(dir).map_err(|source| ReportUnwritable {
+                what: format!("the report directory {}", dir.display()),
+                source,
+            })?;
             let create = |name: &str| {
                 let p = dir.join(name);
                 std::fs::File::create(&p)
                     .map(std::io::BufWriter::new)
-                    .with_context(|| format!("creating {}", p.display()))
+                    .map_err(|source| ReportUnwritable {
+                        what: p.display().to_string(),
+                        source,
+                    })
             };
             let mut junit = Junit::new(create("junit.xml")?);
             let mut jsonl = JsonLines::new(create("results.jsonl")?);

@@ -42,13 +42,14 @@ pub struct InstallArgs {
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
     /// Boot attempts a newly written slot gets before GRUB falls back
-    #[arg(long, default_value_t = crate::boot::assessment::TRIES_DEFAULT)]
+    #[arg(long, default_value_t = crate::boot::assessment::TRIES_DEFAULT,
+          value_parser = clap::value_parser!(u8).range(1..=crate::boot::assessment::TRIES_MAX as i64))]
     pub tries: u8,
     /// Replace an existing disk image file
     #[arg(long)]
     pub force: bool,
     /// Registry (host:port) to reach over plain HTTP; repeatable
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = super::registry_host)]
     pub insecure_registry: Vec<String>,
     /// Print a JSON report
     #[arg(long)]

@@ -14,7 +14,7 @@ pub struct PushArgs {
     /// Destination reference: host[:port]/name:tag
     pub destination: String,
     /// Registry (host:port) to reach over plain HTTP; repeatable
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = super::registry_host)]
     pub insecure_registry: Vec<String>,
     /// Docker config with registry credentials
     #[arg(long)]

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 
-use bootyard_scenarios::qemu::{choose_accel, Accel};
 use bootyard_scenarios::ScenarioFile;
 
 use crate::scenario::{default_workdir, run, RunOptions};
@@ -13,14 +12,6 @@ use crate::testimage::Flavor;
 pub enum ScenarioCommand {
     /// Run a scenario file: build its test images, install, boot, upgrade, roll back in QEMU
     Run(ScenarioRunArgs),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum AccelArg {
-    /// KVM if a probe guest runs under it within 5 s, else TCG
-    Auto,
-    Kvm,
-    Tcg,
 }
 
 #[derive(Debug, Args)]
@@ -39,8 +30,8 @@ pub struct ScenarioRunArgs {
     /// Cache for Debian packages [default: ~/.cache/bootyard/deb]
     #[arg(long)]
     pub cache: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub accel: AccelArg,
+    #[command(flatten)]
+    pub accel: super::AccelArgs,
     /// Print the reports as JSON
     #[arg(long)]
     pub json: bool,
@@ -70,6 +61,23 @@ pub fn run_cmd(cmd: ScenarioCommand) -> anyhow::Result<()> {
     let cache = a
         .cache
         .unwrap_or_else(crate::cli::build_test_image::default_cache);
+    // One probe for every flavor: they boot the same kernel.
+    let probe_dir = a
+        .workdir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/scenarios"))
+        .join("accel-probe");
+    let mut accel = a.accel.choose(
+        || Ok(crate::debpkg::cloud_kernel(&cache)?.vmlinuz),
+        &probe_dir,
+    );
+    if !a.json {
+        eprintln!(
+            "accelerator: {} ({})",
+            crate::accel::accel_name(accel.accel),
+            accel.reason
+        );
+    }
     let mut failed = Vec::new();
     let mut reports = Vec::new();
     for flavor in flavors {
@@ -83,29 +91,28 @@ pub fn run_cmd(cmd: ScenarioCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot clear {}", workdir.display()))?;
         }
         std::fs::create_dir_all(&workdir)?;
-        let accel = match a.accel {
-            AccelArg::Kvm => Accel::Kvm,
-            AccelArg::Tcg => Accel::Tcg,
-            AccelArg::Auto => {
-                let c = choose_accel(
-                    "qemu-system-x86_64",
-                    &workdir,
-                    std::time::Duration::from_secs(5),
-                );
-                if !a.json {
-                    eprintln!("accelerator: {:?} ({})", c.accel, c.reason);
-                }
-                c.accel
-            }
-        };
         let opts = RunOptions {
             flavor,
             workdir: workdir.clone(),
             agent: agent.clone(),
             cache: cache.clone(),
-            accel,
+            accel: accel.clone(),
+            qemu: a.accel.qemu.clone(),
         };
         let r = run(&file, &opts)?;
+        if !a.json {
+            if let Some(f) = &r.accel.fallback {
+                eprintln!("accelerator: now tcg: {f}");
+            }
+        }
+        // What KVM did to one flavor's boots it would do to the next one's.
+        if let Some(f) = &r.accel.fallback {
+            accel = crate::accel::AccelChoice {
+                accel: bootyard_scenarios::qemu::Accel::Tcg,
+                mode: crate::accel::AccelMode::Auto,
+                reason: format!("an earlier flavor's run fell back: {f}"),
+            };
+        }
         if !a.json {
             for b in &r.boots {
                 let complete = b

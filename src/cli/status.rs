@@ -27,7 +27,16 @@ struct Status {
     /// On a node: what the boot stage recorded about this boot.
     #[serde(skip_serializing_if = "Option::is_none")]
     boot: Option<crate::agent::stage::BootRecord>,
+    /// What is wrong with the disk besides its slots (a damaged partition table copy, a
+    /// cut-off upgrade's transition image), one sentence each.
+    problems: Vec<String>,
 }
+
+/// The disk is damaged (one copy of its partition table): `status` has printed what it
+/// found, and exits with the status of a corrupt input.
+#[derive(Debug, thiserror::Error)]
+#[error("the disk is damaged: {0}")]
+pub struct DiskDamaged(pub String);
 
 /// Why the last boot went where it did, in words.
 pub fn explain(m: &BootModel) -> String {
@@ -48,8 +57,11 @@ pub fn explain(m: &BootModel) -> String {
 }
 
 pub fn run(a: StatusArgs) -> anyhow::Result<()> {
-    let (mut model, boot) = match &a.disk {
-        Some(disk) => (crate::upgrade::read_disk_model(disk)?, None),
+    let (mut model, boot, problems) = match &a.disk {
+        Some(disk) => {
+            let (model, problems) = crate::upgrade::inspect_disk(disk)?;
+            (model, None, problems)
+        }
         None => {
             let (_, model) = crate::agent::health::read_model(&a.state_dir).with_context(|| {
                 format!(
@@ -58,19 +70,26 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
                 )
             })?;
             let boot = crate::agent::health::check_userspace(std::path::Path::new("/"), None).ok();
-            (model, boot)
+            let problems = crate::upgrade::DiskProblems {
+                stray_transition: a.state_dir.join("cOS/transition.img").exists(),
+                ..Default::default()
+            };
+            (model, boot, problems)
         }
     };
+    let damaged = !problems.gpt_damaged.is_empty();
+    let problems = problems.sentences();
     model.running = boot.as_ref().map(|b| b.slot);
     let why = explain(&model);
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&Status {
-                schema_version: 1,
+                schema_version: 2,
                 slots: model,
                 why,
                 boot,
+                problems: problems.clone(),
             })?
         );
     } else {
@@ -86,6 +105,12 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
             );
         }
         println!("{why}");
+        for p in &problems {
+            println!("warning: {p}");
+        }
+    }
+    if damaged {
+        return Err(DiskDamaged(problems.join("; ")).into());
     }
     Ok(())
 }

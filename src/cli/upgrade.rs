@@ -24,7 +24,7 @@ pub struct UpgradeArgs {
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Registry (host:port) to reach over plain HTTP; repeatable
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = super::registry_host)]
     pub insecure_registry: Vec<String>,
     /// Print a JSON report
     #[arg(long)]

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use bootyard_conformance::Verdict;
 use bootyard_scenarios::file::{Firmware, ScenarioFile};
-use bootyard_scenarios::qemu::Accel;
 
 use crate::boot::assessment::{Health, Slot, TRIES_DEFAULT};
 use crate::image::Source;
@@ -37,7 +36,10 @@ pub enum SecondImage {
 
 #[derive(Debug, Clone)]
 pub struct BootOptions {
-    pub accel: Accel,
+    /// What the boots start under (a stall under a probed KVM moves them to TCG).
+    pub accel: crate::accel::AccelChoice,
+    /// The QEMU binary.
+    pub qemu: String,
     pub memory_mib: u32,
     pub firmware: Firmware,
     /// How long one power-on may take, from QEMU's start to the boot's end.
@@ -325,7 +327,12 @@ pub fn run(
     platform: &crate::image::spec::Platform,
     wanted: &[&str],
     opts: &BootOptions,
-) -> BTreeMap<&'static str, Checked> {
+) -> (BTreeMap<&'static str, Checked>, crate::accel::AccelReport) {
+    let unbooted = crate::accel::AccelReport {
+        accel: crate::accel::accel_name(opts.accel.accel).into(),
+        reason: opts.accel.reason.clone(),
+        fallback: None,
+    };
     let mut out = BTreeMap::new();
     let work = match tempfile::Builder::new()
         .prefix("bootyard-conformance-boot-")
@@ -334,7 +341,7 @@ pub fn run(
         Ok(w) => w,
         Err(e) => {
             let f = StepFailure::harness(format!("cannot make a work directory: {e}"), None);
-            return every(wanted, &f, opts);
+            return (every(wanted, &f, opts), unbooted);
         }
     };
     let file = ScenarioFile {
@@ -398,9 +405,16 @@ pub fn run(
         Err(e) => (String::new(), Some(e)),
     };
     let machine = work.path().join("machine");
-    let mut run = match Run::external(&file, &machine, opts.accel, images, opts.pull.clone()) {
+    let run = Run::external(
+        &file,
+        &machine,
+        (opts.accel.clone(), opts.qemu.clone()),
+        images,
+        opts.pull.clone(),
+    );
+    let mut run = match run {
         Ok(r) => r,
-        Err(e) => return every(wanted, &StepFailure::of(e, None), opts),
+        Err(e) => return (every(wanted, &StepFailure::of(e, None), opts), unbooted),
     };
     run.set_boot_deadline(opts.boot_timeout);
     let mut m = Machine {
@@ -484,7 +498,7 @@ pub fn run(
         let ms = t.elapsed().as_millis() as u64;
         out.insert("UPG-002", settle("UPG-002", r, ms, opts));
     }
-    out
+    (out, m.run.accel_report())
 }
 
 /// The same failure for every wanted check: the sequence could not start.

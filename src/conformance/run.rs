@@ -15,7 +15,7 @@ use super::container;
 use super::error_chain as chain;
 use super::image_checks::{self, Platform};
 use crate::image::layout::Layout;
-use crate::image::pull::{extract_archive, pull, PullOptions};
+use crate::image::pull::{extract_archive, pull, PullError, PullOptions};
 use crate::image::source::ResolvedImage;
 use crate::image::Source;
 
@@ -26,6 +26,8 @@ pub enum ConfigError {
     UnknownCheck(String),
     #[error("no check selected: the profiles {profiles} with --only/--skip leave nothing to run")]
     NothingSelected { profiles: String },
+    #[error("the profiles {profiles} have no checks in catalogue {CATALOGUE_VERSION} yet")]
+    EmptyProfiles { profiles: String },
     #[error("cannot read the denylist {path}")]
     DenylistRead {
         path: PathBuf,
@@ -34,6 +36,16 @@ pub enum ConfigError {
     },
     #[error("denylist {path} is malformed: {reason}")]
     Denylist { path: PathBuf, reason: String },
+}
+
+/// A report (the terminal, or a file in --report-dir) could not be written: the run's
+/// verdict cannot reach the gate, which is no verdict on the image. Its own exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {what}")]
+pub struct ReportUnwritable {
+    pub what: String,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// A denylisted check: its failures are reported as warnings until `expires`. Each entry
@@ -45,8 +57,51 @@ pub struct DenyEntry {
     pub reason: String,
     /// An http(s) link to the issue tracking the fix.
     pub tracker: String,
-    /// The last day (YYYY-MM-DD, UTC) the entry applies.
+    /// The last day (YYYY-MM-DD, UTC) the entry applies: a TOML string or a TOML date.
+    #[serde(deserialize_with = "date_text")]
     pub expires: String,
+}
+
+/// The longest a denylist entry may run: a waiver that never expires is a permanent
+/// exemption, which a conformance gate must not offer.
+pub const DENY_DAYS_MAX: i64 = 366;
+
+/// A date given as a TOML string (`"2027-01-31"`) or a bare TOML date (`2027-01-31`), as
+/// the YYYY-MM-DD text `load_denylist` checks.
+fn date_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Text(String),
+        Date(toml::value::Datetime),
+    }
+    // untagged here reads a user's config in the two spellings TOML has for a date; it is
+    // not a wire or report format.
+    match Given::deserialize(d)? {
+        Given::Text(s) => Ok(s),
+        Given::Date(dt) => match (dt.date, dt.time, dt.offset) {
+            (Some(date), None, None) => Ok(date.to_string()),
+            _ => Err(serde::de::Error::custom(format!(
+                "expires = {dt}: give a date alone (YYYY-MM-DD), without a time"
+            ))),
+        },
+    }
+}
+
+/// An http(s) link with a host and no spaces: `https://tracker.example/issue/42`.
+fn tracker_link_ok(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    !host.is_empty() && crate::image::source::check_registry_host(host).is_ok()
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +120,20 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// Days since the epoch as `YYYY-MM-DD` (the inverse of [`parse_date`]).
+pub fn date_of(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// `YYYY-MM-DD` as days since the epoch, if it is a real date.
@@ -105,7 +174,7 @@ pub fn today() -> i64 {
 }
 
 /// Reads and validates a denylist file (TOML, `[[deny]]` tables).
-pub fn load_denylist(path: &Path) -> Result<Vec<DenyEntry>, ConfigError> {
+pub fn load_denylist(path: &Path, today: i64) -> Result<Vec<DenyEntry>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::DenylistRead {
         path: path.to_path_buf(),
         source,
@@ -119,17 +188,22 @@ pub fn load_denylist(path: &Path) -> Result<Vec<DenyEntry>, ConfigError> {
         if catalogue::find(&e.id).is_none() {
             return Err(bad(format!("{} is not a check in the catalogue", e.id)));
         }
-        if !(e.tracker.starts_with("https://") || e.tracker.starts_with("http://"))
-            || e.tracker.len() < 12
-        {
+        if !tracker_link_ok(&e.tracker) {
             return Err(bad(format!(
                 "{}: tracker must be an http(s) link to the issue, not {:?}",
                 e.id, e.tracker
             )));
         }
-        if parse_date(&e.expires).is_none() {
+        let Some(expires) = parse_date(&e.expires) else {
             return Err(bad(format!(
                 "{}: expires must be a date as YYYY-MM-DD, not {:?}",
+                e.id, e.expires
+            )));
+        };
+        if expires > today + DENY_DAYS_MAX {
+            return Err(bad(format!(
+                "{}: expires {} is more than {DENY_DAYS_MAX} days away: a denylist entry is a \
+                 waiver until a fix, renewed while the fix is pending, not a permanent one",
                 e.id, e.expires
             )));
         }
@@ -163,6 +237,8 @@ pub struct BootSettings {
     pub firmware: bootyard_scenarios::file::Firmware,
     /// Where console logs of failed boots are kept (the report directory).
     pub artifacts: Option<PathBuf>,
+    /// The accelerator (auto, kvm, tcg) and the QEMU binary.
+    pub accel: crate::cli::AccelArgs,
 }
 
 impl Default for BootSettings {
@@ -173,6 +249,10 @@ impl Default for BootSettings {
             memory_mib: 1024,
             firmware: bootyard_scenarios::file::Firmware::Bios,
             artifacts: None,
+            accel: crate::cli::AccelArgs {
+                accel: crate::cli::AccelArg::Auto,
+                qemu: QEMU.into(),
+            },
         }
     }
 }
@@ -189,8 +269,11 @@ pub fn select(opts: &RunOptions) -> Result<Vec<&'static CheckDef>, ConfigError> 
         .filter(|c| !opts.skip.iter().any(|s| s == c.id))
         .collect();
     if picked.is_empty() {
-        return Err(ConfigError::NothingSelected {
-            profiles: profile_names(&opts.profiles),
+        let profiles = profile_names(&opts.profiles);
+        return Err(if opts.only.is_empty() && opts.skip.is_empty() {
+            ConfigError::EmptyProfiles { profiles }
+        } else {
+            ConfigError::NothingSelected { profiles }
         });
     }
     Ok(picked)
@@ -232,7 +315,10 @@ struct Progress<'a, 'b, 'o> {
 impl Progress<'_, '_, '_> {
     fn emit(&mut self, e: &Event) -> anyhow::Result<()> {
         for r in self.reporters.iter_mut() {
-            r.event(e)?;
+            r.event(e).map_err(|source| ReportUnwritable {
+                what: "a report".into(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -314,14 +400,24 @@ pub fn run(
         planned: checks.len() as u32,
     })?;
     // The image is unpacked once, at the first check that reads it.
-    let mut unpacked: Option<Result<Unpacked, String>> = None;
-    let get = |unpacked: &mut Option<Result<Unpacked, String>>| {
+    let mut unpacked: Option<Result<Unpacked, NotGot>> = None;
+    let get = |unpacked: &mut Option<Result<Unpacked, NotGot>>| {
         if unpacked.is_none() {
             *unpacked = Some(unpack(source, &opts.pull));
         }
     };
-    let not_got = |e: &String| Verdict::Error {
-        reason: format!("could not get the image to check: {e}"),
+    // An image that is corrupt, malformed or hostile fails the checks that read it; one
+    // that could not be fetched (or a local fault) leaves them without a verdict.
+    let not_got = |e: &NotGot| {
+        if e.image_fault {
+            Verdict::Fail {
+                reason: format!("the image cannot be read: {}", e.reason),
+            }
+        } else {
+            Verdict::Error {
+                reason: format!("could not get the image to check: {}", e.reason),
+            }
+        }
     };
     // Profiles are contiguous in catalogue order: each runs as a group, except that boot
     // and upgrade share one machine.
@@ -414,7 +510,7 @@ pub fn run(
             }
             Profile::Boot | Profile::Upgrade => {
                 let t = Instant::now();
-                if let Err(why) = can_boot(opts.boot.firmware) {
+                if let Err(why) = can_boot(opts.boot.firmware, &opts.boot.accel.qemu) {
                     p.finish_all(group, &Verdict::Skip { reason: why }, t)?;
                     continue;
                 }
@@ -442,14 +538,16 @@ pub fn run(
                     p.finish_all(group, &Verdict::Skip { reason }, t)?;
                     continue;
                 }
-                let accel = bootyard_scenarios::qemu::choose_accel(
-                    QEMU,
+                let accel = opts.boot.accel.choose(
+                    || {
+                        crate::accel::image_kernel(&u.root)
+                            .ok_or_else(|| anyhow::anyhow!("the image has no /boot/vmlinuz"))
+                    },
                     u.root.parent().unwrap_or(Path::new("/tmp")),
-                    std::time::Duration::from_secs(5),
-                )
-                .accel;
+                );
                 let bo = boot_checks::BootOptions {
                     accel,
+                    qemu: opts.boot.accel.qemu.clone(),
                     memory_mib: opts.boot.memory_mib,
                     firmware: opts.boot.firmware,
                     boot_timeout: opts.boot.boot_timeout,
@@ -463,7 +561,19 @@ pub fn run(
                 let ids: Vec<&str> = group.iter().map(|d| d.id).collect();
                 // The last profile to read the unpacked tree: deriving the second image
                 // edits it.
-                let mut done = boot_checks::run(source, &u.root, &platform, &ids, &bo);
+                let (mut done, accel) = boot_checks::run(source, &u.root, &platform, &ids, &bo);
+                for (name, value) in [
+                    ("accelerator", Some(accel.accel)),
+                    ("accelerator_reason", Some(accel.reason)),
+                    ("accelerator_fallback", accel.fallback),
+                ] {
+                    if let Some(value) = value {
+                        p.emit(&Event::Property {
+                            name: name.into(),
+                            value,
+                        })?;
+                    }
+                }
                 for def in group {
                     let c = done.remove(def.id).unwrap_or_else(|| boot_checks::Checked {
                         verdict: Verdict::Error {
@@ -496,13 +606,16 @@ const QEMU: &str = "qemu-system-x86_64";
 
 /// Whether this machine can run the boot checks: QEMU, GRUB's modules (an install writes
 /// both the BIOS and the EFI boot loader), e2fsprogs, the FAT tools, and OVMF for EFI boots.
-fn can_boot(firmware: bootyard_scenarios::file::Firmware) -> Result<(), String> {
+fn can_boot(firmware: bootyard_scenarios::file::Firmware, qemu: &str) -> Result<(), String> {
     let on_path = |tool: &str| {
+        if tool.contains('/') {
+            return Path::new(tool).is_file();
+        }
         std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
     };
     for (tool, package) in [
-        (QEMU, "qemu-system-x86"),
+        (qemu, "qemu-system-x86"),
         ("grub-mkimage", "grub-common"),
         ("mkfs.ext4", "e2fsprogs"),
         ("debugfs", "e2fsprogs"),
@@ -542,17 +655,37 @@ struct Unpacked {
 
 /// Unpacks the image into a fresh temporary directory, with its config's platform and
 /// where its layers are.
-fn unpack(source: &Source, opts: &PullOptions) -> Result<Unpacked, String> {
+/// Why the image could not be had, and whether that is the image's fault (corrupt,
+/// malformed, hostile: what `bootyard image pull` exits 3 for).
+#[derive(Debug)]
+struct NotGot {
+    reason: String,
+    image_fault: bool,
+}
+
+impl NotGot {
+    fn of<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        let reason = chain(&e);
+        let image_fault =
+            crate::cli::exit::exit_code(&anyhow::Error::new(e)) == crate::cli::exit::BAD_IMAGE;
+        Self {
+            reason,
+            image_fault,
+        }
+    }
+}
+
+fn unpack(source: &Source, opts: &PullOptions) -> Result<Unpacked, NotGot> {
     let dir = tempfile::Builder::new()
         .prefix("bootyard-conformance-")
         .tempdir()
-        .map_err(|e| format!("cannot make a work directory: {e}"))?;
+        .map_err(NotGot::of)?;
     // An archive is opened as a layout here, so its layers stay readable after the unpack.
     let extracted;
     let source = match source {
         Source::Archive { file, tag } => {
             let at = dir.path().join("layout");
-            extract_archive(file, &at, opts.limits).map_err(|e| chain(&e))?;
+            extract_archive(file, &at, opts.limits).map_err(NotGot::of)?;
             extracted = Source::Layout {
                 dir: at,
                 tag: tag.clone(),
@@ -562,14 +695,17 @@ fn unpack(source: &Source, opts: &PullOptions) -> Result<Unpacked, String> {
         s => s,
     };
     let root = dir.path().join("rootfs");
-    let report = pull(source, &root, opts).map_err(|e| chain(&e))?;
+    let report = pull(source, &root, opts).map_err(NotGot::of)?;
     let layout_dir = match source {
         Source::Layout { dir, .. } => Some(dir.clone()),
         Source::Registry(_) => Some(opts.cache_dir.clone()),
         _ => None,
     };
     let layers = match (layout_dir, &report.image) {
-        (Some(d), Some(image)) => Some((Layout::open(&d).map_err(|e| chain(&e))?, image.clone())),
+        (Some(d), Some(image)) => Some((
+            Layout::open(&d).map_err(|e| NotGot::of(PullError::Layout(e)))?,
+            image.clone(),
+        )),
         _ => None,
     };
     let platform = report.image.map(|i| Platform {
@@ -582,4 +718,37 @@ fn unpack(source: &Source, opts: &PullOptions) -> Result<Unpacked, String> {
         platform,
         layers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip_through_days() {
+        // Years 1000..=9999: parse_date takes four-digit years.
+        for d in (-354_000..2_900_000).step_by(997) {
+            assert_eq!(parse_date(&date_of(d)), Some(d), "{}", date_of(d));
+        }
+        assert_eq!(date_of(0), "1970-01-01");
+        assert_eq!(
+            parse_date("2024-02-29").map(date_of).as_deref(),
+            Some("2024-02-29")
+        );
+    }
+
+    #[test]
+    fn tracker_links_need_a_host_and_no_spaces() {
+        assert!(tracker_link_ok("https://example.org/distro/issues/7"));
+        assert!(tracker_link_ok("http://tracker:8080/x?id=1"));
+        for bad in [
+            "https://    ",
+            "https://a b c",
+            "https://",
+            "ftp://x.org/1",
+            "see the wiki",
+        ] {
+            assert!(!tracker_link_ok(bad), "{bad}");
+        }
+    }
 }

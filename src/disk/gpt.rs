@@ -152,6 +152,22 @@ pub enum GptError {
     Unaligned(u64),
     #[error("no valid GPT: {0}")]
     Invalid(String),
+    #[error(
+        "the disk is {disk_bytes} bytes, but its partition table describes {table_bytes}: it \
+         was cut short (truncated, or copied incompletely), and what lay past its end is gone"
+    )]
+    Truncated { disk_bytes: u64, table_bytes: u64 },
+    #[error(
+        "partition {name:?} (sectors {first_lba}..={last_lba}) lies outside the usable \
+         sectors {first_usable}..={last_usable} of the disk, or overlaps another"
+    )]
+    OutOfBounds {
+        name: String,
+        first_lba: u64,
+        last_lba: u64,
+        first_usable: u64,
+        last_usable: u64,
+    },
     #[error("GPT read back differs from what was written")]
     ReadBack,
     #[error("disk I/O")]
@@ -289,7 +305,17 @@ pub fn write(file: &File, g: &Gpt) -> Result<(), GptError> {
     Ok(())
 }
 
-fn parse_header(h: &[u8], expect_lba: u64) -> Result<(Guid, u64, u32), String> {
+/// The fields of a GPT header this reader uses.
+struct Header {
+    disk_guid: Guid,
+    alt_lba: u64,
+    first_usable: u64,
+    last_usable: u64,
+    entries_lba: u64,
+    entries_crc: u32,
+}
+
+fn parse_header(h: &[u8], expect_lba: u64) -> Result<Header, String> {
     if &h[0..8] != b"EFI PART" {
         return Err("no GPT signature".into());
     }
@@ -316,9 +342,31 @@ fn parse_header(h: &[u8], expect_lba: u64) -> Result<(Guid, u64, u32), String> {
             "{n} entries of {esz} bytes (only 128 x 128 supported)"
         ));
     }
-    let entries_lba = u64::from_le_bytes(h[72..80].try_into().expect("8 bytes"));
-    let ecrc = u32::from_le_bytes(h[88..92].try_into().expect("4 bytes"));
-    Ok((Guid::from_disk(&h[56..72]), entries_lba, ecrc))
+    let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+    let first_usable = u64_at(40);
+    let last_usable = u64_at(48);
+    if first_usable > last_usable {
+        return Err(format!(
+            "usable sectors {first_usable}..={last_usable} are empty"
+        ));
+    }
+    Ok(Header {
+        disk_guid: Guid::from_disk(&h[56..72]),
+        alt_lba: u64_at(32),
+        first_usable,
+        last_usable,
+        entries_lba: u64_at(72),
+        entries_crc: u32::from_le_bytes(h[88..92].try_into().expect("4 bytes")),
+    })
+}
+
+/// A table as read, with what is wrong with the copy that was not used (or with both
+/// copies' agreement): the disk works, but one more fault would lose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub gpt: Gpt,
+    /// Empty when both copies are intact, agree, and sit where the disk's size says.
+    pub damaged: Vec<String>,
 }
 
 /// Size of a disk image file or a block device (whose metadata says 0 bytes).
@@ -328,8 +376,16 @@ pub fn size_of(file: &File) -> std::io::Result<u64> {
     Ok(size)
 }
 
-/// Reads the primary table, or the backup when the primary is damaged.
+/// Reads the primary table, or the backup when the primary is damaged. A table that
+/// describes more disk than there is ([`GptError::Truncated`]) or a partition outside the
+/// usable sectors is an error, whichever copy says so.
 pub fn read(file: &File) -> Result<Gpt, GptError> {
+    Ok(read_checked(file)?.gpt)
+}
+
+/// Reads both copies of the table: the one used (the primary when it is intact), and what
+/// is wrong with the other.
+pub fn read_checked(file: &File) -> Result<Checked, GptError> {
     let disk_bytes = size_of(file)?;
     let disk_sectors = disk_bytes / SECTOR;
     if disk_sectors < 2 * (2 + ENTRY_SECTORS) {
@@ -338,49 +394,144 @@ pub fn read(file: &File) -> Result<Gpt, GptError> {
         )));
     }
     let mut problems = Vec::new();
+    let mut copies = Vec::new();
     for (lba, which) in [(1, "primary"), (disk_sectors - 1, "backup")] {
-        let mut h = [0u8; SECTOR as usize];
-        file.read_exact_at(&mut h, lba * SECTOR)?;
-        let (disk_guid, entries_lba, ecrc) = match parse_header(&h, lba) {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(format!("{which}: {e}"));
-                continue;
-            }
-        };
-        let mut entries = vec![0u8; (ENTRIES * ENTRY_BYTES) as usize];
-        file.read_exact_at(&mut entries, entries_lba * SECTOR)?;
-        if crc32(&entries) != ecrc {
-            problems.push(format!("{which}: partition entries CRC mismatch"));
-            continue;
+        match read_copy(file, lba, disk_sectors) {
+            Ok(c) => copies.push((which, c)),
+            Err(e) => problems.push(format!("{which}: {e}")),
         }
-        let mut partitions = Vec::new();
-        for e in entries.chunks(ENTRY_BYTES as usize) {
-            let type_guid = Guid::from_disk(&e[0..16]);
-            if type_guid == Guid::ZERO {
-                continue;
+    }
+    let Some((which, (header, gpt))) = copies.first().cloned() else {
+        // The primary may still say how big the disk was: a truncated disk has lost its
+        // backup, and the reason is the truncation, not a missing copy.
+        let mut h = [0u8; SECTOR as usize];
+        file.read_exact_at(&mut h, SECTOR)?;
+        if let Ok(header) = parse_header(&h, 1) {
+            if header.alt_lba >= disk_sectors {
+                return Err(GptError::Truncated {
+                    disk_bytes,
+                    table_bytes: (header.alt_lba + 1) * SECTOR,
+                });
             }
-            let units: Vec<u16> = e[56..128]
-                .chunks(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .take_while(|&u| u != 0)
-                .collect();
-            partitions.push(Partition {
-                name: String::from_utf16_lossy(&units),
-                type_guid,
-                unique_guid: Guid::from_disk(&e[16..32]),
-                first_lba: u64::from_le_bytes(e[32..40].try_into().expect("8 bytes")),
-                last_lba: u64::from_le_bytes(e[40..48].try_into().expect("8 bytes")),
-                attributes: u64::from_le_bytes(e[48..56].try_into().expect("8 bytes")),
+        }
+        return Err(GptError::Invalid(problems.join("; ")));
+    };
+    if which == "primary" && header.alt_lba != disk_sectors - 1 {
+        if header.alt_lba >= disk_sectors {
+            return Err(GptError::Truncated {
+                disk_bytes,
+                table_bytes: (header.alt_lba + 1) * SECTOR,
             });
         }
-        return Ok(Gpt {
-            disk_guid,
-            disk_sectors,
-            partitions,
-        });
+        problems.push(format!(
+            "the backup table is at sector {}, not at the disk's last sector {} (the disk grew)",
+            header.alt_lba,
+            disk_sectors - 1
+        ));
     }
-    Err(GptError::Invalid(problems.join("; ")))
+    if let [(_, (_, a)), (_, (_, b))] = copies.as_slice() {
+        if a.partitions != b.partitions || a.disk_guid != b.disk_guid {
+            problems.push("the primary and backup tables differ (the backup is ignored)".into());
+        }
+    }
+    Ok(Checked {
+        gpt,
+        damaged: problems,
+    })
+}
+
+/// One copy of the table: its header at `lba` and the entries it points to, checked
+/// against the disk's size.
+fn read_copy(file: &File, lba: u64, disk_sectors: u64) -> Result<(HeaderCopy, Gpt), String> {
+    let mut h = [0u8; SECTOR as usize];
+    file.read_exact_at(&mut h, lba * SECTOR)
+        .map_err(|e| e.to_string())?;
+    let header = parse_header(&h, lba)?;
+    let entries_end = header
+        .entries_lba
+        .checked_add(ENTRY_SECTORS)
+        .filter(|&end| end <= disk_sectors)
+        .ok_or_else(|| {
+            format!(
+                "its partition entries at sector {} lie past the disk's end",
+                header.entries_lba
+            )
+        })?;
+    debug_assert!(entries_end <= disk_sectors);
+    let mut entries = vec![0u8; (ENTRIES * ENTRY_BYTES) as usize];
+    file.read_exact_at(&mut entries, header.entries_lba * SECTOR)
+        .map_err(|e| e.to_string())?;
+    if crc32(&entries) != header.entries_crc {
+        return Err("partition entries CRC mismatch".into());
+    }
+    if header.last_usable >= disk_sectors {
+        return Err(GptError::Truncated {
+            disk_bytes: disk_sectors * SECTOR,
+            table_bytes: (header.last_usable.max(header.alt_lba) + 1) * SECTOR,
+        }
+        .to_string());
+    }
+    let mut partitions: Vec<Partition> = Vec::new();
+    for e in entries.chunks(ENTRY_BYTES as usize) {
+        let type_guid = Guid::from_disk(&e[0..16]);
+        if type_guid == Guid::ZERO {
+            continue;
+        }
+        let units: Vec<u16> = e[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        let p = Partition {
+            name: String::from_utf16_lossy(&units),
+            type_guid,
+            unique_guid: Guid::from_disk(&e[16..32]),
+            first_lba: u64::from_le_bytes(e[32..40].try_into().expect("8 bytes")),
+            last_lba: u64::from_le_bytes(e[40..48].try_into().expect("8 bytes")),
+            attributes: u64::from_le_bytes(e[48..56].try_into().expect("8 bytes")),
+        };
+        let inside = header.first_usable <= p.first_lba
+            && p.first_lba <= p.last_lba
+            && p.last_lba <= header.last_usable;
+        let overlaps = partitions
+            .iter()
+            .any(|q| p.first_lba <= q.last_lba && q.first_lba <= p.last_lba);
+        if !inside || overlaps {
+            return Err(GptError::OutOfBounds {
+                name: p.name,
+                first_lba: p.first_lba,
+                last_lba: p.last_lba,
+                first_usable: header.first_usable,
+                last_usable: header.last_usable,
+            }
+            .to_string());
+        }
+        partitions.push(p);
+    }
+    let gpt = Gpt {
+        disk_guid: header.disk_guid,
+        disk_sectors,
+        partitions,
+    };
+    Ok((
+        HeaderCopy {
+            alt_lba: header.alt_lba,
+        },
+        gpt,
+    ))
+}
+
+/// What the caller of [`read_copy`] needs of the header besides the table.
+#[derive(Debug, Clone, Copy)]
+struct HeaderCopy {
+    alt_lba: u64,
+}
+
+/// Rewrites both copies of the table (and the protective MBR) from `checked`'s table: the
+/// repair for a damaged copy. Only for a table [`read_checked`] accepted, which lies inside
+/// the disk.
+pub fn repair(file: &File, checked: &Checked) -> Result<(), GptError> {
+    write(file, &checked.gpt)
 }
 
 #[cfg(test)]
@@ -442,11 +593,72 @@ mod tests {
         tmp.set_len(1 << 30).unwrap();
         let g = plan(1 << 30, &specs(), Guid::derived(b"t", 0)).unwrap();
         write(&tmp, &g).unwrap();
-        assert_eq!(read(&tmp).unwrap(), g);
+        assert_eq!(
+            read_checked(&tmp).unwrap(),
+            Checked {
+                gpt: g.clone(),
+                damaged: Vec::new()
+            }
+        );
         tmp.write_all_at(b"garbage!", SECTOR).unwrap();
-        assert_eq!(read(&tmp).unwrap(), g, "the backup header serves");
+        let c = read_checked(&tmp).unwrap();
+        assert_eq!(c.gpt, g, "the backup header serves");
+        assert_eq!(c.damaged, vec!["primary: no GPT signature".to_string()]);
+        repair(&tmp, &c).unwrap();
+        assert!(read_checked(&tmp).unwrap().damaged.is_empty());
         tmp.write_all_at(b"garbage!", (g.disk_sectors - 1) * SECTOR)
             .unwrap();
+        tmp.write_all_at(b"garbage!", SECTOR).unwrap();
         assert!(matches!(read(&tmp), Err(GptError::Invalid(_))));
+    }
+
+    /// Issue 19: a disk cut short (`truncate -s 500M` of a bigger one) read as healthy,
+    /// with partitions past its end.
+    #[test]
+    fn r19_a_truncated_disk_is_not_read_as_a_table() {
+        let tmp = tempfile::tempfile().unwrap();
+        tmp.set_len(1 << 30).unwrap();
+        let g = plan(1 << 30, &specs(), Guid::derived(b"t", 0)).unwrap();
+        write(&tmp, &g).unwrap();
+        tmp.set_len(500 << 20).unwrap();
+        let e = read(&tmp).unwrap_err();
+        assert!(
+            matches!(e, GptError::Truncated { disk_bytes, table_bytes }
+                if disk_bytes == 500 << 20 && table_bytes == 1 << 30),
+            "{e}"
+        );
+    }
+
+    /// Issue 19: a corrupt primary entry array (`dd ... seek=2 count=4`) was used without
+    /// a word.
+    #[test]
+    fn r19_a_corrupt_primary_entry_array_is_reported_and_repaired() {
+        let tmp = tempfile::tempfile().unwrap();
+        tmp.set_len(1 << 30).unwrap();
+        let g = plan(1 << 30, &specs(), Guid::derived(b"t", 0)).unwrap();
+        write(&tmp, &g).unwrap();
+        tmp.write_all_at(&[0x5a; 4 * SECTOR as usize], 2 * SECTOR)
+            .unwrap();
+        let c = read_checked(&tmp).unwrap();
+        assert_eq!(c.gpt, g);
+        assert_eq!(
+            c.damaged,
+            vec!["primary: partition entries CRC mismatch".to_string()]
+        );
+        repair(&tmp, &c).unwrap();
+        assert!(read_checked(&tmp).unwrap().damaged.is_empty());
+    }
+
+    #[test]
+    fn a_partition_past_the_usable_sectors_is_refused() {
+        let tmp = tempfile::tempfile().unwrap();
+        tmp.set_len(1 << 30).unwrap();
+        let mut g = plan(1 << 30, &specs(), Guid::derived(b"t", 0)).unwrap();
+        g.partitions.last_mut().unwrap().last_lba = g.disk_sectors - 1;
+        // write() reads back, which refuses; the table is on the disk all the same.
+        assert!(matches!(
+            write(&tmp, &g),
+            Err(GptError::Invalid(m)) if m.contains("outside the usable sectors")
+        ));
     }
 }

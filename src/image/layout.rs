@@ -38,6 +38,12 @@ pub enum LayoutError {
         digest: Digest,
         actual: Digest,
     },
+    #[error("the descriptor of blob {digest} says {said} bytes; the blob has {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        said: u64,
+        actual: u64,
+    },
     #[error("blob {digest} is {size} bytes, more than the {max} bytes allowed for metadata")]
     BlobTooLarge { digest: Digest, size: u64, max: u64 },
     #[error(transparent)]
@@ -174,6 +180,15 @@ impl Layout {
                 dir: self.dir.clone(),
                 digest: desc.digest,
                 actual,
+            });
+        }
+        // The digest matched, so the descriptor's size is what lies: a writer that got its
+        // own descriptor wrong, which a registry would refuse too.
+        if bytes.len() as u64 != desc.size {
+            return Err(LayoutError::SizeMismatch {
+                digest: desc.digest,
+                said: desc.size,
+                actual: bytes.len() as u64,
             });
         }
         Ok(bytes)

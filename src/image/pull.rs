@@ -65,6 +65,8 @@ pub enum PullError {
     Unpack(#[from] UnpackError),
     #[error("failed to extract the OCI archive")]
     Archive(#[source] ApplyError),
+    #[error("{0} is not an OCI archive: it holds no oci-layout file at its root")]
+    NotAnArchive(PathBuf),
     #[error("cannot read {path}")]
     Io {
         path: PathBuf,
@@ -73,6 +75,8 @@ pub enum PullError {
     },
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +161,14 @@ pub fn unpack_image(
 
 pub fn pull(source: &Source, dest: &Path, opts: &PullOptions) -> Result<PullReport, PullError> {
     let started = Instant::now();
+    // The destination is replaced whole: it must not be, hold, or sit inside what is read.
+    let input = match source {
+        Source::Registry(_) => &opts.cache_dir,
+        Source::Layout { dir, .. } => dir,
+        Source::Archive { file, .. } => file,
+        Source::Dir(path) => path,
+    };
+    crate::output::refuse_overlap(input, dest)?;
     let (image, unpack) = match source {
         Source::Registry(reference) => {
             let cache = Layout::create(&opts.cache_dir)?;
@@ -185,13 +197,14 @@ pub fn pull(source: &Source, dest: &Path, opts: &PullOptions) -> Result<PullRepo
             (Some(image), unpack)
         }
         Source::Archive { file, tag } => {
+            let scratch = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            crate::output::scratch_dir(scratch);
             let tmp = tempfile::Builder::new()
-                .prefix(".bootyard-archive-")
-                .tempdir_in(
-                    dest.parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(Path::new(".")),
-                )
+                .prefix(&crate::output::scratch_prefix("archive"))
+                .tempdir_in(scratch)
                 .map_err(|source| PullError::Io {
                     path: file.clone(),
                     source,
@@ -268,5 +281,10 @@ pub fn extract_archive(file: &Path, into: &Path, limits: Limits) -> Result<(), P
         .apply_layer(std::io::BufReader::with_capacity(256 << 10, f))
         .map_err(PullError::Archive)?;
     applier.finish().map_err(PullError::Archive)?;
+    // An archive that unpacks to something other than a layout (nothing at all, for an
+    // empty file) is not an image archive.
+    if !into.join("oci-layout").is_file() {
+        return Err(PullError::NotAnArchive(file.to_path_buf()));
+    }
     Ok(())
 }

@@ -472,6 +472,7 @@ async fn fetch_async(
     )
     .await?;
     let config = spec::parse_config(&config_bytes, manifest.layers.len())?;
+    super::source::check_config_platform(&config, &opts.platform)?;
     cache.put_blob(&manifest.config.media_type, &config_bytes)?;
 
     let missing: Vec<&Descriptor> = manifest
@@ -509,8 +510,9 @@ async fn download_layer(
         .parent()
         .expect("blob path has a parent")
         .to_path_buf();
+    crate::output::scratch_dir(&dir);
     let mut tmp = tempfile::Builder::new()
-        .prefix(".download-")
+        .prefix(&crate::output::scratch_prefix("download"))
         .tempfile_in(&dir)
         .map_err(|e| LayoutError::Io {
             op: "create temp file in",

@@ -16,6 +16,8 @@ pub enum SlotError {
     LabelTooLong(String),
     #[error(transparent)]
     Tool(#[from] crate::tool::ToolError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("built image {path} does not read back as ext4 labelled {label:?}")]
     ReadBack { path: PathBuf, label: String },
     #[error("cannot {op} {path}")]
@@ -109,6 +111,8 @@ pub fn build_slot(rootfs: &Path, out: &Path, opts: &SlotOptions) -> Result<SlotR
     if opts.label.len() > 16 {
         return Err(SlotError::LabelTooLong(opts.label.clone()));
     }
+    // The finished image is renamed over `out`: only a regular file may be there.
+    let out = &crate::output::file_output(out, false)?.path;
     let (content_bytes, inodes) = measure(rootfs)?;
     let inode_count = inodes + inodes / 5 + 1024;
     let size = opts.size_bytes.unwrap_or_else(|| {
@@ -121,8 +125,9 @@ pub fn build_slot(rootfs: &Path, out: &Path, opts: &SlotOptions) -> Result<SlotR
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    crate::output::scratch_dir(dir);
     let tmp = tempfile::Builder::new()
-        .prefix(".slot-")
+        .prefix(&crate::output::scratch_prefix("slot"))
         .suffix(".img")
         .tempfile_in(dir)
         .map_err(|source| SlotError::Io {

@@ -88,8 +88,59 @@ impl FromStr for Source {
                     input: s.to_string(),
                     reason: e.to_string(),
                 })?;
+        check_registry_host(reference.registry()).map_err(|reason| SourceError::BadReference {
+            input: s.to_string(),
+            reason,
+        })?;
         Ok(Source::Registry(reference))
     }
+}
+
+/// `HOST[:PORT]` as a registry is named: a DNS name or IPv4 address, or `[IPv6]`, and a
+/// port of 1..=65535. (The reference parser takes `host:99999`; the HTTP client then fails
+/// with an error that names nothing.)
+pub fn check_registry_host(hostport: &str) -> Result<(), String> {
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{hostport:?}: an IPv6 address needs its closing ]"))?;
+        v6.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{v6:?} is not an IPv6 address"))?;
+        match after {
+            "" => (None, None),
+            p => (
+                None,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("{hostport:?}: expected :PORT after the address"))?,
+                ),
+            ),
+        }
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(hostport), None),
+        }
+    };
+    if let Some(h) = host {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if h.is_empty() || h.len() > 253 || !h.split('.').all(label_ok) {
+            return Err(format!("{h:?} is not a host name or IPv4 address"));
+        }
+    }
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => return Err(format!("port {p:?} is not a number in 1..=65535")),
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for Source {
@@ -129,6 +180,8 @@ pub struct ResolvedImage {
 pub enum ResolveError {
     #[error("image index offers no manifest for platform {wanted} (offered: {offered})")]
     NoPlatform { wanted: Platform, offered: String },
+    #[error("the image is for {image}, not the requested platform {wanted} (its config says so)")]
+    WrongPlatform { wanted: Platform, image: String },
     #[error("image indexes nest deeper than {0} levels")]
     TooDeep(usize),
     #[error(transparent)]
@@ -161,6 +214,36 @@ pub fn select_platform(index: &Index, wanted: &Platform) -> Result<Descriptor, R
         })
 }
 
+/// The platform an image's config names must be the one asked for: a tag that points at a
+/// single manifest never passed through an index's platform choice. A config that names
+/// no platform cannot be checked.
+pub fn check_config_platform(
+    config: &spec::ImageConfig,
+    wanted: &Platform,
+) -> Result<(), ResolveError> {
+    if config.os.is_empty() && config.architecture.is_empty() {
+        return Ok(());
+    }
+    let offered = Platform {
+        os: config.os.clone(),
+        architecture: config.architecture.clone(),
+        variant: None,
+    };
+    // Only os and architecture: the config's variant is not read, so no variant is judged.
+    let wanted_plain = Platform {
+        variant: None,
+        ..wanted.clone()
+    };
+    if wanted_plain.matches(&offered) {
+        Ok(())
+    } else {
+        Err(ResolveError::WrongPlatform {
+            wanted: wanted.clone(),
+            image: format!("{}/{}", config.os, config.architecture),
+        })
+    }
+}
+
 /// Resolves a descriptor in a layout (manifest or index) to one platform's image.
 pub fn resolve_in_layout(
     layout: &Layout,
@@ -176,6 +259,7 @@ pub fn resolve_in_layout(
                 let config_bytes = layout.read_json_blob(&manifest.config)?;
                 let config = spec::parse_config(&config_bytes, manifest.layers.len())
                     .map_err(LayoutError::from)?;
+                check_config_platform(&config, wanted)?;
                 let platform = format!("{}/{}", config.os, config.architecture);
                 return Ok(ResolvedImage {
                     manifest_digest: desc.digest,
@@ -218,6 +302,28 @@ mod tests {
         }
         let d = format!("localhost:5000/os@sha256:{}", "a".repeat(64));
         assert!(matches!(d.parse().unwrap(), Source::Registry(r) if r.digest().is_some()));
+    }
+
+    #[test]
+    fn r19_a_registry_with_a_bad_host_or_port_is_refused() {
+        for bad in [
+            "localhost:99999/os:v1",
+            "localhost:0/os:v1",
+            "localhost:/os:v1",
+            "bad_host:5000/os:v1",
+        ] {
+            assert!(bad.parse::<Source>().is_err(), "{bad}");
+        }
+        for good in [
+            "127.0.0.1:5000/os:v1",
+            "registry.example.org/os/debian:v2",
+            "localhost/os:v1",
+        ] {
+            assert!(good.parse::<Source>().is_ok(), "{good}");
+        }
+        assert!(check_registry_host("not a host").is_err());
+        assert!(check_registry_host("[::1]").is_ok());
+        assert!(check_registry_host("10.0.2.2:5000").is_ok());
     }
 
     #[test]

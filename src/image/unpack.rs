@@ -609,26 +609,6 @@ pub fn unpack_into(
     })
 }
 
-/// Removes staging directories left by pulls that were killed: their process is gone.
-fn remove_stale_staging(parent: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(prefix)
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            // Leftovers are garbage; failing to remove one must not fail this pull.
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
 /// Runs `fill` on a fresh staging directory next to `dest` and moves the result into place
 /// only if it succeeds. On failure the staging directory is removed and `dest` is untouched.
 pub fn replace_dir_atomically<T, E: From<UnpackError>>(
@@ -666,7 +646,7 @@ pub fn replace_dir_atomically<T, E: From<UnpackError>>(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "rootfs".into());
     let staging_prefix = format!(".{name}.bootyard-partial-");
-    remove_stale_staging(&parent, &staging_prefix);
+    crate::output::scratch_dir(&parent);
     let staging = parent.join(format!("{staging_prefix}{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io("remove stale", &staging))?;

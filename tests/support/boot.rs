@@ -182,6 +182,55 @@ pub fn scenario_options(test: &str, dir: &Path) -> Option<bootyard::scenario::Ru
         workdir: dir.join("run"),
         agent,
         cache: asset_cache(),
-        accel: bootyard_scenarios::qemu::Accel::Tcg,
+        accel: bootyard::accel::AccelChoice::forced(bootyard_scenarios::qemu::Accel::Tcg),
+        qemu: "qemu-system-x86_64".into(),
     })
+}
+
+/// A QEMU wrapper that fakes the nested-KVM host bootyard was once fooled by: `-accel kvm`
+/// runs under TCG on a CPU without long mode, so firmware and GRUB run and a 64-bit kernel
+/// never starts (its first instructions halt). With `probe_boots_too` false, boots given
+/// `-kernel` (the accelerator probe's) run normally under "kvm", so the probe takes KVM and
+/// it is the disk boots that stall. Boots under TCG are passed through untouched.
+pub fn stalling_kvm_qemu(dir: &Path, probe_boots_too: bool) -> PathBuf {
+    let path = dir.join(if probe_boots_too {
+        "qemu-kvm-never-boots-linux"
+    } else {
+        "qemu-kvm-stalls-from-disk"
+    });
+    let script = format!(
+        r#"#!/bin/bash
+args=(); kvm=0; kernel=0
+for a in "$@"; do
+  case "$a" in
+    kvm) kvm=1; args+=(tcg) ;;
+    -kernel) kernel=1; args+=("$a") ;;
+    *) args+=("$a") ;;
+  esac
+done
+if [ $kvm = 1 ] && {{ [ $kernel = 0 ] || [ {probe} = 1 ]; }}; then
+  args+=(-cpu qemu64,-lm)
+fi
+exec qemu-system-x86_64 "${{args[@]}}"
+"#,
+        probe = u8::from(probe_boots_too)
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Whether `/dev/kvm` opens here: without it the probe never gets to boot anything under
+/// "KVM", so a test of what follows a probe's KVM choice has nothing to test.
+pub fn kvm_device_opens(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("{test}: skipped: /dev/kvm cannot be opened here");
+    }
+    ok
 }
