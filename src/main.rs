@@ -1,5 +1,6 @@
 use std::process::ExitCode;
 
+use bootyard::cli::sim::SimError;
 use bootyard::cli::{self, Cli};
 use bootyard::image::apply::ApplyError;
 use bootyard::image::pull::PullError;
@@ -18,8 +19,9 @@ mod exit {
     /// A usage error (clap's, and a conformance run asked for unknown checks or given a bad
     /// denylist).
     pub const USAGE: u8 = 2;
-    /// The image is invalid, corrupt or hostile (digest mismatch, unsafe path, bomb).
-    pub const BAD_IMAGE: u8 = 3;
+    /// The input is invalid: an image that is corrupt or hostile (digest mismatch, unsafe
+    /// path, bomb), a mesh scenario file that does not parse or validate, a corrupt trace.
+    pub const BAD_INPUT: u8 = 3;
     /// The registry or source could not be reached, refused access, or lacks the image.
     pub const UNAVAILABLE: u8 = 4;
     /// Standard output was closed under a report (`| head`): 128 + SIGPIPE, as the shell
@@ -35,12 +37,28 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<bootyard::conformance::run::ConfigError>() {
             return exit::USAGE;
         }
+        if let Some(e) = cause.downcast_ref::<SimError>() {
+            return match e {
+                SimError::Seeds { .. }
+                | SimError::Shard { .. }
+                | SimError::EmptyShard { .. }
+                | SimError::OutputIsInput { .. } => exit::USAGE,
+                SimError::InvalidFile { .. } | SimError::InvalidTrace { .. } => exit::BAD_INPUT,
+                SimError::Read { .. }
+                | SimError::Write { .. }
+                | SimError::Run { .. }
+                | SimError::Failed { .. }
+                | SimError::NotDeterministic { .. }
+                | SimError::SweepFailed { .. }
+                | SimError::Diverged { .. } => exit::FAILURE,
+            };
+        }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
             return match e {
                 RegistryError::DigestMismatch { .. }
                 | RegistryError::SizeMismatch { .. }
                 | RegistryError::TooLarge { .. }
-                | RegistryError::Spec(_) => exit::BAD_IMAGE,
+                | RegistryError::Spec(_) => exit::BAD_INPUT,
                 RegistryError::Unauthorized { .. }
                 | RegistryError::NotFound { .. }
                 | RegistryError::Exhausted { .. }
@@ -57,12 +75,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                     source: ApplyError::Io { .. },
                     ..
                 } => exit::FAILURE,
-                _ => exit::BAD_IMAGE,
+                _ => exit::BAD_INPUT,
             };
         }
         if let Some(PullError::Archive(_) | PullError::Spec(_)) = cause.downcast_ref::<PullError>()
         {
-            return exit::BAD_IMAGE;
+            return exit::BAD_INPUT;
         }
     }
     exit::FAILURE
