@@ -460,3 +460,70 @@ fn r19_a_far_shard_of_the_u64_range_hangs() {
     );
     assert!(stdout.ends_with("1 seeds, 0 failed\n"), "{stdout}");
 }
+
+/// Issue 19: values out of any sensible range ran: loss 5.0 or NaN, a negative or NaN
+/// restart, a NaN churn, bandwidth 0 and u64::MAX (the same trace hash), a jitter of
+/// u64::MAX (a panic), and churns and bootstrap counts that aborted on memory. Each is an
+/// invalid scenario file now (exit 3), refused before the run, naming field and bound.
+#[test]
+fn r19_out_of_range_scenario_values_run_panic_or_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[[fault]]\nat = 5\nloss = 5.0", "fault[0].loss"),
+        ("[[fault]]\nat = 5\nloss = -2.0", "fault[0].loss"),
+        ("[[fault]]\nat = 5\nloss = nan", "fault[0].loss"),
+        (
+            "[[fault]]\nat = 5\ncrash = 'leader'\nrestart_after = -5",
+            "fault[0].restart_after",
+        ),
+        (
+            "[[fault]]\nat = 5\ncrash = 'leader'\nrestart_after = nan",
+            "fault[0].restart_after",
+        ),
+        (
+            "[[fault]]\nat = 5\nchurn = { every = nan, down = 5, until = 50 }",
+            "fault[0].churn.every",
+        ),
+        (
+            "[[fault]]\nat = 5\nchurn = { every = 1e-9, down = 5, until = 50 }",
+            "fault[0].churn.every",
+        ),
+        (
+            "[[fault]]\nat = 5\nchurn = { every = 1, down = inf, until = inf }",
+            "fault[0].churn.down",
+        ),
+        ("[link]\nbandwidth_mbps = 0", "link.bandwidth_mbps"),
+        (
+            "[link]\nbandwidth_mbps = 18446744073709551615",
+            "link.bandwidth_mbps",
+        ),
+        ("[link]\njitter_ms = 18446744073709551615", "link.jitter_ms"),
+        (
+            "[link]\nlatency_ms = 18446744073709551615",
+            "link.latency_ms",
+        ),
+    ];
+    let run = |name: &str, text: &str| {
+        let f = write_scenario(dir.path(), name, text);
+        sim(args!["run", f])
+    };
+    for (i, (snippet, field)) in cases.iter().enumerate() {
+        let (code, _, stderr) = run(&format!("{i}.toml"), &format!("{LAN3_TEXT}\n{snippet}\n"));
+        assert_eq!(code, 3, "{snippet}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{field} = ")),
+            "{snippet}: {stderr}"
+        );
+        assert!(
+            stderr.contains("_MAX)") || stderr.contains("(duration)"),
+            "{stderr}"
+        );
+    }
+    let (code, _, stderr) = run("boot.toml", &format!("bootstrap = 100000000\n{LAN3_TEXT}"));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("bootstrap = 100000000"), "{stderr}");
+    // The mesh that never connected and still passed ("converged at never").
+    let never = format!("target_peers = 0\n{LAN3_TEXT}");
+    let (code, _, stderr) = run("never.toml", &never);
+    assert_eq!(code, 3, "{stderr}");
+}
