@@ -89,6 +89,12 @@ pub const PARTITION_MIN: f64 = 0.01;
 pub const PARTITION_MAX: f64 = 0.99;
 /// Crashes all churn faults together expand to (the timeline holds each one).
 pub const CHURN_CRASHES_MAX: f64 = 100_000.0;
+/// Ledger owners the whole mesh holds at once, every node's copy counted: each node keeps
+/// up to its ledger's owner cap (`NodeConfig::ledger_owner_cap`: every member in Kairos
+/// mode, a few times the electorate in quorum mode), so nodes × cap is what the run's
+/// memory grows with. NODES_MAX nodes at the default cap of 32 fit; a Kairos-mode mesh of
+/// 100,000 (10^10 entries) does not.
+pub const MESH_LEDGER_OWNERS_MAX: usize = 10_000_000;
 /// Any count an `[expect]` table asks for; a larger one is a typo, not an expectation.
 pub const EXPECT_COUNT_MAX: u64 = 1_000_000_000;
 
@@ -115,6 +121,13 @@ pub enum FileError {
     TooManyNodes {
         nodes: usize,
         bootstrap: usize,
+        max: usize,
+    },
+    #[error("{nodes} nodes each keeping up to {owners} ledger owners: {total} in all, at most {max} (MESH_LEDGER_OWNERS_MAX)")]
+    LedgerTooLarge {
+        nodes: usize,
+        owners: usize,
+        total: usize,
         max: usize,
     },
     #[error("mode {0:?} (expected quorum or kairos)")]
@@ -577,9 +590,25 @@ impl SimFile {
                 max: NODES_MAX,
             });
         }
-        mode(&self.mode)?;
+        let mode = mode(&self.mode)?;
         bounded!("minimum_nodes", self.minimum_nodes, 1, MINIMUM_NODES_MAX)?;
         bounded!("ha_masters", self.ha_masters, 0, HA_MASTERS_MAX)?;
+        // The cap as the nodes will compute it (their config, not a copy of its formula).
+        let mut cfg = NodeConfig::new(
+            NetId(0),
+            Arc::new(NetworkToken::generate(&mut Rng::seed(0))),
+        );
+        (cfg.mode, cfg.minimum_nodes, cfg.ha_masters) = (mode, self.minimum_nodes, self.ha_masters);
+        let owners = cfg.ledger_owner_cap().min(nodes);
+        let total = nodes * owners;
+        if total > MESH_LEDGER_OWNERS_MAX {
+            return Err(FileError::LedgerTooLarge {
+                nodes,
+                owners,
+                total,
+                max: MESH_LEDGER_OWNERS_MAX,
+            });
+        }
         bounded!("target_peers", self.target_peers, 1, TARGET_PEERS_MAX)?;
         self.link.validate("link")?;
         self.relay.validate()?;
@@ -2150,6 +2179,24 @@ mod tests {
                 bound: "DURATION_S_MAX",
                 ..
             })
+        ));
+        // Memory that only grows too large together: every node keeps every member in
+        // Kairos mode, a few times the electorate in quorum mode.
+        let kairos =
+            format!("{head}mode = 'kairos'\n[[group]]\ncount = 5000\nplacement = 'public'\n");
+        assert!(matches!(
+            SimFile::parse(&kairos),
+            Err(FileError::LedgerTooLarge { .. })
+        ));
+        parse(&kairos.replace("5000", "3000"));
+        let electorate =
+            format!("{head}minimum_nodes = 1000\n[[group]]\ncount = 5000\nplacement = 'public'\n");
+        assert!(matches!(
+            SimFile::parse(&electorate),
+            Err(FileError::LedgerTooLarge { .. })
+        ));
+        parse(&format!(
+            "{head}[[group]]\ncount = 99000\nplacement = 'public'\n"
         ));
         // Counts that only overflow together.
         let many =
