@@ -436,6 +436,7 @@ fn r19_replay_proves_only_the_first_line_and_the_hash() {
             "{name}: {stderr}"
         );
         assert!(!stderr.contains("matches"), "{name}: {stdout}{stderr}");
+        assert!(!stdout.contains("PASS"), "{name}: {stdout}");
     }
     let (code, _, stderr) = sim(args!["replay", trace]);
     assert_eq!(code, 0, "{stderr}");

@@ -304,8 +304,10 @@ fn replay(a: SimReplayArgs) -> anyhow::Result<()> {
         .map_err(|e| replay_error(ReplayError::Trace(e)))?;
     let mut cmp = Comparing::new(rec);
     let o = run_seed(&file, Path::new(&head.file), head.seed, &mut cmp)?;
-    out(format_args!("{}", summary(&o)))?;
+    // The summary only once the recording is proven: a PASS above "replay diverged" would
+    // read as a verdict on the trace.
     cmp.finish().map_err(replay_error)?;
+    out(format_args!("{}", summary(&o)))?;
     eprintln!("replay matches every line of the recorded trace");
     Ok(())
 }
