@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
-use bootyard_sim::net::{Filtering, HostId, LinkSpec, Mapping, NatSpec, Network, RealmId};
+use bootyard_sim::net::{
+    Filtering, HostId, LinkSpec, Mapping, NatSpec, NetError, Network, RealmId,
+};
 use bootyard_sim::swarm::{self, Command, Event, Services, Step, Swarm, SwarmConfig};
-use bootyard_sim::{Duration, Instant, Rng};
+use bootyard_sim::{Duration, Instant, KernelError, Rng};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -31,11 +32,177 @@ use crate::mesh::node::{
 use crate::mesh::roles::Role;
 use crate::mesh::token::NetworkToken;
 
+pub mod trace;
+pub use trace::{NoTrace, TraceSink};
+
 /// How often convergence is sampled, in virtual milliseconds.
 pub const SAMPLE_MS: u64 = 250;
 
-/// Largest mesh a scenario may ask for.
+// Bounds on what a scenario file may say, each checked when the file is parsed (an error
+// names the field and the bound): a value the simulator's arithmetic or memory cannot carry
+// is refused up front, instead of wrapping, panicking or exhausting memory mid-run.
+
+/// Largest scenario file, in bytes (a trace embeds it in its first line).
+pub const SCENARIO_BYTES_MAX: usize = 256 * 1024;
+/// Largest mesh a scenario may ask for: mesh nodes and bootstrap nodes together.
 pub const NODES_MAX: usize = 100_000;
+/// Bootstrap nodes (each also brings a host that AutoNAT dials back from).
+pub const BOOTSTRAP_MAX: usize = 1_000;
+/// `[[group]]` tables.
+pub const GROUPS_MAX: usize = 1_000;
+/// `[[fault]]` tables.
+pub const FAULTS_MAX: usize = 1_000;
+/// Virtual seconds a run may last (a day).
+pub const DURATION_S_MAX: u64 = 86_400;
+/// The founding electorate: a quorum-mode ledger keeps four times this many owners on every
+/// node, so it bounds each node's memory.
+pub const MINIMUM_NODES_MAX: usize = 1_000;
+/// HA masters besides the cluster-init one (K3s runs 3 to 7 servers; this is generous).
+pub const HA_MASTERS_MAX: usize = 64;
+/// Peers a node keeps paths to (at least 1: a node that wants no peer is not in a mesh).
+pub const TARGET_PEERS_MAX: usize = 1_024;
+/// One-way latency of a link, milliseconds.
+pub const LATENCY_MS_MAX: u64 = 60_000;
+/// Jitter of a link, milliseconds.
+pub const JITTER_MS_MAX: u64 = 60_000;
+/// A loss is a probability.
+pub const LOSS_MAX: f64 = 1.0;
+/// Link bandwidth, Mbit/s (at least 1: the network reads 0 as unlimited, which is what a
+/// huge value means too).
+pub const BANDWIDTH_MBPS_MAX: u64 = 1_000_000;
+/// A relay's reservation and circuit caps.
+pub const RELAY_SLOTS_MAX: usize = 65_536;
+/// A relayed circuit's time limit, seconds (a longer one outlives any run).
+pub const RELAY_CIRCUIT_S_MAX: u64 = DURATION_S_MAX;
+/// A relayed circuit's byte limit.
+pub const RELAY_CIRCUIT_BYTES_MAX: u64 = 1 << 40;
+/// A NAT mapping's idle timeout, seconds.
+pub const NAT_TIMEOUT_S_MAX: u64 = 86_400;
+/// Clock skew, plus or minus, milliseconds (an hour).
+pub const CLOCK_SKEW_MS_MAX: u64 = 3_600_000;
+/// Shortest time span a fault may give, seconds: virtual time ticks in microseconds, so a
+/// shorter one would round to nothing.
+pub const TIME_S_MIN: f64 = 1e-6;
+/// Smallest fraction of the mesh a partition cuts off.
+pub const PARTITION_MIN: f64 = 0.01;
+/// Largest fraction of the mesh a partition cuts off (the rest must be somebody).
+pub const PARTITION_MAX: f64 = 0.99;
+/// Crashes all churn faults together expand to (the timeline holds each one).
+pub const CHURN_CRASHES_MAX: f64 = 100_000.0;
+/// Ledger owners the whole mesh holds at once, every node's copy counted: each node keeps
+/// up to its ledger's owner cap (`NodeConfig::ledger_owner_cap`: every member in Kairos
+/// mode, a few times the electorate in quorum mode), so nodes × cap is what the run's
+/// memory grows with. NODES_MAX nodes at the default cap of 32 fit; a Kairos-mode mesh of
+/// 100,000 (10^10 entries) does not.
+pub const MESH_LEDGER_OWNERS_MAX: usize = 10_000_000;
+/// Any count an `[expect]` table asks for; a larger one is a typo, not an expectation.
+pub const EXPECT_COUNT_MAX: u64 = 1_000_000_000;
+
+/// A scenario file that cannot be run as it is: what is wrong, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("the scenario is larger than {max} bytes (SCENARIO_BYTES_MAX)")]
+    TooLarge { max: usize },
+    #[error("the scenario is not UTF-8")]
+    NotUtf8,
+    #[error("parsing the mesh scenario")]
+    Toml(#[from] toml::de::Error),
+    #[error("{field} = {value}: must be in {min}..={max} ({bound})")]
+    OutOfRange {
+        field: String,
+        value: String,
+        min: String,
+        max: String,
+        bound: &'static str,
+    },
+    #[error("no nodes: add a [[group]] with count > 0")]
+    NoNodes,
+    #[error("{nodes} nodes and {bootstrap} bootstrap nodes: at most {max} in all (NODES_MAX)")]
+    TooManyNodes {
+        nodes: usize,
+        bootstrap: usize,
+        max: usize,
+    },
+    #[error("{nodes} nodes each keeping up to {owners} ledger owners: {total} in all, at most {max} (MESH_LEDGER_OWNERS_MAX)")]
+    LedgerTooLarge {
+        nodes: usize,
+        owners: usize,
+        total: usize,
+        max: usize,
+    },
+    #[error("mode {0:?} (expected quorum or kairos)")]
+    Mode(String),
+    #[error("group[{group}]: placement {placement:?} (expected public, lan, nat or cgnat)")]
+    Placement { group: usize, placement: String },
+    #[error("group[{group}]: nat")]
+    Nat {
+        group: usize,
+        #[source]
+        source: NatError,
+    },
+    #[error("fault[{fault}]: give exactly one of crash, partition, heal, churn, loss")]
+    FaultActions { fault: usize },
+    #[error("fault[{fault}]: restart_after goes with crash")]
+    RestartWithoutCrash { fault: usize },
+    #[error(
+        "fault[{fault}]: crash = {target:?} (expected leader, random or node-N below {nodes})"
+    )]
+    CrashTarget {
+        fault: usize,
+        target: String,
+        nodes: usize,
+    },
+    #[error("fault[{fault}]: churn.until = {until} is not after at = {at}")]
+    ChurnBackwards { fault: usize, at: f64, until: f64 },
+    #[error("the churn faults crash {crashes} times; at most {max} (CHURN_CRASHES_MAX)")]
+    TooManyCrashes { crashes: f64, max: f64 },
+    #[error("expect.converges = false contradicts expect.{field}")]
+    ConvergesContradiction { field: &'static str },
+    #[error("expect.reconverged_within needs a [[fault]] to reconverge after")]
+    ReconvergeWithoutFault,
+}
+
+/// A `nat` value that names no NAT behaviour.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("nat {0:?}: expected MAPPING/FILTERING or probelab")]
+    Shape(String),
+    #[error("nat mapping {0:?} (expected eim, adm or apdm)")]
+    Mapping(String),
+    #[error("nat filtering {0:?} (expected eif, adf or apdf)")]
+    Filtering(String),
+}
+
+/// Checks `lo <= v <= hi` (a NaN is in no range); `bound` names the constant `hi` is.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: impl std::fmt::Display,
+    v: T,
+    lo: T,
+    hi: T,
+    bound: &'static str,
+) -> Result<(), FileError> {
+    if lo <= v && v <= hi {
+        return Ok(());
+    }
+    Err(FileError::OutOfRange {
+        field: field.to_string(),
+        value: v.to_string(),
+        min: lo.to_string(),
+        max: hi.to_string(),
+        bound,
+    })
+}
+
+/// `bounded!(field, value, min, BOUND)`: [`in_range`] with the bound's name.
+/// `bounded!(field, value, min, max, "name")` names a bound that is no constant.
+macro_rules! bounded {
+    ($field:expr, $v:expr, $lo:expr, $hi:ident) => {
+        in_range($field, $v, $lo, $hi, stringify!($hi))
+    };
+    ($field:expr, $v:expr, $lo:expr, $hi:expr, $name:expr) => {
+        in_range($field, $v, $lo, $hi, $name)
+    };
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,27 +248,15 @@ fn default_target() -> usize {
     8
 }
 
+/// The tables below take their defaults from their one `Default` impl (`serde(default)` on
+/// the struct): a missing table and a table missing some keys mean the same.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LinkFile {
-    #[serde(default = "default_latency")]
     pub latency_ms: u64,
-    #[serde(default = "default_jitter")]
     pub jitter_ms: u64,
-    #[serde(default)]
     pub loss: f64,
-    #[serde(default = "default_bw")]
     pub bandwidth_mbps: u64,
-}
-
-fn default_latency() -> u64 {
-    10
-}
-fn default_jitter() -> u64 {
-    2
-}
-fn default_bw() -> u64 {
-    100
 }
 
 impl Default for LinkFile {
@@ -116,60 +271,90 @@ impl Default for LinkFile {
 }
 
 impl LinkFile {
-    fn spec(&self) -> anyhow::Result<LinkSpec> {
-        if !(0.0..=1.0).contains(&self.loss) {
-            bail!("link.loss must be between 0 and 1, got {}", self.loss);
-        }
-        Ok(LinkSpec {
+    fn validate(&self, at: &str) -> Result<(), FileError> {
+        bounded!(
+            format_args!("{at}.latency_ms"),
+            self.latency_ms,
+            0,
+            LATENCY_MS_MAX
+        )?;
+        bounded!(
+            format_args!("{at}.jitter_ms"),
+            self.jitter_ms,
+            0,
+            JITTER_MS_MAX
+        )?;
+        bounded!(format_args!("{at}.loss"), self.loss, 0.0, LOSS_MAX)?;
+        bounded!(
+            format_args!("{at}.bandwidth_mbps"),
+            self.bandwidth_mbps,
+            1,
+            BANDWIDTH_MBPS_MAX
+        )
+    }
+
+    /// The link as the network models it (of a validated file).
+    fn spec(&self) -> LinkSpec {
+        debug_assert!(self.validate("link").is_ok(), "validated when parsed");
+        LinkSpec {
             latency: Duration::from_millis(self.latency_ms),
             jitter: Duration::from_millis(self.jitter_ms),
             loss_ppm: (self.loss * 1_000_000.0) as u32,
             bandwidth_bps: self.bandwidth_mbps * 1_000_000,
-        })
+        }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelayFile {
-    #[serde(default = "d_res")]
     pub max_reservations: usize,
-    #[serde(default = "d_circ")]
     pub max_circuits: usize,
-    #[serde(default = "d_circ_peer")]
     pub max_circuits_per_peer: usize,
     /// Seconds.
-    #[serde(default = "d_circ_dur")]
     pub max_circuit_duration: u64,
-    #[serde(default = "d_circ_bytes")]
     pub max_circuit_bytes: u64,
-}
-
-fn d_res() -> usize {
-    128
-}
-fn d_circ() -> usize {
-    16
-}
-fn d_circ_peer() -> usize {
-    4
-}
-fn d_circ_dur() -> u64 {
-    120
-}
-fn d_circ_bytes() -> u64 {
-    1 << 17
 }
 
 impl Default for RelayFile {
     fn default() -> Self {
         Self {
-            max_reservations: d_res(),
-            max_circuits: d_circ(),
-            max_circuits_per_peer: d_circ_peer(),
-            max_circuit_duration: d_circ_dur(),
-            max_circuit_bytes: d_circ_bytes(),
+            max_reservations: 128,
+            max_circuits: 16,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: 120,
+            max_circuit_bytes: 1 << 17,
         }
+    }
+}
+
+impl RelayFile {
+    fn validate(&self) -> Result<(), FileError> {
+        bounded!(
+            "relay.max_reservations",
+            self.max_reservations,
+            0,
+            RELAY_SLOTS_MAX
+        )?;
+        bounded!("relay.max_circuits", self.max_circuits, 0, RELAY_SLOTS_MAX)?;
+        bounded!(
+            "relay.max_circuits_per_peer",
+            self.max_circuits_per_peer,
+            0,
+            RELAY_SLOTS_MAX
+        )?;
+        bounded!(
+            "relay.max_circuit_duration",
+            self.max_circuit_duration,
+            1,
+            RELAY_CIRCUIT_S_MAX
+        )?;
+        bounded!(
+            "relay.max_circuit_bytes",
+            self.max_circuit_bytes,
+            1,
+            RELAY_CIRCUIT_BYTES_MAX
+        )
     }
 }
 
@@ -233,77 +418,234 @@ pub struct ChurnFile {
     pub until: f64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What a run must show to pass (besides the safety checks every run makes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExpectFile {
+    /// The mesh converges at some sample of the run (the default: a run that never converges
+    /// does not pass). `false` says the file expects it never to, and the run fails if it does.
+    pub converges: bool,
     /// Converged within this many virtual seconds of the start.
-    #[serde(default)]
     pub converged_by: Option<f64>,
     /// Converged again within this many seconds of the last fault.
-    #[serde(default)]
     pub reconverged_within: Option<f64>,
     /// Converged at the end of the run.
-    #[serde(default)]
     pub converged_at_end: bool,
-    #[serde(default = "one")]
+    /// Nodes that ran cluster-init (a node running it twice counts twice).
     pub cluster_inits: usize,
-    #[serde(default)]
     pub min_relayed_paths: usize,
-    #[serde(default)]
     pub min_direct_paths: usize,
-    #[serde(default)]
     pub min_hole_punches_ok: u64,
-    #[serde(default)]
     pub min_hole_punches_failed: u64,
     /// The leader changed at least once (a new epoch).
-    #[serde(default)]
     pub new_leader: bool,
 }
 
-fn one() -> usize {
-    1
+impl Default for ExpectFile {
+    fn default() -> Self {
+        Self {
+            converges: true,
+            converged_by: None,
+            reconverged_within: None,
+            converged_at_end: false,
+            cluster_inits: 1,
+            min_relayed_paths: 0,
+            min_direct_paths: 0,
+            min_hole_punches_ok: 0,
+            min_hole_punches_failed: 0,
+            new_leader: false,
+        }
+    }
+}
+
+impl ExpectFile {
+    fn validate(&self, duration_s: f64, faults: usize) -> Result<(), FileError> {
+        if let Some(by) = self.converged_by {
+            bounded!(
+                "expect.converged_by",
+                by,
+                TIME_S_MIN,
+                duration_s,
+                "duration"
+            )?;
+        }
+        if let Some(within) = self.reconverged_within {
+            bounded!(
+                "expect.reconverged_within",
+                within,
+                TIME_S_MIN,
+                DURATION_S_MAX as f64,
+                "DURATION_S_MAX"
+            )?;
+            if faults == 0 {
+                return Err(FileError::ReconvergeWithoutFault);
+            }
+        }
+        if !self.converges {
+            let contradicts = [
+                ("converged_by", self.converged_by.is_some()),
+                ("reconverged_within", self.reconverged_within.is_some()),
+                ("converged_at_end", self.converged_at_end),
+            ];
+            if let Some((field, _)) = contradicts.into_iter().find(|(_, set)| *set) {
+                return Err(FileError::ConvergesContradiction { field });
+            }
+        }
+        let counts = [
+            ("expect.cluster_inits", self.cluster_inits as u64),
+            ("expect.min_relayed_paths", self.min_relayed_paths as u64),
+            ("expect.min_direct_paths", self.min_direct_paths as u64),
+            ("expect.min_hole_punches_ok", self.min_hole_punches_ok),
+            (
+                "expect.min_hole_punches_failed",
+                self.min_hole_punches_failed,
+            ),
+        ];
+        for (field, v) in counts {
+            bounded!(field, v, 0, EXPECT_COUNT_MAX)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a scenario file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {path}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("in {path}")]
+    Invalid {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<FileError>,
+    },
 }
 
 impl SimFile {
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let f: SimFile = toml::from_str(text).context("parsing the mesh scenario")?;
+    pub fn parse(text: &str) -> Result<Self, FileError> {
+        if text.len() > SCENARIO_BYTES_MAX {
+            return Err(FileError::TooLarge {
+                max: SCENARIO_BYTES_MAX,
+            });
+        }
+        let f: SimFile = toml::from_str(text)?;
         f.validate()?;
         Ok(f)
     }
 
-    pub fn load(path: &Path) -> anyhow::Result<(Self, String)> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let f = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+    /// Reads and parses a scenario file (at most [`SCENARIO_BYTES_MAX`] of it: `sim run
+    /// /dev/zero` is an invalid file, not an exhausted memory).
+    pub fn load(path: &Path) -> Result<(Self, String), LoadError> {
+        use std::io::Read as _;
+        let read = |source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let invalid = |source| LoadError::Invalid {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(SCENARIO_BYTES_MAX as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        if bytes.len() > SCENARIO_BYTES_MAX {
+            return Err(invalid(FileError::TooLarge {
+                max: SCENARIO_BYTES_MAX,
+            }));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| invalid(FileError::NotUtf8))?;
+        let f = Self::parse(&text).map_err(invalid)?;
         Ok((f, text))
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        let nodes: usize = self.groups.iter().map(|g| g.count).sum();
+    /// Mesh nodes (with the token or without), over all groups.
+    fn nodes(&self) -> usize {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+
+    fn validate(&self) -> Result<(), FileError> {
+        bounded!("duration", self.duration, 1, DURATION_S_MAX)?;
+        bounded!("bootstrap", self.bootstrap, 0, BOOTSTRAP_MAX)?;
+        bounded!("[[group]] tables", self.groups.len(), 0, GROUPS_MAX)?;
+        bounded!("[[fault]] tables", self.faults.len(), 0, FAULTS_MAX)?;
+        for (i, g) in self.groups.iter().enumerate() {
+            // Each count first, so the sum below cannot overflow.
+            bounded!(format_args!("group[{i}].count"), g.count, 1, NODES_MAX)?;
+        }
+        let nodes = self.nodes();
         if nodes == 0 {
-            bail!("no nodes: add a [[group]] with count > 0");
+            return Err(FileError::NoNodes);
         }
-        if nodes > NODES_MAX {
-            bail!("{nodes} nodes; at most {NODES_MAX}");
+        if nodes + self.bootstrap > NODES_MAX {
+            return Err(FileError::TooManyNodes {
+                nodes,
+                bootstrap: self.bootstrap,
+                max: NODES_MAX,
+            });
         }
-        if self.duration == 0 || self.duration > 86_400 {
-            bail!("duration must be 1..=86400 seconds");
+        let mode = mode(&self.mode)?;
+        bounded!("minimum_nodes", self.minimum_nodes, 1, MINIMUM_NODES_MAX)?;
+        bounded!("ha_masters", self.ha_masters, 0, HA_MASTERS_MAX)?;
+        // The cap as the nodes will compute it (their config, not a copy of its formula).
+        let mut cfg = NodeConfig::new(
+            NetId(0),
+            Arc::new(NetworkToken::generate(&mut Rng::seed(0))),
+        );
+        (cfg.mode, cfg.minimum_nodes, cfg.ha_masters) = (mode, self.minimum_nodes, self.ha_masters);
+        let owners = cfg.ledger_owner_cap().min(nodes);
+        let total = nodes * owners;
+        if total > MESH_LEDGER_OWNERS_MAX {
+            return Err(FileError::LedgerTooLarge {
+                nodes,
+                owners,
+                total,
+                max: MESH_LEDGER_OWNERS_MAX,
+            });
         }
-        mode(&self.mode)?;
-        self.link.spec()?;
+        bounded!("target_peers", self.target_peers, 1, TARGET_PEERS_MAX)?;
+        self.link.validate("link")?;
+        self.relay.validate()?;
         for (i, g) in self.groups.iter().enumerate() {
             match g.placement.as_str() {
                 "public" => {}
                 "lan" | "nat" | "cgnat" => {
                     nat_choice(g.nat.as_deref().unwrap_or("eim/apdf"))
-                        .with_context(|| format!("group {i}"))?;
+                        .map_err(|source| FileError::Nat { group: i, source })?;
                 }
-                p => bail!("group {i}: placement {p:?} (expected public, lan, nat or cgnat)"),
+                p => {
+                    return Err(FileError::Placement {
+                        group: i,
+                        placement: p.into(),
+                    })
+                }
             }
+            if let Some(t) = g.nat_timeout {
+                bounded!(
+                    format_args!("group[{i}].nat_timeout"),
+                    t,
+                    1,
+                    NAT_TIMEOUT_S_MAX
+                )?;
+            }
+            bounded!(
+                format_args!("group[{i}].clock_skew_ms"),
+                g.clock_skew_ms,
+                0,
+                CLOCK_SKEW_MS_MAX
+            )?;
             if let Some(l) = &g.link {
-                l.spec().with_context(|| format!("group {i}"))?;
+                l.validate(&format!("group[{i}].link"))?;
             }
         }
+        let duration_s = self.duration as f64;
+        let mut crashes = 0.0;
         for (i, f) in self.faults.iter().enumerate() {
             let actions = [
                 f.crash.is_some(),
@@ -313,15 +655,37 @@ impl SimFile {
                 f.loss.is_some(),
             ];
             if actions.iter().filter(|a| **a).count() != 1 {
-                bail!("fault {i}: give exactly one of crash, partition, heal, churn, loss");
+                return Err(FileError::FaultActions { fault: i });
             }
-            if !(0.0..=self.duration as f64).contains(&f.at) {
-                bail!("fault {i}: at = {} is outside the run", f.at);
-            }
+            bounded!(
+                format_args!("fault[{i}].at"),
+                f.at,
+                0.0,
+                duration_s,
+                "duration"
+            )?;
             if let Some(p) = f.partition {
-                if !(0.0..1.0).contains(&p) {
-                    bail!("fault {i}: partition is a fraction below 1");
+                bounded!(
+                    format_args!("fault[{i}].partition"),
+                    p,
+                    PARTITION_MIN,
+                    PARTITION_MAX
+                )?;
+            }
+            if let Some(l) = f.loss {
+                bounded!(format_args!("fault[{i}].loss"), l, 0.0, LOSS_MAX)?;
+            }
+            if let Some(r) = f.restart_after {
+                if f.crash.is_none() {
+                    return Err(FileError::RestartWithoutCrash { fault: i });
                 }
+                bounded!(
+                    format_args!("fault[{i}].restart_after"),
+                    r,
+                    TIME_S_MIN,
+                    DURATION_S_MAX as f64,
+                    "DURATION_S_MAX"
+                )?;
             }
             if let Some(c) = &f.crash {
                 if !(c == "leader"
@@ -329,24 +693,44 @@ impl SimFile {
                     || c.strip_prefix("node-")
                         .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n < nodes)))
                 {
-                    bail!("fault {i}: crash = {c:?} (expected leader, random or node-N below {nodes})");
+                    return Err(FileError::CrashTarget {
+                        fault: i,
+                        target: c.clone(),
+                        nodes,
+                    });
                 }
             }
             if let Some(c) = &f.churn {
-                if c.every <= 0.0 || c.down <= 0.0 {
-                    bail!("fault {i}: churn every and down must be positive");
+                let at = |k: &str| format!("fault[{i}].churn.{k}");
+                bounded!(at("every"), c.every, TIME_S_MIN, duration_s, "duration")?;
+                let down_max = DURATION_S_MAX as f64;
+                bounded!(at("down"), c.down, TIME_S_MIN, down_max, "DURATION_S_MAX")?;
+                bounded!(at("until"), c.until, 0.0, duration_s, "duration")?;
+                if c.until <= f.at {
+                    return Err(FileError::ChurnBackwards {
+                        fault: i,
+                        at: f.at,
+                        until: c.until,
+                    });
                 }
+                crashes += ((c.until - f.at) / c.every).ceil();
             }
         }
-        Ok(())
+        if crashes > CHURN_CRASHES_MAX {
+            return Err(FileError::TooManyCrashes {
+                crashes,
+                max: CHURN_CRASHES_MAX,
+            });
+        }
+        self.expect.validate(duration_s, self.faults.len())
     }
 }
 
-fn mode(s: &str) -> anyhow::Result<Mode> {
+fn mode(s: &str) -> Result<Mode, FileError> {
     match s {
         "quorum" => Ok(Mode::Quorum),
         "kairos" => Ok(Mode::Kairos),
-        m => bail!("mode {m:?} (expected quorum or kairos)"),
+        m => Err(FileError::Mode(m.into())),
     }
 }
 
@@ -360,24 +744,22 @@ enum NatChoice {
     ProbeLab,
 }
 
-fn nat_choice(s: &str) -> anyhow::Result<NatChoice> {
+fn nat_choice(s: &str) -> Result<NatChoice, NatError> {
     if s == "probelab" {
         return Ok(NatChoice::ProbeLab);
     }
-    let (m, f) = s
-        .split_once('/')
-        .with_context(|| format!("nat {s:?}: expected MAPPING/FILTERING or probelab"))?;
+    let (m, f) = s.split_once('/').ok_or_else(|| NatError::Shape(s.into()))?;
     let m = match m {
         "eim" => Mapping::EndpointIndependent,
         "adm" => Mapping::AddressDependent,
         "apdm" => Mapping::AddressAndPortDependent,
-        _ => bail!("nat mapping {m:?} (expected eim, adm or apdm)"),
+        _ => return Err(NatError::Mapping(m.into())),
     };
     let f = match f {
         "eif" => Filtering::EndpointIndependent,
         "adf" => Filtering::AddressDependent,
         "apdf" => Filtering::AddressAndPortDependent,
-        _ => bail!("nat filtering {f:?} (expected eif, adf or apdf)"),
+        _ => return Err(NatError::Filtering(f.into())),
     };
     Ok(NatChoice::Fixed(m, f))
 }
@@ -478,22 +860,6 @@ impl Outcome {
     }
 }
 
-/// Writes the trace as JSON Lines (significant events; the hash covers everything).
-pub trait TraceSink {
-    fn line(&mut self, v: &serde_json::Value);
-}
-
-impl TraceSink for Vec<serde_json::Value> {
-    fn line(&mut self, v: &serde_json::Value) {
-        self.push(v.clone());
-    }
-}
-
-pub struct NoTrace;
-impl TraceSink for NoTrace {
-    fn line(&mut self, _: &serde_json::Value) {}
-}
-
 struct World<'t> {
     file: SimFile,
     swarm: Swarm<Bytes>,
@@ -573,7 +939,7 @@ impl World<'_> {
     }
 
     /// Carries out what node `i` asked for, and schedules its next wake-up.
-    fn drain(&mut self, i: usize, now: Instant) -> anyhow::Result<()> {
+    fn drain(&mut self, i: usize, now: Instant) -> Result<(), KernelError> {
         let host = self.nodes[i].host;
         loop {
             let Some(node) = self.nodes[i].node.as_mut() else {
@@ -658,7 +1024,7 @@ impl World<'_> {
         Ok(())
     }
 
-    fn on_step(&mut self, now: Instant, step: Step<Bytes>) -> anyhow::Result<()> {
+    fn on_step(&mut self, now: Instant, step: Step<Bytes>) -> Result<(), KernelError> {
         let host = match &step {
             Step::Event(h, _) | Step::Wake(h) => *h,
         };
@@ -879,8 +1245,49 @@ fn same_decision(
     }
 }
 
-/// Runs a scenario from one seed.
-pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Result<Outcome> {
+/// Events waiting in the simulator's queue at once (a bound on its memory).
+pub const PENDING_EVENTS_MAX: usize = 1 << 26;
+
+/// Events a run may fire for each host and virtual second. Measured on the shipped
+/// scenarios (seed 1): symmetric-nat-mix fires about 140 (a full mesh of 40, hole punching),
+/// nat-relay-hops 18, churn-1k 6; past 70 times the most, a run has a runaway feedback loop.
+pub const EVENTS_PER_HOST_S_MAX: u64 = 10_000;
+
+/// Events no run may fire, however large its file: about five hours of wall time at the
+/// 1,000-node benchmark's rate.
+pub const EVENTS_MAX: u64 = 10_000_000_000;
+
+/// What a run may fire: [`EVENTS_PER_HOST_S_MAX`] for each host (nodes, bootstrap nodes and
+/// their AutoNAT helpers) and virtual second, at most [`EVENTS_MAX`]. Past it the run
+/// stops with [`KernelError::BudgetSpent`] instead of running on for hours.
+pub fn event_budget(file: &SimFile) -> u64 {
+    let hosts = (file.nodes() + 2 * file.bootstrap) as u64;
+    hosts
+        .saturating_mul(file.duration)
+        .saturating_mul(EVENTS_PER_HOST_S_MAX)
+        .min(EVENTS_MAX)
+}
+
+/// A run that could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("building the simulated network")]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+/// Runs a scenario from one seed, within its [`event_budget`].
+pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> Result<Outcome, RunError> {
+    run_within(file, seed, trace, event_budget(file))
+}
+
+fn run_within(
+    file: &SimFile,
+    seed: u64,
+    trace: &mut dyn TraceSink,
+    events_max: u64,
+) -> Result<Outcome, RunError> {
     let mut root = Rng::seed(seed);
     let mut net_rng = root.fork(1);
     let swarm_rng = root.fork(2);
@@ -890,7 +1297,7 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
     let token = Arc::new(NetworkToken::generate(&mut build_rng));
     let other_token = Arc::new(NetworkToken::generate(&mut build_rng));
     let mut net = Network::new(net_rng.fork(0));
-    let base_link = file.link.spec()?;
+    let base_link = file.link.spec();
     let mut bootstrap = Vec::new();
     for _ in 0..file.bootstrap {
         bootstrap.push(net.add_host(RealmId::INTERNET, base_link)?);
@@ -908,10 +1315,10 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
     let mut pending = Vec::new();
     for g in &file.groups {
         let link = match &g.link {
-            Some(l) => l.spec()?,
+            Some(l) => l.spec(),
             None => base_link,
         };
-        let choice = nat_choice(g.nat.as_deref().unwrap_or("eim/apdf"))?;
+        let choice = nat_choice(g.nat.as_deref().unwrap_or("eim/apdf")).expect("validated");
         let spec = |rng: &mut Rng| {
             let (m, f) = draw_nat(choice, rng);
             let mut s = NatSpec::new(m, f);
@@ -957,7 +1364,8 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
     cfg.relay.max_circuits_per_peer = file.relay.max_circuits_per_peer;
     cfg.relay.max_circuit_duration = Duration::from_secs(file.relay.max_circuit_duration);
     cfg.relay.max_circuit_bytes = file.relay.max_circuit_bytes;
-    let mut swarm = Swarm::new(net, cfg, swarm_rng, 1 << 26);
+    let mut swarm = Swarm::new(net, cfg, swarm_rng, PENDING_EVENTS_MAX);
+    swarm.set_event_budget(events_max);
     for &b in &bootstrap {
         swarm.add_host(
             b,
@@ -1299,6 +1707,20 @@ pub fn run(file: &SimFile, seed: u64, trace: &mut dyn TraceSink) -> anyhow::Resu
             detail,
         })
     };
+    // Every run says whether it converged: without this, a mesh that never formed passed
+    // whenever the file asked for nothing about convergence.
+    check(
+        if e.converges {
+            "converged"
+        } else {
+            "never-converged"
+        },
+        converged_at.is_some() == e.converges,
+        match metrics.converged_at_secs {
+            Some(c) => format!("converged at {c:.2} s"),
+            None => format!("never converged in {} s", file.duration),
+        },
+    );
     if let Some(by) = e.converged_by {
         check(
             "converged-by",
@@ -1521,4 +1943,313 @@ pub fn summary(o: &Outcome) -> String {
     }
     s.push_str(&format!("trace_hash={}\n", o.trace_hash));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAN: &str = "name = 'lan'\nduration = 60\nminimum_nodes = 3\nha_masters = 0\n\
+                       [[group]]\ncount = 3\nplacement = 'lan'\n";
+
+    fn parse(text: &str) -> SimFile {
+        SimFile::parse(text).unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)))
+    }
+
+    /// Issue 19: without `[expect]` the table's derived `Default` applied (cluster_inits 0),
+    /// not the fields' defaults (1), so a healthy cluster failed "expected 0".
+    #[test]
+    fn r19_a_healthy_cluster_without_expect_fails() {
+        let bare = parse(LAN);
+        let empty = parse(&format!("{LAN}[expect]\n"));
+        assert_eq!(format!("{:?}", bare.expect), format!("{:?}", empty.expect));
+        assert_eq!(bare.expect.cluster_inits, 1);
+        let o = run(&bare, 1, &mut NoTrace).unwrap();
+        assert!(o.passed(), "{}", summary(&o));
+    }
+
+    /// Issue 19: a mesh that never converged passed, "converged at never", when the file
+    /// asked nothing of convergence. It fails now unless the file says it expects that.
+    #[test]
+    fn r19_a_mesh_that_never_converges_passes() {
+        // Five votes needed, three nodes: no election, no convergence.
+        let never = LAN.replace("minimum_nodes = 3", "minimum_nodes = 5");
+        let o = run(&parse(&never), 1, &mut NoTrace).unwrap();
+        assert!(!o.passed(), "{}", summary(&o));
+        let failed: Vec<&str> = o
+            .checks
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(failed.contains(&"converged"), "{}", summary(&o));
+        let expected = parse(&format!(
+            "{never}[expect]\nconverges = false\ncluster_inits = 0\n"
+        ));
+        let o = run(&expected, 1, &mut NoTrace).unwrap();
+        assert!(o.passed(), "{}", summary(&o));
+        // A mesh that does converge fails `converges = false`.
+        let o = run(
+            &parse(&format!("{LAN}[expect]\nconverges = false\n")),
+            1,
+            &mut NoTrace,
+        )
+        .unwrap();
+        assert!(!o.passed(), "{}", summary(&o));
+        // And the file cannot expect both.
+        let err = SimFile::parse(&format!(
+            "{LAN}[expect]\nconverges = false\nconverged_by = 10\n"
+        ))
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            FileError::ConvergesContradiction {
+                field: "converged_by"
+            }
+        ));
+    }
+
+    /// Issue 19: values the simulator cannot carry (non-finite, negative, zero, absurd)
+    /// reached it: loss 5.0 dropped everything, NaN became 0, `jitter_ms = u64::MAX`
+    /// panicked, `bandwidth_mbps` 0 and `u64::MAX` meant the same, a churn every
+    /// nanosecond or until infinity and 10^8 bootstrap nodes exhausted memory. Each is
+    /// refused when parsed, naming the field and the bound.
+    #[test]
+    fn r19_unbounded_values_reach_the_simulator() {
+        let group = "[[group]]\ncount = 3\nplacement = 'public'\n";
+        let head = "name = 'x'\nduration = 60\n";
+        let cases: &[(&str, &str, &str)] = &[
+            ("bootstrap = 100000000", "bootstrap", "BOOTSTRAP_MAX"),
+            ("minimum_nodes = 0", "minimum_nodes", "MINIMUM_NODES_MAX"),
+            (
+                "minimum_nodes = 18446744073709551615",
+                "minimum_nodes",
+                "MINIMUM_NODES_MAX",
+            ),
+            (
+                "ha_masters = 18446744073709551615",
+                "ha_masters",
+                "HA_MASTERS_MAX",
+            ),
+            ("target_peers = 0", "target_peers", "TARGET_PEERS_MAX"),
+            (
+                "[link]\nlatency_ms = 18446744073709551615",
+                "link.latency_ms",
+                "LATENCY_MS_MAX",
+            ),
+            (
+                "[link]\njitter_ms = 18446744073709551615",
+                "link.jitter_ms",
+                "JITTER_MS_MAX",
+            ),
+            ("[link]\nloss = nan", "link.loss", "LOSS_MAX"),
+            (
+                "[link]\nbandwidth_mbps = 0",
+                "link.bandwidth_mbps",
+                "BANDWIDTH_MBPS_MAX",
+            ),
+            (
+                "[link]\nbandwidth_mbps = 18446744073709551615",
+                "link.bandwidth_mbps",
+                "BANDWIDTH_MBPS_MAX",
+            ),
+            (
+                "[relay]\nmax_circuits = 18446744073709551615",
+                "relay.max_circuits",
+                "RELAY_SLOTS_MAX",
+            ),
+            (
+                "[relay]\nmax_circuit_duration = 0",
+                "relay.max_circuit_duration",
+                "RELAY_CIRCUIT_S_MAX",
+            ),
+            (
+                "[relay]\nmax_circuit_bytes = 0",
+                "relay.max_circuit_bytes",
+                "RELAY_CIRCUIT_BYTES_MAX",
+            ),
+            ("[[fault]]\nat = 5\nloss = 5.0", "fault[0].loss", "LOSS_MAX"),
+            (
+                "[[fault]]\nat = 5\nloss = -2.0",
+                "fault[0].loss",
+                "LOSS_MAX",
+            ),
+            ("[[fault]]\nat = 5\nloss = nan", "fault[0].loss", "LOSS_MAX"),
+            (
+                "[[fault]]\nat = nan\nheal = true",
+                "fault[0].at",
+                "duration",
+            ),
+            (
+                "[[fault]]\nat = 5\ncrash = 'leader'\nrestart_after = -5",
+                "fault[0].restart_after",
+                "DURATION_S_MAX",
+            ),
+            (
+                "[[fault]]\nat = 5\ncrash = 'leader'\nrestart_after = nan",
+                "fault[0].restart_after",
+                "DURATION_S_MAX",
+            ),
+            (
+                "[[fault]]\nat = 5\npartition = 0.0",
+                "fault[0].partition",
+                "PARTITION_MAX",
+            ),
+            (
+                "[[fault]]\nat = 5\nchurn = { every = nan, down = 5, until = 50 }",
+                "fault[0].churn.every",
+                "duration",
+            ),
+            (
+                "[[fault]]\nat = 5\nchurn = { every = 1, down = inf, until = inf }",
+                "fault[0].churn.down",
+                "DURATION_S_MAX",
+            ),
+            (
+                "[[fault]]\nat = 5\nchurn = { every = 1, down = 5, until = inf }",
+                "fault[0].churn.until",
+                "duration",
+            ),
+            (
+                "[expect]\nconverged_by = nan",
+                "expect.converged_by",
+                "duration",
+            ),
+            (
+                "[expect]\nmin_hole_punches_ok = 18446744073709551615",
+                "expect.min_hole_punches_ok",
+                "EXPECT_COUNT_MAX",
+            ),
+        ];
+        for (snippet, field, bound) in cases {
+            let text = format!("{head}{snippet}\n{group}");
+            // TOML tables take the keys after them: put the snippet's table last.
+            let text = if snippet.starts_with('[') {
+                format!("{head}{group}{snippet}\n")
+            } else {
+                text
+            };
+            match SimFile::parse(&text) {
+                Err(FileError::OutOfRange {
+                    field: f, bound: b, ..
+                }) => assert_eq!((f.as_str(), b), (*field, *bound), "{snippet}"),
+                other => panic!("{snippet}: {other:?}"),
+            }
+        }
+        let grouped: &[(&str, &str, &str)] = &[
+            (
+                "count = 18446744073709551615\nplacement = 'public'",
+                "group[0].count",
+                "NODES_MAX",
+            ),
+            (
+                "count = 0\nplacement = 'public'",
+                "group[0].count",
+                "NODES_MAX",
+            ),
+            (
+                "count = 3\nplacement = 'public'\nclock_skew_ms = 18446744073709551615",
+                "group[0].clock_skew_ms",
+                "CLOCK_SKEW_MS_MAX",
+            ),
+            (
+                "count = 3\nplacement = 'nat'\nnat_timeout = 0",
+                "group[0].nat_timeout",
+                "NAT_TIMEOUT_S_MAX",
+            ),
+            (
+                "count = 3\nplacement = 'public'\n[group.link]\njitter_ms = 18446744073709551615",
+                "group[0].link.jitter_ms",
+                "JITTER_MS_MAX",
+            ),
+        ];
+        for (snippet, field, bound) in grouped {
+            let text = format!("{head}[[group]]\n{snippet}\n");
+            match SimFile::parse(&text) {
+                Err(FileError::OutOfRange {
+                    field: f, bound: b, ..
+                }) => assert_eq!((f.as_str(), b), (*field, *bound), "{snippet}"),
+                other => panic!("{snippet}: {other:?}"),
+            }
+        }
+        let zero = format!("name = 'x'\nduration = 0\n{group}");
+        assert!(matches!(
+            SimFile::parse(&zero),
+            Err(FileError::OutOfRange {
+                bound: "DURATION_S_MAX",
+                ..
+            })
+        ));
+        // Memory that only grows too large together: every node keeps every member in
+        // Kairos mode, a few times the electorate in quorum mode.
+        let kairos =
+            format!("{head}mode = 'kairos'\n[[group]]\ncount = 5000\nplacement = 'public'\n");
+        assert!(matches!(
+            SimFile::parse(&kairos),
+            Err(FileError::LedgerTooLarge { .. })
+        ));
+        parse(&kairos.replace("5000", "3000"));
+        let electorate =
+            format!("{head}minimum_nodes = 1000\n[[group]]\ncount = 5000\nplacement = 'public'\n");
+        assert!(matches!(
+            SimFile::parse(&electorate),
+            Err(FileError::LedgerTooLarge { .. })
+        ));
+        parse(&format!(
+            "{head}[[group]]\ncount = 99000\nplacement = 'public'\n"
+        ));
+        // Counts that only overflow together.
+        let many =
+            format!("{head}bootstrap = 1000\n[[group]]\ncount = 99999\nplacement = 'public'\n");
+        assert!(matches!(
+            SimFile::parse(&many),
+            Err(FileError::TooManyNodes { .. })
+        ));
+        let churn = format!(
+            "{head}{group}[[fault]]\nat = 5\nchurn = {{ every = 1e-6, down = 5, until = 50 }}\n"
+        );
+        assert!(matches!(
+            SimFile::parse(&churn),
+            Err(FileError::TooManyCrashes { .. })
+        ));
+        let nine = format!(
+            "{head}{group}[[fault]]\nat = 5\nchurn = {{ every = 1e-9, down = 5, until = 50 }}\n"
+        );
+        assert!(matches!(
+            SimFile::parse(&nine),
+            Err(FileError::OutOfRange { .. })
+        ));
+        // The message names the field, the range and the bound.
+        let err = SimFile::parse(&format!(
+            "{head}{group}[link]\njitter_ms = 18446744073709551615\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "link.jitter_ms = 18446744073709551615: must be in 0..=60000 (JITTER_MS_MAX)"
+        );
+    }
+
+    /// Issue 19: `sim run /dev/zero` read until memory ran out.
+    #[test]
+    fn r19_a_scenario_file_without_end_exhausts_memory() {
+        match SimFile::load(Path::new("/dev/zero")) {
+            Err(LoadError::Invalid { source, .. })
+                if matches!(*source, FileError::TooLarge { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Issue 19: nothing bounded the events a run fires, so a runaway one ran until memory
+    /// or patience ran out. Past its budget a run stops with an error.
+    #[test]
+    fn r19_a_run_past_its_event_budget_is_an_error_not_an_abort() {
+        let f = parse(LAN);
+        match run_within(&f, 1, &mut NoTrace, 100) {
+            Err(RunError::Kernel(KernelError::BudgetSpent { max: 100, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(event_budget(&f) > 100);
+    }
 }

@@ -17,6 +17,10 @@ pub enum KernelError {
     QueueFull { max: usize },
     #[error("event scheduled at {at}, before the current time {now}")]
     InThePast { at: Instant, now: Instant },
+    #[error(
+        "the run fired its budget of {max} events by {at}: a runaway feedback loop in the simulated system, or more than it can simulate"
+    )]
+    BudgetSpent { max: u64, at: Instant },
 }
 
 /// Events waiting in the queue at once; a bound, so a bug that schedules without end fails
@@ -32,6 +36,9 @@ pub struct Kernel<E> {
     free: Vec<u32>,
     events_max: usize,
     fired: u64,
+    /// Events that may fire over the kernel's life: past it nothing more pops, so a run
+    /// that would go on without end (in wall time) stops where it is.
+    fired_max: u64,
 }
 
 impl<E> Default for Kernel<E> {
@@ -50,7 +57,22 @@ impl<E> Kernel<E> {
             free: Vec::new(),
             events_max: events_max.min(u32::MAX as usize),
             fired: 0,
+            fired_max: u64::MAX,
         }
+    }
+
+    /// Lets at most `max` events fire in all (see [`Kernel::budget_spent`]).
+    pub fn set_budget(&mut self, max: u64) {
+        self.fired_max = max;
+    }
+
+    /// The budget is spent: pops return nothing and the clock stands still, so the driver
+    /// tells this apart from an empty queue here and reports it.
+    pub fn budget_spent(&self) -> Option<KernelError> {
+        (self.fired >= self.fired_max).then_some(KernelError::BudgetSpent {
+            max: self.fired_max,
+            at: self.now,
+        })
     }
 
     pub fn now(&self) -> Instant {
@@ -86,7 +108,11 @@ impl<E> Kernel<E> {
             }
         };
         self.queue.push(key(at, self.seq), slot);
-        self.seq += 1;
+        // Scheduling 2^64 events would take millennia: reaching it is a bug.
+        self.seq = self
+            .seq
+            .checked_add(1)
+            .expect("event sequence number overflow");
         Ok(())
     }
 
@@ -107,6 +133,9 @@ impl<E> Kernel<E> {
     }
 
     fn pop_at_most(&mut self, max: u128) -> Option<(Instant, E)> {
+        if self.fired >= self.fired_max {
+            return None;
+        }
         let (k, slot) = self.queue.pop_at_most(max)?;
         let at = Instant::from_micros((k >> 64) as u64);
         debug_assert!(at >= self.now, "time never runs backwards");
@@ -122,7 +151,7 @@ impl<E> Kernel<E> {
     pub fn pop_until(&mut self, deadline: Instant) -> Option<(Instant, E)> {
         // Everything at the deadline, whatever its scheduling order.
         let e = self.pop_at_most(key(deadline, u64::MAX));
-        if e.is_none() {
+        if e.is_none() && self.budget_spent().is_none() {
             self.now = self.now.max(deadline);
         }
         e
@@ -239,6 +268,31 @@ mod tests {
             k.schedule_at(Instant::ZERO, ()),
             Err(KernelError::InThePast { .. })
         ));
+    }
+
+    /// Issue 19: a scenario that schedules without end (a churn of a crash every nanosecond,
+    /// a storm of retransmits) ran until memory ran out. A budget of fired events stops it
+    /// where it stands, and says so.
+    #[test]
+    fn r19_a_run_without_end_spends_its_event_budget() {
+        let mut k = Kernel::default();
+        k.set_budget(3);
+        k.schedule_at(Instant::from_micros(1), 0u32).unwrap();
+        let mut fired = 0;
+        // Each event schedules the next: without the budget this never ends.
+        while let Some((at, n)) = k.pop_until(Instant::from_micros(1_000)) {
+            fired += 1;
+            k.schedule_at(at + Duration::from_micros(1), n + 1).unwrap();
+        }
+        assert_eq!(fired, 3);
+        assert_eq!(k.now(), Instant::from_micros(3), "the clock stands still");
+        assert_eq!(
+            k.budget_spent(),
+            Some(KernelError::BudgetSpent {
+                max: 3,
+                at: Instant::from_micros(3)
+            })
+        );
     }
 
     #[test]

@@ -572,7 +572,7 @@ impl Network {
         delay = delay + dst_latency;
         let jitter = link.jitter.as_micros();
         if jitter > 0 {
-            delay = delay + Duration::from_micros(self.rng.below(jitter + 1));
+            delay = delay + Duration::from_micros(self.rng.up_to(jitter));
         }
         let lost = (link.loss_ppm > 0 && self.rng.chance(u64::from(link.loss_ppm), 1_000_000))
             || (dst_loss > 0 && self.rng.chance(u64::from(dst_loss), 1_000_000));
@@ -1015,6 +1015,24 @@ mod tests {
             .filter(|_| deliver(&mut net, &mut now, a, b_addr) == Err(DropReason::Loss))
             .count();
         assert!((400..600).contains(&lost), "{lost}");
+    }
+
+    /// Issue 19: a jitter of `u64::MAX` µs made `jitter + 1` wrap to 0 and `Rng::below(0)`
+    /// panic. The delay saturates instead (the packet arrives at the end of time).
+    #[test]
+    fn r19_jitter_u64_max_panics() {
+        let mut net = Network::new(Rng::seed(7));
+        let wild = LinkSpec {
+            jitter: Duration::from_micros(u64::MAX),
+            ..LinkSpec::default()
+        };
+        let a = net.add_host(RealmId::INTERNET, wild).unwrap();
+        let b = net.add_host(RealmId::INTERNET, wild).unwrap();
+        let dst = Addr::new(net.host_ip(b), P);
+        for _ in 0..8 {
+            let (t, _) = net.send(Instant::ZERO, a, P, dst, 100).unwrap();
+            assert!(t >= Instant::ZERO + LinkSpec::default().latency);
+        }
     }
 
     #[test]

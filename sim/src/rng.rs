@@ -50,6 +50,15 @@ impl Rng {
         }
     }
 
+    /// Uniform in `0..=max`, for every `max` (`below(max + 1)` would wrap at `u64::MAX`).
+    /// Draws exactly what `below(max + 1)` draws wherever that does not wrap.
+    pub fn up_to(&mut self, max: u64) -> u64 {
+        match max.checked_add(1) {
+            Some(n) => self.below(n),
+            None => self.next_u64(),
+        }
+    }
+
     /// True with probability `num / den`.
     pub fn chance(&mut self, num: u64, den: u64) -> bool {
         self.below(den) < num
@@ -96,6 +105,17 @@ mod tests {
             counts.iter().all(|&c| (9_000..11_000).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn up_to_takes_the_whole_range_and_draws_what_below_draws() {
+        let (mut a, mut b) = (Rng::seed(3), Rng::seed(3));
+        for max in [0, 1, 6, 1 << 40] {
+            assert_eq!(a.up_to(max), b.below(max + 1));
+        }
+        // No `max + 1` to wrap: a draw from the whole of u64.
+        let (mut a, mut b) = (Rng::seed(4), Rng::seed(4));
+        assert_eq!(a.up_to(u64::MAX), b.next_u64());
     }
 
     proptest! {

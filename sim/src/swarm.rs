@@ -604,6 +604,12 @@ impl<P: Clone + WireSize> Swarm<P> {
         self.kernel.fired()
     }
 
+    /// At most `max` events fire over the run; past it [`Swarm::step`] fails with
+    /// [`KernelError::BudgetSpent`].
+    pub fn set_event_budget(&mut self, max: u64) {
+        self.kernel.set_budget(max);
+    }
+
     pub fn pending_events(&self) -> usize {
         self.kernel.pending()
     }
@@ -681,7 +687,10 @@ impl<P: Clone + WireSize> Swarm<P> {
                 return Ok(Some(s));
             }
             let Some((now, ev)) = self.kernel.pop_until(deadline) else {
-                return Ok(None);
+                return match self.kernel.budget_spent() {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                };
             };
             self.handle(now, ev)?;
         }

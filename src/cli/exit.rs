@@ -15,8 +15,9 @@ pub mod codes {
     /// denylist).
     pub const USAGE: u8 = 2;
     /// The input is invalid, corrupt or hostile: an image (digest mismatch, unsafe path,
-    /// bomb), or a disk that is not an installed one or is damaged.
-    pub const BAD_IMAGE: u8 = 3;
+    /// bomb), a disk that is not an installed one or is damaged, a mesh scenario file that
+    /// does not parse or validate, a corrupt trace.
+    pub const BAD_INPUT: u8 = 3;
     /// The registry or source could not be reached, refused access, or lacks the image.
     pub const UNAVAILABLE: u8 = 4;
     /// A conformance report could not be written (the report directory, or a write to a
@@ -46,6 +47,22 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if cause.is::<crate::conformance::run::ReportUnwritable>() {
         return Some(codes::REPORT_UNWRITABLE);
     }
+    if let Some(e) = cause.downcast_ref::<crate::cli::sim::SimError>() {
+        use crate::cli::sim::SimError as S;
+        return Some(match e {
+            S::Seeds { .. } | S::Shard { .. } | S::EmptyShard { .. } | S::OutputIsInput { .. } => {
+                codes::USAGE
+            }
+            S::InvalidFile { .. } | S::InvalidTrace { .. } => codes::BAD_INPUT,
+            S::Read { .. }
+            | S::Write { .. }
+            | S::Run { .. }
+            | S::Failed { .. }
+            | S::NotDeterministic { .. }
+            | S::SweepFailed { .. }
+            | S::Diverged { .. } => codes::FAILURE,
+        });
+    }
     if cause.is::<crate::image::source::SourceError>()
         || cause.is::<crate::conformance::run::ConfigError>()
     {
@@ -67,7 +84,7 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return Some(layout(e));
     }
     if cause.is::<crate::image::spec::SpecError>() {
-        return Some(codes::BAD_IMAGE);
+        return Some(codes::BAD_INPUT);
     }
     if let Some(e) = cause.downcast_ref::<crate::image::source::ResolveError>() {
         return Some(resolve(e));
@@ -93,7 +110,7 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     // A disk that is not an installed one, or is damaged, is a bad input as a corrupt
     // image is.
     if cause.is::<crate::cli::status::DiskDamaged>() {
-        return Some(codes::BAD_IMAGE);
+        return Some(codes::BAD_INPUT);
     }
     if let Some(e) = cause.downcast_ref::<crate::upgrade::UpgradeError>() {
         use crate::disk::gpt::GptError;
@@ -103,7 +120,7 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
             | U::NotInstalled { .. }
             | U::Gpt(
                 GptError::Invalid(_) | GptError::Truncated { .. } | GptError::OutOfBounds { .. },
-            ) => Some(codes::BAD_IMAGE),
+            ) => Some(codes::BAD_INPUT),
             U::Image(b) => bootable(b),
             U::Assessment(a) => assessment(a),
             _ => None,
@@ -131,7 +148,7 @@ fn output(e: &crate::output::OutputError) -> Option<u8> {
 fn bootable(e: &crate::install::BootableImageError) -> Option<u8> {
     match e {
         crate::install::BootableImageError::Pull(p) => pull(p),
-        crate::install::BootableImageError::Missing(_) => Some(codes::BAD_IMAGE),
+        crate::install::BootableImageError::Missing(_) => Some(codes::BAD_INPUT),
     }
 }
 
@@ -142,7 +159,7 @@ fn pull(e: &PullError) -> Option<u8> {
         PullError::Resolve(r) => Some(resolve(r)),
         PullError::Unpack(u) => Some(unpack(u)),
         PullError::Archive(_) | PullError::NotAnArchive(_) | PullError::Spec(_) => {
-            Some(codes::BAD_IMAGE)
+            Some(codes::BAD_INPUT)
         }
         PullError::Output(o) => output(o),
         PullError::Io { .. } => None,
@@ -154,7 +171,7 @@ fn registry(e: &RegistryError) -> Option<u8> {
         RegistryError::DigestMismatch { .. }
         | RegistryError::SizeMismatch { .. }
         | RegistryError::TooLarge { .. }
-        | RegistryError::Spec(_) => codes::BAD_IMAGE,
+        | RegistryError::Spec(_) => codes::BAD_INPUT,
         RegistryError::Unauthorized { .. }
         | RegistryError::NotFound { .. }
         | RegistryError::Exhausted { .. }
@@ -174,7 +191,7 @@ fn unpack(e: &UnpackError) -> u8 {
             source: ApplyError::Io { .. },
             ..
         } => codes::FAILURE,
-        _ => codes::BAD_IMAGE,
+        _ => codes::BAD_INPUT,
     }
 }
 
@@ -183,7 +200,7 @@ fn resolve(e: &crate::image::source::ResolveError) -> u8 {
     use crate::image::source::ResolveError as R;
     match e {
         R::WrongPlatform { .. } | R::NoPlatform { .. } => codes::UNAVAILABLE,
-        R::TooDeep(_) => codes::BAD_IMAGE,
+        R::TooDeep(_) => codes::BAD_INPUT,
         R::Layout(l) => layout(l),
     }
 }
@@ -197,12 +214,12 @@ fn layout(e: &crate::image::layout::LayoutError) -> u8 {
         | L::CorruptBlob { .. }
         | L::BlobTooLarge { .. }
         | L::SizeMismatch { .. }
-        | L::Spec(_) => codes::BAD_IMAGE,
+        | L::Spec(_) => codes::BAD_INPUT,
         L::Ambiguous { .. } => codes::USAGE,
         L::NotALayout(_) | L::NoSuchTag { .. } | L::Empty(_) => codes::UNAVAILABLE,
         L::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => codes::UNAVAILABLE,
         L::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
-            codes::BAD_IMAGE
+            codes::BAD_INPUT
         }
         L::Io { .. } => codes::FAILURE,
     }

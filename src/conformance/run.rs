@@ -667,7 +667,7 @@ impl NotGot {
     fn of<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
         let reason = chain(&e);
         let image_fault =
-            crate::cli::exit::exit_code(&anyhow::Error::new(e)) == crate::cli::exit::BAD_IMAGE;
+            crate::cli::exit::exit_code(&anyhow::Error::new(e)) == crate::cli::exit::BAD_INPUT;
         Self {
             reason,
             image_fault,
