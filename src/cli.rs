@@ -25,7 +25,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "bootyard",
     version,
-    about = "Conformance and simulation harness, with a reference node agent, for container-native immutable Linux"
+    about = "Conformance and simulation harness, with a reference node agent, for container-native immutable Linux",
+    after_long_help = exit::TABLE
 )]
 pub struct Cli {
     #[command(subcommand)]

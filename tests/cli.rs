@@ -670,3 +670,20 @@ fn r19_corrupt_layout_metadata_exits_as_a_bad_or_missing_image() {
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }
+
+/// The exit-status table is written once: `bootyard --help` and the README carry the same.
+#[test]
+fn the_readme_carries_the_exit_status_table_of_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(bootyard::cli::exit::TABLE),
+        "README.md's exit-status table differs from bootyard::cli::exit::TABLE"
+    );
+    let o = bootyard(&["--help"]);
+    assert!(
+        text(&o).contains(bootyard::cli::exit::TABLE),
+        "{}",
+        text(&o)
+    );
+}

@@ -8,6 +8,28 @@ use crate::image::unpack::UnpackError;
 
 pub use codes::*;
 
+/// The table `bootyard --help` ends with, which the README carries word for word (a test
+/// holds them together).
+pub const TABLE: &str = "Exit statuses (every command):
+  0    success: done; conformance: every check passed or warned; sim: every check held,
+       a replay proved every recorded line
+  1    failure: what was judged failed (a MUST check, a scenario, a sim run, a replay that
+       diverged), or the work itself failed (I/O, a destination not empty, a tool missing)
+  2    usage: the arguments are wrong, found before any work (clap's own; a source that is
+       not one, a bad port or --insecure-registry, --tries outside 1..=9, an output that is
+       a device, a FIFO or the input itself; conformance: an unknown check, a profile
+       without checks, a malformed denylist; sim: bad --seeds or --shard, an empty shard)
+  3    the input is invalid, corrupt or hostile: an image (digest mismatch, unsafe path,
+       bomb, malformed metadata, an archive that holds no layout), a disk that is not an
+       installed one, is cut short or has a damaged partition table, a sim scenario file
+       or trace that is invalid
+  4    the source is unreachable, refused access, or lacks the image (a tag, a platform)
+  5    conformance: nothing failed, but a check could not reach a verdict (error)
+  6    conformance: nothing failed or errored, but a MUST check was skipped
+  7    conformance: a report could not be written
+  130  stopped by SIGINT, 143 by SIGTERM, after removing the run's scratch files
+  141  quietly, when the reader of a sim report left early (| head), as after SIGPIPE";
+
 /// Exit codes, stable for scripts and CI gates.
 pub mod codes {
     pub const FAILURE: u8 = 1;
