@@ -333,14 +333,7 @@ mod tests {
     fn r19_a_device_fifo_or_directory_is_never_an_output_file() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::testkit::mkfifo(&fifo).unwrap();
         for (p, kind) in [
             (Path::new("/dev/null"), "a character device"),
             (fifo.as_path(), "a FIFO"),

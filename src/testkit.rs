@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests and benches: locating external tools, and the
 //! rule that a missing tool skips a test on a developer machine but fails it in CI.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Finds `tool` on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
@@ -61,4 +61,16 @@ pub fn require_guest_agent(test: &str) -> Option<PathBuf> {
         p.display()
     );
     None
+}
+
+/// Makes a FIFO at `path` (for tests of what a command does with one in its way).
+pub fn mkfifo(path: &Path) -> std::io::Result<()> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(std::io::Error::from)
 }

@@ -409,14 +409,7 @@ fn r19_install_never_renames_a_disk_over_a_device_or_fifo() {
     let layout = d.path().join("layout");
     sample_layout(&layout);
     let fifo = d.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    bootyard::testkit::mkfifo(&fifo).unwrap();
     let mut targets = vec![(fifo, "a FIFO")];
     // A null device of our own (needs root, as CI has): never the system's.
     let null = d.path().join("null");

@@ -142,22 +142,7 @@ fn status_reports_a_transition_image_left_by_a_cut_off_upgrade() {
     let Some((disk, _)) = installed("status_reports_a_stray_transition", t.path()) else {
         return;
     };
-    let table = bootyard::disk::gpt::read(&std::fs::File::open(&disk).unwrap()).unwrap();
-    let state = table
-        .partitions
-        .iter()
-        .find(|p| p.name == "COS_STATE")
-        .unwrap();
-    let o = Command::new("debugfs")
-        .args(["-w", "-R", "write /dev/null /cOS/transition.img"])
-        .arg(format!(
-            "{}?offset={}",
-            disk.display(),
-            state.offset_bytes()
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    support::debugfs(&disk, true, "write /dev/null /cOS/transition.img");
     let o = bootyard(&["status", "--disk", disk.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(

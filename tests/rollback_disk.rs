@@ -8,38 +8,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use bootyard::boot::assessment::Health;
-use bootyard::disk::gpt;
 use bootyard::image::pull::PullOptions;
 use bootyard::image::Source;
 use bootyard::upgrade::{read_disk_model, rollback_disk, upgrade_disk, UpgradeError};
-use support::{boot_tools, bootyard_json, fsck_clean, Images};
-
-fn debugfs(disk: &Path, write: bool, request: &str) -> String {
-    let table = gpt::read(&std::fs::File::open(disk).unwrap()).unwrap();
-    let state = table
-        .partitions
-        .iter()
-        .find(|p| p.name == "COS_STATE")
-        .unwrap();
-    let mut cmd = Command::new("debugfs");
-    if write {
-        cmd.arg("-w");
-    }
-    let o = cmd
-        .arg("-R")
-        .arg(request)
-        .arg(format!(
-            "{}?offset={}",
-            disk.display(),
-            state.offset_bytes()
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use support::{boot_tools, bootyard_json, debugfs, fsck_clean, Images};
 
 /// The inode a name in COS_STATE's cOS directory links to.
 fn inode(disk: &Path, name: &str) -> String {

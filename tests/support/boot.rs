@@ -234,3 +234,29 @@ pub fn kvm_device_opens(test: &str) -> bool {
     }
     ok
 }
+
+/// Runs one debugfs request on COS_STATE of an installed disk (`-w` when `write`); its
+/// standard output.
+pub fn debugfs(disk: &Path, write: bool, request: &str) -> String {
+    let table = bootyard::disk::gpt::read(&std::fs::File::open(disk).unwrap()).unwrap();
+    let state = table
+        .partitions
+        .iter()
+        .find(|p| p.name == "COS_STATE")
+        .unwrap();
+    let mut cmd = Command::new("debugfs");
+    if write {
+        cmd.arg("-w");
+    }
+    let o = cmd
+        .arg("-R")
+        .arg(request)
+        .arg(format!(
+            "{}?offset={}",
+            disk.display(),
+            state.offset_bytes()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
