@@ -13,6 +13,8 @@ pub mod cli;
 pub mod conformance;
 pub mod debpkg;
 pub mod disk;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzzing;
 pub mod image;
 pub mod install;
 pub mod localreg;

@@ -2802,6 +2802,63 @@ fn pair_score(a: NetId, b: NetId) -> u64 {
     z ^ (z >> 31)
 }
 
+/// For the fuzzer (`crate::fuzzing::mesh_frames`): what a peer holding the token but
+/// sending anything it likes does to a node. Two nodes of one token are connected and their
+/// Hellos exchanged; then `data` is cut into frames (a length byte, then that many bytes)
+/// that node 1 receives from node 2, with time moving on and the node's actions drained
+/// between them. The node must not panic, and what it holds stays within its bounds.
+#[cfg(any(test, feature = "fuzz"))]
+pub fn fuzz_frames(data: &[u8]) {
+    use crate::mesh::ledger::MemoCrypto;
+    let token = Arc::new(NetworkToken::generate(&mut Rng::seed(7)));
+    let node = |id: u64| {
+        let mut cfg = NodeConfig::new(NetId(id), token.clone());
+        cfg.mdns = false;
+        cfg.minimum_nodes = 2;
+        Node::new(
+            cfg,
+            SigningKey::from_bytes(&[id as u8; 32]),
+            Rng::seed(id),
+            Instant::ZERO,
+        )
+    };
+    let (mut a, mut b) = (node(1), node(2));
+    let mut v = MemoCrypto::default();
+    let c = ConnRef(1);
+    a.handle_connected(Instant::ZERO, c, NetId(2), PathKind::Direct, None);
+    b.handle_connected(Instant::ZERO, c, NetId(1), PathKind::Direct, None);
+    let drain = |n: &mut Node| -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| n.poll_action())
+            .filter_map(|act| match act {
+                Action::Send { conn, bytes } if conn == c => Some(bytes),
+                _ => None,
+            })
+            .collect()
+    };
+    // The honest Hellos first, so the rogue's plain frames reach the decoder.
+    for m in drain(&mut b) {
+        a.handle_message(Instant::ZERO, c, &m, &mut v);
+    }
+    drain(&mut a);
+    let mut now = Instant::ZERO;
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).min(tail.len());
+        let (frame, after) = tail.split_at(n);
+        rest = after;
+        now = now + Duration::from_millis(100);
+        a.handle_message(now, c, frame, &mut v);
+        if len % 4 == 0 {
+            a.handle_timeout(now, &mut v);
+        }
+        drain(&mut a);
+        assert!(
+            a.held_bytes <= SEALED_BYTES_MAX,
+            "held frames beyond their bound"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
