@@ -680,3 +680,64 @@ fn the_readme_carries_the_exit_status_table_of_help() {
         text(&o)
     );
 }
+
+/// Issue 19: an interrupted `image pull` left `.DEST.bootyard-partial-PID/` (33 MB) that
+/// later pulls never removed. A pull stopped by SIGTERM removes its scratch and exits 143;
+/// what a killed one left is removed by the next pull beside it.
+#[test]
+fn r19_an_interrupted_pull_leaves_no_scratch_and_the_next_sweeps_a_dead_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let scratch = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".bootyard-"))
+            .collect()
+    };
+    // An archive that is a FIFO nobody writes: the pull makes its scratch, then blocks.
+    let fifo = d.path().join("stuck.tar");
+    bootyard::testkit::mkfifo(&fifo).unwrap();
+    let out_dir = d.path().join("outs");
+    std::fs::create_dir(&out_dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bootyard"))
+        .args(["image", "pull", &format!("oci-archive:{}", fifo.display())])
+        .arg("--out")
+        .arg(out_dir.join("root"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Polled: the scratch directory appears as soon as the pull starts.
+    while scratch(&out_dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert!(scratch(&out_dir).is_empty(), "{:?}", scratch(&out_dir));
+
+    // A dead run's staging and scratch (no process has a pid this large) go at the next pull.
+    let dead = u32::MAX - 1;
+    for name in [
+        format!(".root.bootyard-partial-{dead}"),
+        format!(".bootyard-archive-{dead}-abcd"),
+    ] {
+        std::fs::create_dir_all(out_dir.join(&name).join("usr")).unwrap();
+    }
+    let layout = d.path().join("layout");
+    sample_layout(&layout);
+    let o = bootyard(&[
+        "image",
+        "pull",
+        &format!("oci-layout:{}:v1", layout.display()),
+        "--out",
+        out_dir.join("root").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(scratch(&out_dir).is_empty(), "{:?}", scratch(&out_dir));
+}
