@@ -220,6 +220,23 @@ fn exit_codes_name_the_kind_of_failure() {
     ]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
 
+    // Arguments are checked before any work (issue 19: --tries 0 was refused only after
+    // the image was unpacked): nothing is read from a source that does not exist.
+    for tries in ["0", "100"] {
+        let o = bootyard(&[
+            "install",
+            "--image",
+            "oci-layout:/nonexistent:v1",
+            "--disk",
+            "d.img",
+            "--tries",
+            tries,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    }
+    let o = bootyard_lib_install_with_tries(0);
+    assert!(o.contains("tries must be 1..=9"), "{o}");
+
     // Usage errors are clap's: exit 2.
     assert_eq!(bootyard(&["image", "pull"]).status.code(), Some(2));
 }
@@ -740,4 +757,19 @@ fn r19_an_interrupted_pull_leaves_no_scratch_and_the_next_sweeps_a_dead_ones() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(scratch(&out_dir).is_empty(), "{:?}", scratch(&out_dir));
+}
+
+/// The library's own check (for callers other than the CLI): refused before the source
+/// is opened.
+fn bootyard_lib_install_with_tries(tries: u8) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = bootyard::install::InstallOptions::new(
+        d.path().join("d.img"),
+        bootyard::image::pull::PullOptions::new(d.path().join("cache")),
+    );
+    o.tries = tries;
+    let src: bootyard::image::Source = "oci-layout:/nonexistent:v1".parse().unwrap();
+    let e = bootyard::install::install(&src, &o).unwrap_err();
+    assert!(!d.path().join("cache").exists());
+    e.to_string()
 }

@@ -194,6 +194,36 @@ fn r19_a_corrupt_image_fails_its_checks_instead_of_erroring() {
     assert!(out.contains(" 0 errored"), "{out}");
 }
 
+/// Issue 19: a layer that climbs out of the root (`../escape`) got ERROR: a hostile image
+/// fails.
+#[test]
+fn r19_a_hostile_layer_fails_its_checks_instead_of_erroring() {
+    use bootyard::image::sample::{write_image, LayerTar};
+    use bootyard::image::spec::{Compression, Platform};
+    let t = tempfile::tempdir().unwrap();
+    let layout = bootyard::image::layout::Layout::create(&t.path().join("bad")).unwrap();
+    let mut tar = LayerTar::new();
+    tar.file("../escape", 0o644, b"x");
+    let desc = write_image(
+        &layout,
+        &[(tar.finish(), Compression::Gzip)],
+        &Platform::linux_amd64(),
+        Default::default(),
+    )
+    .unwrap();
+    layout.set_tag(desc, "bad").unwrap();
+    let (code, out) = conformance(&[&format!(
+        "oci-layout:{}:bad",
+        t.path().join("bad").display()
+    )]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("the image cannot be read") && out.contains(" 0 errored"),
+        "{out}"
+    );
+    assert!(!t.path().join("escape").exists());
+}
+
 /// Issue 19: `--profile mesh` said "... with --only/--skip leave nothing to run" when
 /// neither was given.
 #[test]
