@@ -21,6 +21,11 @@ pub enum GrubEnvError {
     Value { name: String },
     #[error("grubenv variables need {needed} bytes, more than the 1024-byte block holds")]
     TooLarge { needed: usize },
+    #[error(
+        "grubenv line {line} runs to the end of the block without a newline: GRUB does not \
+         read it as a variable"
+    )]
+    Unterminated { line: usize },
 }
 
 /// The variables of a grubenv block, in name order.
@@ -76,10 +81,16 @@ impl GrubEnv {
         let text = std::str::from_utf8(block).map_err(|_| GrubEnvError::Header)?;
         let body = text.strip_prefix(HEADER).ok_or(GrubEnvError::Header)?;
         let mut env = GrubEnv::new();
-        for (i, line) in body.split('\n').enumerate() {
+        let lines: Vec<&str> = body.split('\n').collect();
+        let last = lines.len() - 1;
+        for (i, line) in lines.iter().enumerate() {
             // Padding starts at the first '#'; it runs to the end of the block.
             if line.starts_with('#') || line.is_empty() {
                 continue;
+            }
+            // What follows the last newline is padding, or a variable only we would see.
+            if i == last {
+                return Err(GrubEnvError::Unterminated { line: i + 2 });
             }
             let (k, v) = line.split_once('=').ok_or_else(|| GrubEnvError::Line {
                 line: i + 2,
@@ -129,6 +140,19 @@ mod tests {
         let env = GrubEnv::parse(&block).unwrap();
         assert_eq!(env.get("next_entry"), Some("passive"));
         assert_eq!(env.to_block().unwrap().to_vec(), block);
+    }
+
+    /// Found by `./x fuzz` (grubenv): a last line with no newline and no '#' after it was
+    /// read as a variable (GRUB skips it), and the block could not be written back.
+    #[test]
+    fn r19_fuzz_an_unterminated_last_line_is_not_a_variable() {
+        let mut block = Vec::from(HEADER.as_bytes());
+        block.extend_from_slice(b"a=1\nb=");
+        block.resize(GRUBENV_BYTES, b'x');
+        assert_eq!(
+            GrubEnv::parse(&block),
+            Err(GrubEnvError::Unterminated { line: 3 })
+        );
     }
 
     #[test]
