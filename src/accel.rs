@@ -58,6 +58,15 @@ impl AccelChoice {
         }
     }
 
+    /// What a report says of this choice: the accelerator, why, and what moved it.
+    pub fn report(&self, fallback: Option<String>) -> AccelReport {
+        AccelReport {
+            accel: accel_name(self.accel).into(),
+            reason: self.reason.clone(),
+            fallback,
+        }
+    }
+
     /// Whether a boot that stalls under KVM before its kernel may be retried under TCG.
     pub fn may_fall_back(&self) -> bool {
         self.mode == AccelMode::Auto && self.accel == Accel::Kvm

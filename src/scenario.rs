@@ -12,7 +12,7 @@ use bootyard_scenarios::bootwatch::{BootWatch, Outcome};
 use bootyard_scenarios::file::{Firmware, StepSpec, UpgradeFrom};
 use bootyard_scenarios::qemu::{Accel, Drive, Machine, MachineSpec};
 
-use crate::accel::{accel_name, AccelChoice, AccelReport};
+use crate::accel::{AccelChoice, AccelReport};
 use bootyard_scenarios::{PhaseEvent, PhaseTracker, ScenarioFile};
 use serde::Serialize;
 
@@ -246,11 +246,7 @@ impl<'a> Run<'a> {
 
     /// What the boots ran under and why, for the run's reports.
     pub fn accel_report(&self) -> AccelReport {
-        AccelReport {
-            accel: accel_name(self.accel.accel).into(),
-            reason: self.accel.reason.clone(),
-            fallback: self.fallback.clone(),
-        }
+        self.accel.report(self.fallback.clone())
     }
 
     pub fn current_model(&self) -> Option<&BootModel> {
@@ -827,11 +823,7 @@ pub fn run(file: &ScenarioFile, opts: &RunOptions) -> Result<RunReport, Scenario
         schema_version: 2,
         scenario: file.name.clone(),
         flavor: opts.flavor,
-        accel: AccelReport {
-            accel: accel_name(opts.accel.accel).into(),
-            reason: opts.accel.reason.clone(),
-            fallback: None,
-        },
+        accel: opts.accel.report(None),
         passed: false,
         failure: None,
         ms: 0,

@@ -328,11 +328,7 @@ pub fn run(
     wanted: &[&str],
     opts: &BootOptions,
 ) -> (BTreeMap<&'static str, Checked>, crate::accel::AccelReport) {
-    let unbooted = crate::accel::AccelReport {
-        accel: crate::accel::accel_name(opts.accel.accel).into(),
-        reason: opts.accel.reason.clone(),
-        fallback: None,
-    };
+    let unbooted = opts.accel.report(None);
     let mut out = BTreeMap::new();
     let work = match tempfile::Builder::new()
         .prefix("bootyard-conformance-boot-")
